@@ -15,22 +15,24 @@ import gzip
 import io as _io
 import json
 import os
+import re
 import sys
 import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError
+from .errors import InputError, SchemaError
 from .schema import validate
 
 STDIO = "-"
 BATCH_ROWS = 4096
 ROW_GROUP_ROWS = 64 * 1024
+ROW_GROUP_BYTES = 64 * 1024 * 1024  # ParquetSink also flushes at this much buffered data (long texts)
 RAW_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv", ".csv.gz")
 
 
@@ -157,21 +159,22 @@ class ParquetSink:
         target = self._buffer if self._stdout else self._atomic.__enter__()
         self._writer = _parquet_writer(target if self._stdout else str(target), schema)
         self._pending: list[pa.Table] = []
-        self._pending_rows = 0
+        self._pending_rows = self._pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows == 0:
             return
         self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
         self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes
         self.rows += table.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS:
+        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
             self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
-            self._pending, self._pending_rows = [], 0
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def commit(self) -> None:
         self._flush()
@@ -225,6 +228,39 @@ def read_pairs(path: str | os.PathLike, *, require: dict[str, str] | None = None
     """Read a pairs Parquet file and validate it against the canonical schema."""
     name = "<stdin>" if str(path) == STDIO else str(path)
     return validate(read_table(path), where=name, require_stage=require)
+
+
+def iter_pair_batches(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """Stream a pairs Parquet file (or stdin) as validated tables of at most `batch_rows` rows,
+    so a reader never holds the whole file (e.g. `prefcli stats` on millions of pairs)."""
+    name = "<stdin>" if str(path) == STDIO else str(path)
+    try:
+        if str(path) == STDIO:
+            data = sys.stdin.buffer.read()
+            if not data:
+                raise InputError("<stdin>: empty input (expected Parquet)")
+            source = pq.ParquetFile(pa.BufferReader(data))
+        elif not Path(path).is_file():
+            raise InputError(f"{name}: no such file")
+        else:
+            source = pq.ParquetFile(path)
+        validate(source.schema_arrow.empty_table(), where=name)
+        offset = 0
+        for batch in source.iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            try:
+                yield validate(table, where=name)
+            except SchemaError as exc:  # re-number the row from the file's start
+                raise SchemaError(_renumber(str(exc), offset)) from None
+            offset += table.num_rows
+    except InputError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None
+
+
+def _renumber(message: str, offset: int) -> str:
+    return re.sub(r"row (\d+)", lambda m: f"row {int(m.group(1)) + offset}", message, count=1)
 
 
 def _short(exc: BaseException) -> str:
@@ -507,3 +543,171 @@ def read_text_list(path: str) -> list[str]:
         except (OSError, EOFError, UnicodeDecodeError) as exc:
             raise InputError(f"{path}: unreadable ({_short(exc)})") from None
     raise InputError(f"{path}: not a plain text list")
+
+
+# --------------------------------------------------------------------------- workdir helpers (`prefcli run`)
+
+def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """blake2b-128 hex of a file's bytes (streamed), or of a directory's sorted (name, digest) list."""
+    import hashlib
+
+    target = Path(path)
+    if target.is_dir():
+        listing = "\n".join(f"{name}\t{file_digest(target / name)}" for name in list_files(target))
+        return hashlib.blake2b(listing.encode(), digest_size=16).hexdigest()
+    hasher = hashlib.blake2b(digest_size=16)
+    try:
+        with open(target, "rb") as fh:
+            while block := fh.read(chunk):
+                hasher.update(block)
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({_short(exc)})") from None
+    return hasher.hexdigest()
+
+
+def list_files(directory: str | os.PathLike) -> list[str]:
+    """Relative paths of the plain files under `directory`, sorted; temp files of atomic writes left out."""
+    root = Path(directory)
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not p.name.endswith(".tmp"))
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path}: unreadable JSON ({_short(exc)})") from None
+
+
+def parquet_rows(path: str | os.PathLike) -> int | None:
+    """Row count from the Parquet footer (no data read); None when `path` is not Parquet."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def parquet_columns(path: str | os.PathLike) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError):
+        return []
+
+
+def recover_interrupted(directory: str | os.PathLike) -> None:
+    """Undo what a kill in the middle of `atomic_path` leaves behind: stray temps, a swapped-out dir."""
+    root = Path(directory)
+    if not root.is_dir():
+        return
+    for entry in root.iterdir():
+        name = entry.name
+        if name.startswith(".") and name.endswith(".old"):
+            target = root / name[1:-len(".old")]
+            if not target.exists():
+                os.replace(entry, target)  # killed between the two renames: put the previous output back
+            else:
+                _remove(entry)
+        elif name.startswith(".") and name.endswith(".tmp"):
+            _remove(entry)
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | os.PathLike, *, wait: bool = False, timeout: float | None = None,
+                   poll: float = 0.2) -> Iterator[None]:
+    """Hold an flock on `path` (created if missing, never deleted) for the block.
+
+    Busy: raise LockHeld naming the holder, or with `wait` poll until free (or `timeout` seconds pass).
+    The kernel drops the lock when the process dies, so a kill -9 never leaves a stale lock.
+    """
+    import fcntl
+    import time
+
+    from .errors import LockHeld
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown holder"
+                if not wait:
+                    raise LockHeld(f"{target}: locked by another prefcli run ({holder}); "
+                                   f"use --wait to wait for it") from None
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise LockHeld(f"{target}: still locked after {timeout:g}s ({holder})") from None
+                time.sleep(poll)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+# --------------------------------------------------------------------------- review and export helpers
+
+def csv_text(rows: list[dict], columns: Sequence[str]) -> str:
+    """CSV text with a header row; fields are quoted as needed (newlines inside cells survive)."""
+    buffer = _io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_files(files: dict[str, bytes]) -> None:
+    """Write several files so that either all appear or none: temps first, renames last."""
+    with contextlib.ExitStack() as stack:
+        for path, data in files.items():
+            stack.enter_context(atomic_path(path)).write_bytes(data)
+
+
+def write_directory(path: str | os.PathLike, files: dict[str, Any], *, marker: str) -> None:
+    """Write a directory of files all at once (temp dir, then rename); dict/list values become JSON.
+
+    An existing directory is replaced only when it holds `marker` (an earlier output of the same
+    command), so `-o .` or a typo can never wipe unrelated files.
+    """
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / marker).exists())):
+        raise InputError(f"{path}: exists and is not an earlier export (no {marker}); choose a new directory")
+    with atomic_path(target) as tmp:
+        for name, content in files.items():
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(content, (dict, list)):
+                content = json.dumps(content, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+            dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
+
+
+def save_dataset(dataset, path: str | os.PathLike) -> None:
+    """`datasets.Dataset.save_to_disk`, atomically: the directory appears complete or not at all."""
+    import datasets
+
+    datasets.disable_progress_bars()  # no bars in cron logs
+    with atomic_path(path) as tmp:
+        dataset.save_to_disk(str(tmp))
+
+
+def read_records(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
+    """Every record of one JSON, JSONL or CSV file with its line/record number.
+
+    A directory written by Argilla's `Dataset.to_disk` stands for its `records.json`.
+    """
+    spec = str(path)
+    if Path(spec).is_dir():
+        if not (Path(spec) / "records.json").exists():
+            raise InputError(f"{spec}: directory has no records.json (expected an Argilla dataset directory)")
+        spec = str(Path(spec) / "records.json")
+    elif spec != STDIO and not Path(spec).exists():
+        raise InputError(f"{spec}: no such file")
+    records: list[dict] = []
+    lines: list[int] = []
+    for batch in iter_raw(spec):
+        records.extend(batch.records)
+        lines.extend(batch.lines)
+    return records, lines

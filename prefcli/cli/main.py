@@ -10,6 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import __version__
+from ..errors import EXIT_BAD_INPUT
 from .common import EXIT_CODES_DOC
 
 app = typer.Typer(
@@ -50,12 +51,35 @@ def _register_commands() -> None:
 _register_commands()
 
 
-def main() -> None:
+def _click_exceptions():
+    """typer >= 0.2x vendors click as typer._click; older typer uses click itself."""
     try:
-        app(standalone_mode=True)
-    except SystemExit as exc:
-        # click reports usage errors with exit 2 already; keep codes as they are.
-        raise SystemExit(exc.code) from None
+        from typer._click import exceptions
+    except ImportError:  # pragma: no cover - older typer
+        from click import exceptions
+    return exceptions
+
+
+def main() -> None:
+    """Entry point: click's usage errors become the same one-line error as every other bad input."""
+    errors = _click_exceptions()
+    try:
+        code = app(standalone_mode=False)
+    except getattr(errors, "NoArgsIsHelpError", ()) as exc:  # bare `prefcli`: help was wanted
+        sys.stderr.write(exc.format_message() if hasattr(exc, "format_message") else "")
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except errors.UsageError as exc:
+        where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
+        message = " ".join(exc.format_message().split())
+        sys.stderr.write(f"prefcli: error: {where}{message} (see --help)\n")
+        raise SystemExit(EXIT_BAD_INPUT) from None
+    except errors.ClickException as exc:
+        sys.stderr.write(f"prefcli: error: {' '.join(exc.format_message().split())}\n")
+        raise SystemExit(exc.exit_code) from None
+    except (KeyboardInterrupt, EOFError):
+        sys.stderr.write("prefcli: error: aborted\n")
+        raise SystemExit(130) from None
+    raise SystemExit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":
