@@ -7,6 +7,7 @@ safe and a crash never leaves a corrupt entry; `prune` compacts shards and drops
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import time
@@ -64,7 +65,7 @@ class VectorStore:
     def _load_index(self) -> None:
         self._index.clear()
         self._values.clear()
-        self._shards = sorted(self.path.glob("shard-*.npz")) if self.path.exists() else []
+        self._shards = self._listing()
         for i, shard in enumerate(self._shards):
             try:
                 with np.load(shard) as data:
@@ -79,12 +80,29 @@ class VectorStore:
         if i not in self._values:
             with np.load(self._shards[i]) as data:
                 self._values[i] = data["values"]
+            with contextlib.suppress(OSError):  # mtime = last use, so `prune --older-than` keeps what is used
+                os.utime(self._shards[i])
         return self._values[i]
 
     def get(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (found mask, values); rows of values where found is False are zeros."""
+        """Returns (found mask, values); rows of values where found is False are zeros.
+
+        On a miss, shards written (or merged) by other processes since the index was read are picked up.
+        """
         if not self._loaded:
             self._load_index()
+        found, values = self._lookup(keys)
+        if not found.all() and self._shards != self._listing():
+            self._load_index()
+            found, values = self._lookup(keys)
+        self.hits += int(found.sum())
+        self.misses += int((~found).sum())
+        return found, values
+
+    def _listing(self) -> list[Path]:
+        return sorted(self.path.glob("shard-*.npz")) if self.path.exists() else []
+
+    def _lookup(self, keys: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         found = np.zeros(len(keys), dtype=bool)
         values = np.zeros((len(keys), self.dim), dtype=np.float32)
         for pos, key in enumerate(keys):
@@ -93,15 +111,13 @@ class VectorStore:
                 continue
             try:
                 vector = self._shard_values(hit[0])[hit[1]]
-            except FileNotFoundError:
+            except FileNotFoundError:  # merged or pruned by another process meanwhile
                 self._load_index()
-                return self.get(keys)
+                return self._lookup(keys)
             if vector.shape[0] != self.dim:
                 continue
             values[pos] = vector
             found[pos] = True
-        self.hits += int(found.sum())
-        self.misses += int((~found).sum())
         return found, values
 
     # -- writing
@@ -150,8 +166,7 @@ class VectorStore:
     def compact(self) -> None:
         """Merge all shards into one (newest entry wins nothing: entries are immutable), drop temps."""
         self._load_index()
-        for tmp in self.path.glob(".tmp-*"):
-            tmp.unlink(missing_ok=True)
+        remove_stale_temps(self.path)
         if len(self._shards) <= 1:
             return
         keys = np.frombuffer(b"".join(self._index.keys()), dtype=np.uint8).reshape(-1, KEY_BYTES)
@@ -162,6 +177,51 @@ class VectorStore:
         for shard in old:
             shard.unlink(missing_ok=True)
         self._loaded = False
+
+
+    def prune(self, older_than_s: float) -> int:
+        """Drop shards neither written nor read for `older_than_s` seconds; returns the entries dropped.
+
+        Safe beside running readers: they reload their index when a shard disappears.
+        """
+        cutoff = time.time() - older_than_s
+        dropped = 0
+        for shard in sorted(self.path.glob("shard-*.npz")) if self.path.exists() else []:
+            with contextlib.suppress(FileNotFoundError):
+                if shard.stat().st_mtime < cutoff:
+                    with np.load(shard) as data:
+                        dropped += len(data["keys"])
+                    shard.unlink()
+        self._loaded = False
+        return dropped
+
+    @classmethod
+    def at_path(cls, path: str | os.PathLike) -> "VectorStore | None":
+        """Open an existing namespace directory (for maintenance); None when it holds no shard."""
+        path = Path(path)
+        shards = sorted(path.glob("shard-*.npz"))
+        if not shards:
+            return None
+        with np.load(shards[0]) as data:
+            dim = int(data["values"].shape[1])
+        store = cls(path.parent, path.name, dim)
+        store.path = path
+        return store
+
+
+STALE_TEMP_SECONDS = 3600
+
+
+def remove_stale_temps(directory: Path) -> int:
+    """Delete temp files an interrupted writer left (older than an hour, so live writers are untouched)."""
+    removed = 0
+    cutoff = time.time() - STALE_TEMP_SECONDS
+    for tmp in list(directory.glob(".tmp-*")) + list(directory.glob(".*.tmp")) if directory.exists() else []:
+        with contextlib.suppress(FileNotFoundError):
+            if tmp.stat().st_mtime < cutoff:
+                tmp.unlink()
+                removed += 1
+    return removed
 
 
 def text_key(text: str) -> str:

@@ -48,9 +48,16 @@ class SentenceTransformerEmbedder:
     def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 64):
         self.model_id = model or DEFAULT_MODEL
         self._source = default_model_path() if model in (None, DEFAULT_MODEL) else model
-        self.device = resolve_device(device)
+        # "auto" is resolved only when the model loads, so a run served wholly from the cache never imports torch
+        self._device = None if device == "auto" else resolve_device(device)
         self.batch_size = batch_size
         self._model = None
+
+    @property
+    def device(self) -> str:
+        if self._device is None:
+            self._device = resolve_device("auto")
+        return self._device
 
     @property
     def model(self):
@@ -148,6 +155,12 @@ class CachedEmbedder:
                 self.store.put([unique_keys[i] for i in missing], fresh)
         position = {k: i for i, k in enumerate(unique_keys)}
         return vectors[[position[k] for k in keys]]
+
+    def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(found mask, vectors) from the cache alone: never embeds; rows not found are zeros."""
+        if self.store is None:
+            return np.zeros(len(texts), bool), np.zeros((len(texts), self.dim), np.float32)
+        return self.store.get([digest(normalize(t)) for t in texts])
 
 
 def build_embedder(model: str | None = None, *, device: str = "auto", cache_dir: str | None = None,

@@ -1,0 +1,108 @@
+"""`prefcli cache info|prune`: inspect and trim the shared embedding/score cache and dedup graphs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from ..errors import InputError
+from ..models.cache import VectorStore, default_cache_dir, list_namespaces, remove_stale_temps
+from ..report import Table
+from .common import Json, Quiet, handle_errors, reporter
+from .dedup import GRAPH_DIR
+
+ORDER = 90
+DAY = 86400.0
+
+app = typer.Typer(help="Inspect (info) or trim (prune) the on-disk embedding/score cache.", no_args_is_help=True,
+                  add_completion=False, rich_markup_mode=None)
+CacheDir = Annotated[Optional[str], typer.Option("--cache-dir", help="Cache directory (default $PREFCLI_CACHE_DIR "
+                                                 "or the user cache dir).")]
+
+
+def _root(cache_dir: str | None) -> Path:
+    root = Path(cache_dir) if cache_dir else default_cache_dir()
+    if root.exists() and not root.is_dir():
+        raise InputError(f"--cache-dir {root}: not a directory")
+    return root
+
+
+def _graphs(root: Path) -> list[Path]:
+    return sorted((root / GRAPH_DIR).glob("*.parquet")) if (root / GRAPH_DIR).is_dir() else []
+
+
+def _rows(root: Path) -> list[list]:
+    rows = []
+    for path in list_namespaces(root):
+        if path.name == GRAPH_DIR:
+            continue
+        shards = sorted(path.glob("shard-*.npz"))
+        info = VectorStore.at_path(path)
+        entries = info.info().entries if info else 0
+        last = max((s.stat().st_mtime for s in shards), default=None)
+        rows.append([path.name, "vectors", len(shards), entries, sum(s.stat().st_size for s in shards),
+                     _age_days(last)])
+    graphs = _graphs(root)
+    if graphs:
+        rows.append([GRAPH_DIR, "dedup graphs", len(graphs), None, sum(g.stat().st_size for g in graphs),
+                     _age_days(max(g.stat().st_mtime for g in graphs))])
+    return rows
+
+
+def _age_days(mtime: float | None) -> float | None:
+    return None if mtime is None else round((time.time() - mtime) / DAY, 2)
+
+
+COLUMNS = ["namespace", "kind", "files", "entries", "bytes", "last_used_days_ago"]
+
+
+@app.command("info")
+@handle_errors
+def info(cache_dir: CacheDir = None, quiet: Quiet = False, json_mode: Json = False) -> None:
+    """Show each cache namespace (one per model), its entries and size, and the stored dedup graphs."""
+    root = _root(cache_dir)
+    rows = _rows(root)
+    stats = {"cache_dir": str(root), "namespaces": len(rows), "bytes": sum(r[4] for r in rows)}
+    reporter(quiet, json_mode, tables_to_stdout=True).summary("cache", stats, [Table("namespaces", "cache", COLUMNS,
+                                                                                     rows)])
+
+
+@app.command("prune")
+@handle_errors
+def prune(cache_dir: CacheDir = None,
+          older_than: Annotated[Optional[float], typer.Option(
+              "--older-than", help="Drop vector shards and graphs not used for this many days.")] = None,
+          quiet: Quiet = False, json_mode: Json = False) -> None:
+    """Drop entries unused for --older-than days, merge each namespace's shards into one, remove stale temps."""
+    if older_than is not None and older_than < 0:
+        raise InputError(f"--older-than: expected a number of days >= 0, got {older_than}")
+    root = _root(cache_dir)
+    before = sum(r[4] for r in _rows(root))
+    dropped_entries = dropped_graphs = temps = 0
+    for path in list_namespaces(root):
+        temps += remove_stale_temps(path)
+        if path.name == GRAPH_DIR:
+            continue
+        store = VectorStore.at_path(path)
+        if store is None:
+            continue
+        if older_than is not None:
+            dropped_entries += store.prune(older_than * DAY)
+        store.compact()
+    if older_than is not None:
+        cutoff = time.time() - older_than * DAY
+        for graph in _graphs(root):
+            if graph.stat().st_mtime < cutoff:
+                graph.unlink(missing_ok=True)
+                dropped_graphs += 1
+    after = sum(r[4] for r in _rows(root))
+    stats = {"cache_dir": str(root), "entries_dropped": dropped_entries, "graphs_dropped": dropped_graphs,
+             "temps_removed": temps, "bytes_before": before, "bytes_after": after}
+    reporter(quiet, json_mode).summary("cache prune", stats)
+
+
+def register(root: typer.Typer) -> None:
+    root.add_typer(app, name="cache")

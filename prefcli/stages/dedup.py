@@ -1,0 +1,561 @@
+"""Exact and semantic near-duplicate detection, eval-set decontamination and keep policies.
+
+Pipeline over one table:
+1. exact pass: rows whose normalised text hashes alike share one node (only nodes are embedded);
+2. semantic pass: kNN over node embeddings gives a neighbour graph (top-k above a floor), kept as an
+   artefact so another --threshold re-clusters without embedding or searching again;
+3. edges at cosine >= threshold join nodes into clusters (vectorised union-find);
+4. one representative per cluster by the keep policy; contaminated rows are never representatives.
+
+Everything here is pure: tables, vectors and models come in, a StageResult comes out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import InputError
+from ..models.index import NeighbourIndex, connected_components
+from ..report import StageResult, mark_set_aside
+from ..schema import core_columns, with_stage_columns
+from ..text import digest, normalize, render_messages, texts_for
+
+STAGE = "dedup"
+TEXT_VIEWS = ("prompt", "pair", "chosen")
+KEEP_POLICIES = ("first", "longest", "strongest", "random")
+DEFAULT_THRESHOLD = 0.92
+DEFAULT_AGAINST_THRESHOLD = 0.9
+GRAPH_K = 10  # neighbours kept per text in the graph artefact
+GRAPH_FLOOR = 0.5  # edges below this cosine are not kept: thresholds below it need a new search
+# Typo rescue: kNN candidates whose normalised texts differ by a few character edits (OSA distance
+# <= max(MIN_EDITS, EDIT_RATIO * length)) are duplicates whatever their cosine: a typo in a short
+# prompt can drop MiniLM's cosine to 0.3, while templated prompts differing in a word stay apart.
+MIN_EDITS = 2
+EDIT_RATIO = 0.03
+EXPLAIN_THRESHOLDS = (0.8, 0.85, 0.9, 0.92, 0.95, 0.98)
+REASONS = ("exact", "semantic", "contaminated")
+
+
+@dataclass
+class DedupOptions:
+    on: str = "prompt"
+    threshold: float = DEFAULT_THRESHOLD
+    keep: str = "first"
+    seed: int = 0
+    against_threshold: float = DEFAULT_AGAINST_THRESHOLD
+    drop: bool = False
+    device: str = "auto"
+    lexical: bool = True
+    k: int = GRAPH_K
+    floor: float = GRAPH_FLOOR
+
+    def check(self) -> None:
+        if self.on not in TEXT_VIEWS:
+            raise InputError(f"--on: expected one of {', '.join(TEXT_VIEWS)}, got '{self.on}'")
+        if self.keep not in KEEP_POLICIES:
+            raise InputError(f"--keep: expected one of {', '.join(KEEP_POLICIES)}, got '{self.keep}'")
+        for name, value in (("--threshold", self.threshold), ("--against-threshold", self.against_threshold)):
+            if not 0.0 < value <= 1.0:
+                raise InputError(f"{name}: expected a cosine similarity in (0, 1], got {value}")
+        if self.threshold < self.floor:
+            raise InputError(f"--threshold {self.threshold}: below the neighbour-graph floor {self.floor}")
+
+
+# --------------------------------------------------------------------------- exact pass
+
+@dataclass
+class ExactGroups:
+    """Rows grouped by normalised-text hash. Nodes are numbered in order of first occurrence."""
+
+    keys: list[str]  # one per node
+    node_of_row: np.ndarray  # int64, row -> node
+    first_row: np.ndarray  # int64, node -> its first row
+
+    @property
+    def nodes(self) -> int:
+        return len(self.keys)
+
+
+def text_keys(texts: Sequence[str]) -> list[str]:
+    """Content key of each text: hash of its normalised form (the embedding cache uses the same key)."""
+    return [digest(normalize(t)) for t in texts]
+
+
+def exact_groups(keys: Sequence[str]) -> ExactGroups:
+    if not len(keys):
+        return ExactGroups([], np.zeros(0, np.int64), np.zeros(0, np.int64))
+    packed = np.array(keys, dtype="S32")
+    _, first, inverse = np.unique(packed, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    node_of_sorted = np.empty_like(order)
+    node_of_sorted[order] = np.arange(len(order))
+    first_row = first[order].astype(np.int64)
+    return ExactGroups([keys[i] for i in first_row], node_of_sorted[inverse.ravel()].astype(np.int64), first_row)
+
+
+# --------------------------------------------------------------------------- neighbour graph
+
+@dataclass
+class NeighbourGraph:
+    """Undirected kNN edges between nodes (src < dst), cosine >= floor; the re-threshold artefact."""
+
+    src: np.ndarray  # int64 node ids
+    dst: np.ndarray
+    sim: np.ndarray  # float32
+    edits: np.ndarray  # int32 character edits between the normalised texts
+    length: np.ndarray  # int32 length of the longer normalised text
+    fingerprint: str = ""
+    index_kind: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def linked(self, threshold: float, lexical: bool = True) -> np.ndarray:
+        """Which edges make duplicates: cosine >= threshold, or (lexical) only a few typo-sized edits apart."""
+        keep = self.sim >= threshold
+        if lexical:
+            keep |= self.edits <= edit_allowance(self.length)
+        return keep
+
+    def edges_at(self, threshold: float, lexical: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        keep = self.linked(threshold, lexical)
+        return self.src[keep], self.dst[keep]
+
+    def to_table(self, groups: ExactGroups, pair_ids: Sequence[str]) -> pa.Table:
+        """Parquet-ready: text keys (what re-clustering needs) plus the pair_ids of their first rows."""
+        keys = np.array(groups.keys, dtype=object)
+        first_pairs = np.array(pair_ids, dtype=object)[groups.first_row]
+        meta = {"fingerprint": self.fingerprint, "index": self.index_kind,
+                **{k: str(v) for k, v in self.meta.items()}}
+        return pa.table({
+            "text_key": pa.array(keys[self.src], pa.large_string()),
+            "neighbour_text_key": pa.array(keys[self.dst], pa.large_string()),
+            "pair_id": pa.array(first_pairs[self.src], pa.large_string()),
+            "neighbour_pair_id": pa.array(first_pairs[self.dst], pa.large_string()),
+            "similarity": pa.array(self.sim, pa.float32()),
+            "edits": pa.array(self.edits, pa.int32()),
+            "length": pa.array(self.length, pa.int32()),
+        }).replace_schema_metadata({f"prefcli.dedup.{k}": v for k, v in meta.items()})
+
+    @classmethod
+    def from_table(cls, table: pa.Table, groups: ExactGroups) -> "NeighbourGraph":
+        meta = {k.decode()[len("prefcli.dedup."):]: v.decode()
+                for k, v in (table.schema.metadata or {}).items() if k.startswith(b"prefcli.dedup.")}
+        lookup = {k: i for i, k in enumerate(groups.keys)}
+        try:
+            src = np.array([lookup[k] for k in table.column("text_key").to_pylist()], dtype=np.int64)
+            dst = np.array([lookup[k] for k in table.column("neighbour_text_key").to_pylist()], dtype=np.int64)
+        except KeyError as exc:
+            raise InputError(f"neighbour graph does not match this input (unknown text {exc})") from None
+        sim = table.column("similarity").to_numpy().astype(np.float32)
+        edits, length = (table.column(c).to_numpy().astype(np.int32) for c in ("edits", "length"))
+        return cls(src, dst, sim, edits, length, meta.pop("fingerprint", ""), meta.pop("index", ""), meta)
+
+
+def graph_fingerprint(groups: ExactGroups, *, model_id: str, on: str, k: int, floor: float) -> str:
+    """Identifies a graph: the set of texts (order-free), the model, the text view and the kNN settings."""
+    body = "\n".join([model_id, on, str(k), repr(float(floor)), *sorted(groups.keys)])
+    return digest(body)
+
+
+def build_graph(vectors: np.ndarray, texts: Sequence[str], *, k: int = GRAPH_K, floor: float = GRAPH_FLOOR,
+                device: str = "auto") -> NeighbourGraph:
+    """Self-kNN over L2-normalised vectors (one per text): each node's top-k neighbours at cosine >= floor."""
+    if len(vectors) < 2:
+        return with_edits(*_no_edges(), texts, index_kind="none")
+    src, dst, sim, kind = knn_edges(vectors, vectors, k=k + 1, floor=floor, device=device)
+    return with_edits(*undirected_edges(src, dst, sim), texts, index_kind=kind)
+
+
+def knn_edges(base: np.ndarray, queries: np.ndarray, *, k: int, floor: float, device: str,
+              offset: int = 0, base_offset: int = 0):
+    """(query node, base node, cosine, index kind) for each query's top-k base neighbours at cosine >= floor.
+
+    Node ids are positions plus the offsets; a query never links to itself.
+    """
+    index = NeighbourIndex(base, device=device)
+    sims, ids = index.search(queries, k)
+    rows = np.repeat(np.arange(len(queries), dtype=np.int64) + offset, ids.shape[1])
+    ids, sims = ids.ravel().astype(np.int64), sims.ravel()
+    keep = (ids >= 0) & (sims >= floor)
+    ids = ids + base_offset
+    keep &= ids != rows
+    return rows[keep], ids[keep], sims[keep], index.kind
+
+
+def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequence[str], **kw) -> NeighbourGraph:
+    """A graph whose edges carry the character edit distance between their normalised texts."""
+    from rapidfuzz.distance import OSA
+    from rapidfuzz.process import cpdist
+
+    if not len(src):
+        return NeighbourGraph(src, dst, sim, np.zeros(0, np.int32), np.zeros(0, np.int32), **kw)
+    normal = np.array([normalize(t) for t in texts], dtype=object)
+    sizes = np.array([len(t) for t in normal], dtype=np.int32)
+    length = np.maximum(sizes[src], sizes[dst])
+    allowed = edit_allowance(length)
+    # only pairs whose lengths could be within the allowance are compared, with a bounded (banded) distance
+    edits = length.copy()
+    close = np.flatnonzero(np.abs(sizes[src] - sizes[dst]) <= allowed)
+    if len(close):
+        edits[close] = cpdist(normal[src[close]].tolist(), normal[dst[close]].tolist(), scorer=OSA.distance,
+                              score_cutoff=int(allowed[close].max()), workers=1)
+    return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
+
+
+def edit_allowance(length: np.ndarray) -> np.ndarray:
+    """Character edits at which two texts of this (longer) length count as the same text with typos."""
+    return np.maximum(MIN_EDITS, (EDIT_RATIO * length).astype(np.int32))
+
+
+def undirected_edges(a: np.ndarray, b: np.ndarray, sim: np.ndarray):
+    """Edges as (low, high) node pairs, each once, with similarities clipped to [-1, 1]."""
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    order = np.lexsort((hi, lo))
+    lo, hi, sim = lo[order], hi[order], sim[order]
+    first = np.ones(len(lo), dtype=bool)
+    first[1:] = (lo[1:] != lo[:-1]) | (hi[1:] != hi[:-1])
+    return lo[first], hi[first], np.clip(sim[first], -1.0, 1.0).astype(np.float32)
+
+
+def _no_edges():
+    return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+
+
+# --------------------------------------------------------------------------- decontamination
+
+@dataclass
+class Contamination:
+    flagged: np.ndarray  # bool per row
+    similarity: np.ndarray  # float64 per row: best cosine to any eval prompt (1.0 for exact matches)
+    exact: int = 0
+    semantic: int = 0
+
+
+def contamination(table: pa.Table, eval_prompts: Sequence[str], embedder, *, threshold: float,
+                  device: str = "auto") -> Contamination:
+    """Rows whose prompt matches an eval prompt: exactly (whole prompt or any user turn) or at cosine >= threshold."""
+    n = table.num_rows
+    eval_prompts = [p for p in eval_prompts if p.strip()]
+    if not eval_prompts:
+        return Contamination(np.zeros(n, bool), np.zeros(n))
+    eval_keys = set(text_keys(eval_prompts))
+    prompts = table.column("prompt").to_pylist()
+    rendered = [render_messages(m) for m in prompts]
+    groups = exact_groups(text_keys(rendered))
+    node_exact = np.array([k in eval_keys for k in groups.keys], dtype=bool)
+    turn_exact = np.array([any(m["role"] == "user" and digest(normalize(m["content"])) in eval_keys for m in turns)
+                           for turns in prompts], dtype=bool)
+    exact = node_exact[groups.node_of_row] | turn_exact
+    node_texts = [rendered[i] for i in groups.first_row]
+    vectors = embedder.encode(node_texts)
+    eval_vectors = embedder.encode(eval_prompts)
+    sims, _ = NeighbourIndex(eval_vectors, device=device).search(vectors, 1)
+    best = np.clip(sims[:, 0], -1.0, 1.0).astype(np.float64)[groups.node_of_row]
+    semantic = (best >= threshold) & ~exact
+    best[exact] = 1.0
+    return Contamination(exact | semantic, best, int(exact.sum()), int(semantic.sum()))
+
+
+# --------------------------------------------------------------------------- keep policy and columns
+
+def keep_priority(table: pa.Table, texts: Sequence[str], keep: str, seed: int) -> tuple[np.ndarray, str]:
+    """Higher wins; ties go to the earlier row. Returns (priority per row, what it was computed from)."""
+    n = table.num_rows
+    if keep == "first":
+        return np.zeros(n), "row order"
+    if keep == "longest":
+        return pc.utf8_length(pa.array(texts, pa.large_string())).to_numpy(zero_copy_only=False).astype(float), \
+            "text length"
+    if keep == "strongest":
+        if "pref_mean" in table.column_names:
+            return _filled(table.column("pref_mean")), "pref_mean"
+        if table.column("chosen_score").null_count < n:
+            margin = pc.subtract(table.column("chosen_score"), table.column("rejected_score"))
+            return _filled(margin), "chosen_score - rejected_score"
+        raise InputError("--keep strongest: needs a pref_mean column (run `prefcli vote` first) "
+                         "or chosen_score/rejected_score values")
+    if keep == "random":
+        # a hash of (seed, pair_id): the same row wins whatever else is in the file or its order
+        ids = table.column("pair_id").to_pylist()
+        return np.array([int(digest(f"{seed}:{p}")[:12], 16) for p in ids], dtype=float), f"random (seed {seed})"
+    raise InputError(f"--keep: expected one of {', '.join(KEEP_POLICIES)}, got '{keep}'")
+
+
+def _filled(column) -> np.ndarray:
+    values = pc.fill_null(pc.cast(column, pa.float64()), -np.inf)
+    return values.to_numpy(zero_copy_only=False) if hasattr(values, "to_numpy") else np.asarray(values)
+
+
+def choose_representatives(cluster: np.ndarray, priority: np.ndarray, eligible: np.ndarray) -> np.ndarray:
+    """Representative row of each row's cluster (-1 where no row of the cluster is eligible)."""
+    n = len(cluster)
+    rep = np.full(n, -1, dtype=np.int64)
+    if not n:
+        return rep
+    rows = np.arange(n)
+    order = np.lexsort((rows, -priority, ~eligible, cluster))
+    starts = np.ones(n, dtype=bool)
+    starts[1:] = cluster[order][1:] != cluster[order][:-1]
+    winners = order[starts]
+    winner_of = np.full(cluster.max() + 1, -1, dtype=np.int64)
+    winner_of[cluster[winners]] = np.where(eligible[winners], winners, -1)
+    return winner_of[cluster]
+
+
+def similarity_to(nodes_a: np.ndarray, nodes_b: np.ndarray, vectors: np.ndarray | None,
+                  graph: NeighbourGraph) -> np.ndarray:
+    """Cosine between node pairs: from vectors when given, else the graph edge (NaN if not adjacent)."""
+    out = np.full(len(nodes_a), np.nan)
+    same = nodes_a == nodes_b
+    out[same] = 1.0
+    todo = ~same & (nodes_a >= 0) & (nodes_b >= 0)
+    if vectors is not None:
+        a, b = vectors[nodes_a[todo]], vectors[nodes_b[todo]]
+        out[todo] = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+        return out
+    lookup = dict(zip(zip(graph.src.tolist(), graph.dst.tolist()), graph.sim.tolist()))
+    idx = np.flatnonzero(todo)
+    lo, hi = np.minimum(nodes_a[idx], nodes_b[idx]), np.maximum(nodes_a[idx], nodes_b[idx])
+    out[idx] = [lookup.get((x, y), np.nan) for x, y in zip(lo.tolist(), hi.tolist())]
+    return out
+
+
+def dedup_columns(cluster_key: Sequence[str], is_rep: np.ndarray, sim: np.ndarray,
+                  reason: Sequence[str | None], against_sim: np.ndarray | None) -> dict[str, pa.Array]:
+    columns = {
+        "dedup_cluster": pa.array(cluster_key, pa.large_string()),
+        "dedup_is_rep": pa.array(is_rep, pa.bool_()),
+        "dedup_sim_to_rep": pa.array(np.round(sim, 6), pa.float64(), mask=np.isnan(sim)),
+        "dedup_reason": pa.array(reason, pa.large_string()),
+    }
+    if against_sim is not None:
+        columns["dedup_against_sim"] = pa.array(np.round(against_sim, 6), pa.float64())
+    return columns
+
+
+def split_result(table: pa.Table, is_rep: np.ndarray, reasons: Sequence[str | None], drop: bool,
+                 stats: dict) -> StageResult:
+    """Without drop every row stays (flagged); with drop non-representatives are set aside with their reason."""
+    if not drop:
+        return StageResult(table, None, stats)
+    keep = pa.array(is_rep, pa.bool_())
+    removed_idx = np.flatnonzero(~is_rep)
+    removed = mark_set_aside(table.filter(pc.invert(keep)), [reasons[i] for i in removed_idx], STAGE)
+    return StageResult(table.filter(keep), removed, stats)
+
+
+# --------------------------------------------------------------------------- the stage
+
+@dataclass
+class DedupRun:
+    result: StageResult
+    graph: NeighbourGraph
+    groups: ExactGroups
+    texts: list[str]
+    vectors: np.ndarray | None
+
+
+def stage_texts(table: pa.Table, on: str) -> list[str]:
+    texts = texts_for(table, on)
+    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pa.array(texts, pa.large_string()))), 0)
+    if pc.any(blank).as_py():
+        row = pc.index(blank, True).as_py()
+        raise InputError(f"row {row}: empty {on} text (dedup --on {on} needs text to compare)")
+    return texts
+
+
+def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence[str] = (),
+          graph_source: Callable[[str], pa.Table | None] | None = None) -> DedupRun:
+    """Flag (or with options.drop set aside) duplicate and contaminated rows.
+
+    `embedder` is a CachedEmbedder-like object (.encode, .lookup, .model_id, .computed).
+    `graph_source(fingerprint)` may return a stored neighbour graph; one whose fingerprint matches
+    this input's texts, model, text view and kNN settings is used with no embedding and no search.
+    """
+    options.check()
+    computed_before = embedder.computed
+    texts = stage_texts(table, options.on)
+    priority = keep_priority(table, texts, options.keep, options.seed)  # before any embedding: fails fast
+    groups = exact_groups(text_keys(texts))
+    fingerprint = graph_fingerprint(groups, model_id=embedder.model_id, on=options.on, k=options.k,
+                                    floor=options.floor)
+    graph_table = graph_source(fingerprint) if graph_source is not None else None
+    reused = graph_table is not None and _table_fingerprint(graph_table) == fingerprint
+    graph = NeighbourGraph.from_table(graph_table, groups) if reused else None
+    node_texts = [texts[i] for i in groups.first_row]
+    if graph is None:
+        vectors = embedder.encode(node_texts)
+        graph = build_graph(vectors, node_texts, k=options.k, floor=options.floor, device=options.device)
+        graph.fingerprint = fingerprint
+        graph.meta = {"model": embedder.model_id, "on": options.on, "k": options.k, "floor": options.floor}
+    else:
+        found, vectors = embedder.lookup(node_texts)  # exact similarities to reps when the cache has them
+        vectors = vectors if found.all() else None
+    contam = contamination(table, against, embedder, threshold=options.against_threshold,
+                           device=options.device) if against else None
+    result = label_rows(table, groups, graph, vectors, options, contam, priority)
+    result.stats.update(embedded=embedder.computed - computed_before, graph_reused=reused)
+    return DedupRun(result, graph, groups, texts, vectors)
+
+
+def label_rows(table: pa.Table, groups: ExactGroups, graph: NeighbourGraph, vectors: np.ndarray | None,
+               options: DedupOptions, contam: Contamination | None, priority: tuple[np.ndarray, str], *,
+               pinned: int = 0, pinned_clusters: Sequence[str] | None = None) -> StageResult:
+    """Cluster at options.threshold, pick representatives, add the dedup_ columns, split if dropping.
+
+    `priority` is keep_priority's (score per row, basis): the highest score in a cluster is its representative.
+    The first `pinned` rows are an already-kept set: they win their clusters and lend them their
+    `pinned_clusters` ids (incremental dedup); callers slice them off afterwards.
+    """
+    n = table.num_rows
+    eligible = ~contam.flagged if contam is not None else np.ones(n, bool)
+    labels = connected_components(groups.nodes, *graph.edges_at(options.threshold, options.lexical))
+    cluster = labels[groups.node_of_row]
+    priority, keep_basis = np.array(priority[0], dtype=float), priority[1]  # a writable copy
+    priority[:pinned] = np.inf
+    eligible[:pinned] = True
+    rep = choose_representatives(cluster, priority, eligible)
+    is_rep = rep == np.arange(n)
+    rep_node = np.where(rep >= 0, groups.node_of_row[np.maximum(rep, 0)], -1)
+    sim = similarity_to(groups.node_of_row, rep_node, vectors, graph)
+    reasons = np.where(rep_node == groups.node_of_row, "exact", "semantic").astype(object)
+    reasons[is_rep] = None
+    if contam is not None:
+        reasons[contam.flagged] = "contaminated"
+    cluster_key = np.array(groups.keys, dtype=object)[cluster]
+    if pinned:
+        from_kept = (rep >= 0) & (rep < pinned)
+        cluster_key[from_kept] = np.asarray(pinned_clusters, dtype=object)[rep[from_kept]]
+    columns = dedup_columns(cluster_key.tolist(), is_rep, sim, reasons.tolist(),
+                            contam.similarity if contam is not None else None)
+    stats = {
+        "rows_in": n - pinned,
+        "unique_texts": groups.nodes,
+        "exact_duplicates": int(np.sum(reasons[pinned:] == "exact")),
+        "semantic_duplicates": int(np.sum(reasons[pinned:] == "semantic")),
+        "contaminated": int(contam.flagged[pinned:].sum()) if contam is not None else 0,
+        "clusters": int(len(np.unique(cluster[pinned:]))),
+        "graph_edges": int(len(graph.sim)),
+        "index": graph.index_kind,
+        "threshold": options.threshold,
+        "on": options.on,
+        "keep": options.keep,
+        "keep_basis": keep_basis,
+    }
+    if contam is not None:
+        stats.update(contaminated_exact=contam.exact, contaminated_semantic=contam.semantic,
+                     against_threshold=options.against_threshold)
+    if pinned:
+        table, is_rep, reasons = table.slice(pinned), is_rep[pinned:], reasons[pinned:]
+        columns = {name: values.slice(pinned) for name, values in columns.items()}
+        stats["duplicates_of_kept"] = int(np.sum((rep[pinned:] >= 0) & (rep[pinned:] < pinned)))
+    out = with_stage_columns(table, STAGE, columns)
+    result = split_result(out, is_rep, reasons.tolist(), options.drop, stats)
+    stats.update(representatives=int(is_rep.sum()), rows_out=result.out.num_rows,
+                 rows_removed=result.rows_set_aside)
+    return result
+
+
+def _table_fingerprint(graph_table: pa.Table) -> str:
+    return (graph_table.schema.metadata or {}).get(b"prefcli.dedup.fingerprint", b"").decode()
+
+
+# --------------------------------------------------------------------------- incremental: new rows vs kept set
+
+def dedup_new_rows(new: pa.Table, kept: pa.Table, embedder, options: DedupOptions, *,
+                   against: Sequence[str] = ()) -> StageResult:
+    """Dedup only `new` rows: against the already-kept set (its representatives) and among themselves.
+
+    Kept rows are never displaced: a new row that duplicates a kept row joins that row's cluster
+    (its dedup_cluster id is reused) and is not a representative. Only new texts are searched, and
+    only texts missing from the cache are embedded, so the cost follows the new rows.
+    """
+    options.check()
+    computed_before = embedder.computed
+    if "dedup_is_rep" in kept.column_names:
+        kept = kept.filter(pc.fill_null(kept.column("dedup_is_rep"), False))
+    needed = [c for c in new.schema.names if c in core_columns() or c == "pref_mean"]
+    if any(c not in kept.column_names for c in needed):
+        raise InputError(f"kept set lacks column '{next(c for c in needed if c not in kept.column_names)}'")
+    both = pa.concat_tables([kept.select(needed).cast(new.select(needed).schema), new.select(needed)])
+    texts = stage_texts(both, options.on)
+    priority = keep_priority(both, texts, options.keep, options.seed)
+    groups = exact_groups(text_keys(texts))
+    kept_nodes = int(np.sum(groups.first_row < kept.num_rows))  # kept rows come first, so do their nodes
+    node_texts = [texts[i] for i in groups.first_row]
+    graph = cross_graph(embedder.encode(node_texts), node_texts, kept_nodes, options)
+    contam = contamination(both, against, embedder, threshold=options.against_threshold,
+                           device=options.device) if against else None
+    pinned_clusters = kept.column("dedup_cluster").to_pylist() if "dedup_cluster" in kept.column_names \
+        else [groups.keys[node] for node in groups.node_of_row[: kept.num_rows]]
+    flagged = label_rows(both, groups, graph, None, DedupOptions(**{**vars(options), "drop": False}),
+                         contam, priority, pinned=kept.num_rows, pinned_clusters=pinned_clusters)
+    columns = {c: flagged.out.column(c) for c in flagged.out.column_names if c.startswith("dedup_")}
+    out = with_stage_columns(new, STAGE, columns)
+    is_rep = out.column("dedup_is_rep").to_numpy(zero_copy_only=False)
+    stats = {**flagged.stats, "kept_rows": kept.num_rows, "embedded": embedder.computed - computed_before}
+    result = split_result(out, is_rep, out.column("dedup_reason").to_pylist(), options.drop, stats)
+    stats.update(rows_out=result.out.num_rows, rows_removed=result.rows_set_aside)
+    return result
+
+
+def cross_graph(vectors: np.ndarray, texts: Sequence[str], kept_nodes: int, options: DedupOptions) -> NeighbourGraph:
+    """Edges among new nodes plus from each new node to its nearest kept nodes (kept-kept edges are skipped)."""
+    fresh = vectors[kept_nodes:]
+    knn = dict(k=options.k, floor=options.floor, device=options.device, offset=kept_nodes)
+    parts = [knn_edges(fresh, fresh, base_offset=kept_nodes, **{**knn, "k": options.k + 1})] if len(fresh) > 1 else []
+    if kept_nodes and len(fresh):
+        parts.append(knn_edges(vectors[:kept_nodes], fresh, **knn))
+    if not parts:
+        return with_edits(*_no_edges(), texts, index_kind="none")
+    src, dst, sim = (np.concatenate([p[i] for p in parts]) for i in range(3))
+    return with_edits(*undirected_edges(src, dst, sim), texts, index_kind=parts[0][3])
+
+
+# --------------------------------------------------------------------------- explain
+
+def explain(run: DedupRun, *, thresholds: Sequence[float] = EXPLAIN_THRESHOLDS, samples: int = 3,
+            seed: int = 0, lexical: bool = True) -> dict:
+    """Similarity histogram of each text's nearest neighbour, and what each threshold would do, with sample pairs."""
+    graph, groups, texts = run.graph, run.groups, run.texts
+    nearest = np.full(groups.nodes, np.nan)
+    if len(graph.sim):
+        best = np.full(groups.nodes, -np.inf)
+        np.maximum.at(best, graph.src, graph.sim)
+        np.maximum.at(best, graph.dst, graph.sim)
+        nearest = np.where(np.isfinite(best), best, np.nan)
+    edges = np.linspace(graph_floor(graph), 1.0, 11)
+    counts, _ = np.histogram(nearest[~np.isnan(nearest)], bins=edges)
+    histogram = [{"from": round(float(lo), 3), "to": round(float(hi), 3), "texts": int(c)}
+                 for lo, hi, c in zip(edges[:-1], edges[1:], counts)]
+    histogram.insert(0, {"from": None, "to": round(float(edges[0]), 3), "texts": int(np.isnan(nearest).sum())})
+    rng = np.random.default_rng(seed)
+    rows = []
+    for t in sorted(thresholds):
+        labels = connected_components(groups.nodes, *graph.edges_at(t, lexical))
+        members = np.bincount(labels[groups.node_of_row], minlength=groups.nodes)
+        band = np.flatnonzero((graph.sim >= t) & (graph.sim < t + 0.03))
+        picks = rng.choice(band, size=min(samples, len(band)), replace=False) if len(band) else []
+        rows.append({
+            "threshold": t,
+            "duplicates": int(len(groups.node_of_row) - np.count_nonzero(members)),
+            "links": int(np.sum(graph.linked(t, lexical))),
+            "largest_cluster": int(members.max()) if len(members) else 0,
+            "samples": [{"similarity": round(float(graph.sim[e]), 4),
+                         "text": _clip(texts[groups.first_row[graph.src[e]]]),
+                         "neighbour": _clip(texts[groups.first_row[graph.dst[e]]])} for e in sorted(picks)],
+        })
+    return {"histogram": histogram, "thresholds": rows}
+
+
+def graph_floor(graph: NeighbourGraph) -> float:
+    return float(graph.meta.get("floor", GRAPH_FLOOR))
+
+
+def _clip(text: str, width: int = 100) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"

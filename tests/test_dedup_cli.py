@@ -1,0 +1,96 @@
+"""`prefcli dedup` end to end (subprocess): outputs, --drop accounting, re-threshold from the graph, errors."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow.parquet as pq
+import pytest
+
+from typer.testing import CliRunner
+
+from conftest import assert_one_line_error, run_cli
+from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
+from prefcli import io
+from prefcli.cli.main import app
+
+
+@pytest.fixture(scope="module")
+def files(shared_data, tmp_path_factory, session_cache):
+    root = tmp_path_factory.mktemp("dedup-cli")
+    base = alpaca_instructions(shared_data)[:30] + hh_first_prompts(shared_data, 30)
+    variants = [v for _, _, v in variants_of(base, seed=2)][:30]
+    io.write_table(prompt_pairs(base + variants), root / "in.parquet")
+    (root / "eval.txt").write_text("\n".join(base[:3]) + "\n")
+    (root / "eval.jsonl").write_text("\n".join(json.dumps({"instruction": p}) for p in base[3:5]) + "\n")
+    return root
+
+
+def summary(proc) -> dict:
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout.decode().strip().splitlines()[-1])
+
+
+def test_drop_writes_kept_and_removed_rows_with_reasons(files):
+    out, removed = files / "out.parquet", files / "removed.parquet"
+    stats = summary(run_cli("dedup", str(files / "in.parquet"), "-o", str(out), "--drop", "--removed", str(removed),
+                            "--against", str(files / "eval.txt"), "--against", str(files / "eval.jsonl"),
+                            "--json", "--seed", "1"))
+    kept, gone = pq.read_table(out), pq.read_table(removed)
+    assert kept.num_rows + gone.num_rows == stats["rows_in"] == 90
+    assert stats["rows_removed"] == gone.num_rows > 0
+    reasons = gone.column("set_aside_reason").to_pylist()
+    assert reasons.count("contaminated") >= 5 and {"exact", "semantic"} <= set(reasons)
+    assert all(kept.column("dedup_is_rep").to_pylist())
+
+
+def test_rethreshold_reuses_graph_and_explain(files):
+    first = summary(run_cli("dedup", str(files / "in.parquet"), "-o", str(files / "a.parquet"), "--json",
+                            "--graph", str(files / "g.parquet")))
+    assert (files / "g.parquet").exists()
+    again = summary(run_cli("dedup", str(files / "in.parquet"), "-o", str(files / "b.parquet"), "--json",
+                            "--threshold", "0.8", "--explain"))
+    assert again["graph_reused"] and again["embedded"] == 0
+    assert again["semantic_duplicates"] >= first["semantic_duplicates"]
+    assert sum(h["texts"] for h in again["explain"]["histogram"]) == again["unique_texts"]
+    # same input, same options: byte-identical output
+    run_cli("dedup", str(files / "in.parquet"), "-o", str(files / "c.parquet"), "-q")
+    assert (files / "a.parquet").read_bytes() == (files / "c.parquet").read_bytes()
+    # --explain alone prints tables and writes nothing
+    plain = run_cli("dedup", str(files / "in.parquet"), "--explain")
+    assert plain.returncode == 0 and "threshold" in plain.stdout.decode()
+
+
+def test_pipes_through_stdin_and_stdout(files):
+    data = (files / "in.parquet").read_bytes()
+    proc = run_cli("dedup", "-", "-o", "-", "-q", input=data)
+    assert proc.returncode == 0 and proc.stderr == b""
+    assert pq.read_table(__import__("io").BytesIO(proc.stdout)).num_rows == 90
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (["--on", "bogus"], ["--on", "bogus"]),
+    (["--keep", "oldest"], ["--keep", "oldest"]),
+    (["--threshold", "0"], ["--threshold"]),
+    (["--threshold", "0.3"], ["--threshold", "floor"]),
+    (["--device", "tpu"], ["--device"]),
+    (["--removed", "r.parquet"], ["--removed needs --drop"]),
+    (["--keep", "strongest"], ["--keep strongest", "pref_mean"]),
+    (["--against", "missing-eval.txt"], ["missing-eval.txt"]),
+])
+def test_bad_options_give_one_line_errors(files, args, fragments):
+    """In-process (CliRunner) to keep the suite fast; the subprocess path is covered just below."""
+    result = CliRunner().invoke(app, ["dedup", str(files / "in.parquet"), "-o", str(files / "bad.parquet"), *args])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("prefcli: error:"), result.stderr
+    assert all(f in lines[0] for f in fragments), lines[0]
+    assert not (files / "bad.parquet").exists()
+
+
+def test_bad_input_gives_one_line_error(files):
+    (files / "broken.parquet").write_bytes(b"not parquet")
+    assert_one_line_error(run_cli("dedup", str(files / "broken.parquet"), "-o", str(files / "x.parquet")),
+                          "broken.parquet")
+    assert_one_line_error(run_cli("dedup", str(files / "in.parquet"), "--keep", "strongest", "-o",
+                                  str(files / "x.parquet")), "--keep strongest")
+    assert not (files / "x.parquet").exists()
