@@ -1,0 +1,118 @@
+"""The reward-model interface every backend implements, and the score cache they share.
+
+A reward model maps (prompt messages, response) to one float. The vote stage only calls
+`fit(pairs, seed=...)` then `score_pairs(pairs)`; pointwise backends (hf:, later an
+OpenAI-compatible judge) subclass `PointwiseRewardModel` and implement `_score_uncached` only.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import pyarrow as pa
+
+from ...text import digest, render_messages
+from ..cache import VectorStore
+
+
+@runtime_checkable
+class RewardModel(Protocol):
+    name: str  # short column-safe name: columns are rm_<name>_chosen / _rejected / _margin
+    model_id: str  # identity of the scorer (weights + settings), the score-cache namespace
+
+    def score(self, prompts: Sequence[list[dict]], responses: Sequence[str]) -> np.ndarray:
+        """float64 array, one reward per (prompt messages, response)."""
+
+    def fit(self, pairs: pa.Table, *, seed: int) -> None:
+        """Prepare on the pairs to be scored (trained ensembles); a no-op for pretrained models."""
+
+    def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(chosen scores, rejected scores) for every row of a canonical pairs table."""
+
+
+def score_keys(prompts: Sequence[list[dict]], responses: Sequence[str]) -> list[str]:
+    """Cache key per item: hash of (prompt hash, response hash). Exact text: a score may depend on every byte."""
+    return [digest(digest(render_messages(p)) + digest(r)) for p, r in zip(prompts, responses)]
+
+
+class ScoreCache:
+    """Scores of one model id in the shared VectorStore (dim 1); counts what it actually had to compute."""
+
+    def __init__(self, model_id: str, cache_dir: str | None, enabled: bool = True):
+        self.store = VectorStore(cache_dir, f"rm/{model_id}", 1) if enabled else None
+        self.computed = 0
+
+    def lookup(self, prompts, responses, compute) -> np.ndarray:
+        """Scores from the cache; `compute(prompts, responses)` runs only on misses (deduplicated)."""
+        keys = score_keys(prompts, responses)
+        first: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            first.setdefault(key, i)
+        unique = list(first)
+        if self.store is not None:
+            found, values = self.store.get(unique)
+            values = values[:, 0].astype(np.float64)
+        else:
+            found, values = np.zeros(len(unique), bool), np.zeros(len(unique), np.float64)
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            rows = [first[unique[i]] for i in missing]
+            fresh = np.asarray(compute([prompts[i] for i in rows], [responses[i] for i in rows]), np.float64)
+            values[missing] = fresh
+            self.computed += len(missing)
+            if self.store is not None:
+                self.store.put([unique[i] for i in missing], fresh.astype(np.float32)[:, None])
+        position = {k: i for i, k in enumerate(unique)}
+        return values[[position[k] for k in keys]]
+
+
+class PointwiseRewardModel:
+    """Base for models that score each response on its own; adds caching and pair scoring.
+
+    Subclasses set `name`, `model_id` and implement `_score_uncached(prompts, responses)`.
+    Cached scores are stored as float32, so a cached run returns the float32-rounded value.
+    """
+
+    name: str = "rm"
+    model_id: str = "rm"
+
+    def __init__(self, *, cache_dir: str | None = None, use_cache: bool = True):
+        self._cache_dir = cache_dir
+        self._use_cache = use_cache
+        self._cache: ScoreCache | None = None
+
+    @property
+    def cache(self) -> ScoreCache:
+        if self._cache is None:
+            self._cache = ScoreCache(self.model_id, self._cache_dir, self._use_cache)
+        return self._cache
+
+    @property
+    def computed(self) -> int:
+        """Responses actually scored by the model (cache misses)."""
+        return self._cache.computed if self._cache is not None else 0
+
+    def _score_uncached(self, prompts: Sequence[list[dict]], responses: Sequence[str]) -> np.ndarray:
+        raise NotImplementedError
+
+    def score(self, prompts: Sequence[list[dict]], responses: Sequence[str]) -> np.ndarray:
+        return self.cache.lookup(list(prompts), list(responses), self._score_uncached)
+
+    def fit(self, pairs: pa.Table, *, seed: int) -> None:
+        return None
+
+    def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        prompts = pairs.column("prompt").to_pylist()
+        chosen = pairs.column("chosen").to_pylist()
+        rejected = pairs.column("rejected").to_pylist()
+        scores = self.score(prompts + prompts, chosen + rejected)
+        return scores[: len(chosen)], scores[len(chosen):]
+
+
+def column_safe(name: str) -> str:
+    """A reward-model name usable inside column names: lowercase [a-z0-9_]."""
+    import re
+
+    safe = re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+    return safe or "rm"

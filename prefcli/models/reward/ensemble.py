@@ -1,0 +1,323 @@
+"""`ensemble[:k=5,...]`: the built-in offline ensemble, trained on the pairs it votes on.
+
+Every member is a linear Bradley-Terry reward model r(x, y) = w·φ(x, y): logistic regression
+without intercept on the feature differences φ(x, chosen) − φ(x, rejected), trained on both
+orientations (±Δ), so P(a ≻ b) = σ(r(a) − r(b)) and swapping a pair exactly negates its margin.
+
+Cross-fitting: for each of `repeats` seeded splits into `folds` folds, a member trains on the
+other folds and scores the held-out fold, so every pair is scored only by models that never saw
+its label. Members differ by split/seed and by feature view:
+  - `emb`: all-MiniLM-L6-v2 sentence embeddings (shared cache) of the response, the
+    prompt⊙response product (prompt×response interaction) and a few style/length scalars;
+  - `lex`: TF-IDF word 1–2-grams and char 3–5-grams of the response (refusals, hedges, style),
+    plus the same scalars.
+Robust second round (small-loss selection, as in co-teaching): within each training split the
+round-one models of all views score their own training pairs; the `drop` share with the lowest
+margins (suspected flips) is left out and the members are refitted. Labels of the held-out fold
+never touch the models that score it.
+
+The stage sees each member as one voter (columns rm_<name>_<view><repeat>_*), so pref_std is
+the disagreement between members. `score()` on new responses (e.g. mined negatives) uses each
+member's fold models averaged.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import scipy.sparse as sp
+
+from ...errors import InputError
+from .base import column_safe
+
+VIEWS = ("emb", "lex")
+_LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s", re.M)
+_WORD = re.compile(r"\w+")
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    repeats: int = 3  # seeded fold splits; members = repeats × views
+    folds: int = 5
+    views: tuple[str, ...] = VIEWS
+    drop: float = 0.15  # share of training pairs left out in round two (0 = one round only)
+    c_emb: float = 1.0  # inverse L2 strength per view
+    c_lex: float = 4.0
+    embed_model: str | None = None
+
+    @property
+    def k(self) -> int:
+        return self.repeats * len(self.views)
+
+
+def parse_options(arg: str) -> EnsembleConfig:
+    """`k=6,folds=5,views=emb+lex,drop=0.15,model=<embedder>`; k sets repeats = k / len(views)."""
+    config = EnsembleConfig()
+    if not arg:
+        return config
+    values: dict[str, object] = {}
+    k = None
+    for item in arg.split(","):
+        key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
+        if not sep or not raw:
+            raise InputError(f"--rm ensemble:{arg}: expected key=value items, got '{item}'")
+        try:
+            if key == "k":
+                k = int(raw)
+            elif key in ("folds", "repeats"):
+                values[key] = int(raw)
+            elif key in ("drop", "c_emb", "c_lex"):
+                values[key] = float(raw)
+            elif key == "views":
+                views = tuple(v for v in raw.split("+") if v)
+                bad = [v for v in views if v not in VIEWS]
+                if bad or not views:
+                    raise InputError(f"--rm ensemble: unknown view '{bad[0] if bad else raw}' "
+                                     f"(expected {'+'.join(VIEWS)})")
+                values["views"] = views
+            elif key == "model":
+                values["embed_model"] = raw
+            else:
+                raise InputError(f"--rm ensemble: unknown option '{key}' "
+                                 f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model)")
+        except ValueError:
+            raise InputError(f"--rm ensemble: {key}={raw!r} is not a number") from None
+    config = replace(config, **values)
+    if k is not None:
+        if k < 1:
+            raise InputError(f"--rm ensemble: k must be >= 1, got {k}")
+        config = replace(config, repeats=max(1, -(-k // len(config.views))))
+    if config.folds < 2 or config.repeats < 1:
+        raise InputError("--rm ensemble: need folds >= 2 and repeats >= 1")
+    if not 0 <= config.drop < 0.5:
+        raise InputError(f"--rm ensemble: drop must be in [0, 0.5), got {config.drop}")
+    return config
+
+
+# --------------------------------------------------------------------------- features
+
+def last_user_turn(messages: Sequence[dict]) -> str:
+    for m in reversed(messages or []):
+        if m["role"] == "user":
+            return m["content"]
+    return messages[-1]["content"] if messages else ""
+
+
+def style_scalars(queries: Sequence[str], responses: Sequence[str], query_vec: np.ndarray | None,
+                  response_vec: np.ndarray | None) -> np.ndarray:
+    """Length/format features and prompt–response relatedness, one row per response."""
+    rows = []
+    for q, r in zip(queries, responses):
+        words = _WORD.findall(r.lower())
+        qwords = set(_WORD.findall(q.lower()))
+        overlap = len(qwords & set(words)) / max(len(qwords), 1)
+        rows.append([np.log1p(len(r)), np.log1p(len(words)), np.log1p(r.count("\n")),
+                     np.log1p(len(_LIST_LINE.findall(r))), np.log1p(r.count("?")),
+                     len(set(words)) / max(len(words), 1), overlap])
+    out = np.asarray(rows, dtype=np.float64).reshape(len(responses), 7)
+    if query_vec is not None and response_vec is not None:
+        out = np.hstack([out, np.sum(query_vec * response_vec, axis=1, keepdims=True)])
+    return out
+
+
+class _Features:
+    """φ(prompt, response) for one view; fitted (unsupervised) on all texts of the table."""
+
+    def __init__(self, view: str):
+        self.view = view
+        self._tfidf = None
+        self._mu = self._sd = None
+
+    def fit(self, responses: list[str], scalars: np.ndarray) -> "_Features":
+        self._mu, self._sd = scalars.mean(axis=0), scalars.std(axis=0) + 1e-9
+        if self.view == "lex":
+            from sklearn.feature_extraction.text import TfidfVectorizer
+            from sklearn.pipeline import FeatureUnion
+
+            self._tfidf = FeatureUnion([
+                ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=30000, sublinear_tf=True,
+                                         dtype=np.float32)),
+                ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3, max_features=30000,
+                                         sublinear_tf=True, dtype=np.float32)),
+            ])
+            self._tfidf.fit(sorted(set(responses)))
+        return self
+
+    def transform(self, responses: list[str], scalars: np.ndarray, query_vec: np.ndarray,
+                  response_vec: np.ndarray):
+        scalars = (scalars - self._mu) / self._sd
+        if self.view == "emb":
+            return np.hstack([response_vec, query_vec * response_vec * np.sqrt(response_vec.shape[1]), scalars])
+        return sp.hstack([self._tfidf.transform(responses), sp.csr_matrix(scalars)]).tocsr()
+
+
+def _fit_bt(delta, weights: np.ndarray, c: float) -> np.ndarray:
+    """Bradley-Terry weights w: minimise C·Σ weight·log(1 + exp(−w·Δ)) + ½‖w‖².
+
+    That is logistic regression without intercept on ±Δ (labels 1/0) at C/2; liblinear's dual
+    solver is fast on the wide sparse TF-IDF view and on the dense one alike.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    stack = sp.vstack([delta, -delta]).tocsr() if sp.issparse(delta) else np.vstack([delta, -delta])
+    y = np.r_[np.ones(delta.shape[0]), np.zeros(delta.shape[0])]
+    model = LogisticRegression(C=c / 2, fit_intercept=False, solver="liblinear", tol=1e-4, max_iter=200,
+                               random_state=0)
+    model.fit(stack, y, sample_weight=np.r_[weights, weights])
+    return model.coef_[0]
+
+
+def _zscale(m: np.ndarray) -> np.ndarray:
+    from ...stages.vote import robust_scale
+
+    return m / robust_scale(m)
+
+
+# --------------------------------------------------------------------------- the ensemble
+
+@dataclass
+class _Member:
+    """One cross-fitted member: its out-of-fold scores on the fitted table, and averaged weights."""
+
+    name: str
+    view: str
+    chosen: np.ndarray
+    rejected: np.ndarray
+    weights: np.ndarray
+    fitted_ids: list[str]
+    fold: np.ndarray  # the fold each pair was held out in (scored by the model trained on the others)
+
+    def fit(self, pairs: pa.Table, *, seed: int) -> None:
+        return None
+
+    def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        if pairs.column("pair_id").to_pylist() != self.fitted_ids:
+            raise InputError(f"ensemble member {self.name}: can only score the pairs it was cross-fitted on")
+        return self.chosen, self.rejected
+
+
+class OfflineEnsemble:
+    """K cross-fitted Bradley-Terry members trained on the input pairs (see module docstring)."""
+
+    def __init__(self, config: EnsembleConfig | None = None, *, name: str | None = None, device: str = "auto",
+                 cache_dir: str | None = None, use_cache: bool = True):
+        self.config = config or EnsembleConfig()
+        self.name = column_safe(name or "ens")
+        self.device = device
+        self.cache_dir = cache_dir
+        self.use_cache = use_cache
+        c = self.config
+        self.model_id = (f"ensemble:repeats={c.repeats},folds={c.folds},views={'+'.join(c.views)},drop={c.drop},"
+                         f"c_emb={c.c_emb},c_lex={c.c_lex},model={c.embed_model or 'default'}")
+        self.members: list[_Member] = []
+        self._features: dict[str, _Features] = {}
+        self._embedder = None
+        self.computed = 0  # texts embedded (cache misses)
+
+    @classmethod
+    def from_spec(cls, arg: str, **kwargs) -> "OfflineEnsemble":
+        return cls(parse_options(arg), **kwargs)
+
+    @property
+    def embedder(self):
+        if self._embedder is None:
+            from ..embed import build_embedder
+
+            self._embedder = build_embedder(self.config.embed_model, device=self.device, cache_dir=self.cache_dir,
+                                            use_cache=self.use_cache)
+        return self._embedder
+
+    def _inputs(self, prompts: Sequence[list[dict]], responses: list[str]):
+        """Shared inputs of every view: embeddings of last user turn and response, style scalars."""
+        queries = [last_user_turn(m) for m in prompts]
+        before = self.embedder.computed
+        rv = self.embedder.encode(responses).astype(np.float64)
+        qv = self.embedder.encode(queries).astype(np.float64)
+        self.computed += self.embedder.computed - before
+        return style_scalars(queries, responses, qv, rv), qv, rv
+
+    def fit(self, pairs: pa.Table, *, seed: int) -> None:
+        n = pairs.num_rows
+        c = self.config
+        if n < 2 * c.folds:
+            raise InputError(f"--rm ensemble: needs at least {2 * c.folds} pairs to cross-fit "
+                             f"{c.folds} folds, got {n}")
+        prompts = pairs.column("prompt").to_pylist()
+        responses = pairs.column("chosen").to_pylist() + pairs.column("rejected").to_pylist()
+        scalars, qv, rv = self._inputs(prompts + prompts, responses)
+        phi = {}
+        for view in c.views:
+            self._features[view] = _Features(view).fit(responses, scalars)
+            both = self._features[view].transform(responses, scalars, qv, rv)
+            phi[view] = (both[:n], both[n:])
+        deltas = {v: phi[v][0] - phi[v][1] for v in c.views}
+        ids = pairs.column("pair_id").to_pylist()
+        self.members = []
+        for rep in range(c.repeats):
+            rng = np.random.default_rng([seed, rep])
+            fold_of = rng.permutation(n) % c.folds
+            scores = {v: (np.zeros(n), np.zeros(n)) for v in c.views}
+            weight_sum = {v: 0.0 for v in c.views}
+            for fold in range(c.folds):
+                train, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+                w = self._train_fold(deltas, train)
+                for v in c.views:
+                    scores[v][0][held] = _dot(phi[v][0][held], w[v])
+                    scores[v][1][held] = _dot(phi[v][1][held], w[v])
+                    weight_sum[v] = weight_sum[v] + w[v] / c.folds
+            for v in c.views:
+                self.members.append(_Member(f"{self.name}_{v}{rep}", v, scores[v][0], scores[v][1],
+                                            weight_sum[v], ids, fold_of))
+
+    def _train_fold(self, deltas: dict, train: np.ndarray) -> dict[str, np.ndarray]:
+        """Round one on all training pairs; round two without the `drop` share they fit worst."""
+        c = self.config
+        weights = np.ones(len(train))
+        coef = {v: _fit_bt(deltas[v][train], weights, self._c(v)) for v in c.views}
+        if c.drop <= 0:
+            return coef
+        margin = np.mean([_zscale(_dot(deltas[v][train], coef[v])) for v in c.views], axis=0)
+        weights = (margin > np.quantile(margin, c.drop)).astype(np.float64)
+        return {v: _fit_bt(deltas[v][train], weights, self._c(v)) for v in c.views}
+
+    def _c(self, view: str) -> float:
+        return self.config.c_emb if view == "emb" else self.config.c_lex
+
+    def voters(self) -> list[_Member]:
+        if not self.members:
+            raise InputError("--rm ensemble: fit() must run before scoring")
+        return self.members
+
+    def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """Cross-fitted ensemble scores: each member's scores scaled by its margin scale, averaged."""
+        members = self.voters()
+        scales = [_member_scale(m) for m in members]
+        chosen = np.mean([m.score_pairs(pairs)[0] / s for m, s in zip(members, scales)], axis=0)
+        rejected = np.mean([m.score_pairs(pairs)[1] / s for m, s in zip(members, scales)], axis=0)
+        return chosen, rejected
+
+    def score(self, prompts: Sequence[list[dict]], responses: Sequence[str]) -> np.ndarray:
+        """Reward of new (prompt, response) items: every member's fold-averaged model, scaled, averaged."""
+        members = self.voters()
+        responses = list(responses)
+        scalars, qv, rv = self._inputs(prompts, responses)
+        out = np.zeros(len(responses))
+        for m in members:
+            feats = self._features[m.view].transform(responses, scalars, qv, rv)
+            out += _dot(feats, m.weights) / _member_scale(m)
+        return out / len(members)
+
+
+def _member_scale(member: _Member) -> float:
+    from ...stages.vote import robust_scale
+
+    return float(robust_scale(member.chosen - member.rejected)[0])
+
+
+def _dot(x, w: np.ndarray) -> np.ndarray:
+    return np.asarray(x @ w).ravel()

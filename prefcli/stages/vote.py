@@ -1,0 +1,310 @@
+"""Vote: several reward models score every pair; preference strength, buckets and actions.
+
+Method ("Secrets of RLHF in Large Language Models Part II"): M reward models score each pair;
+per model the margin r(chosen) - r(rejected) is divided by a robust per-model scale (NOT centred,
+so the sign keeps its meaning: a negative margin votes against the label). Then
+  pref_mean  μ̂ = weighted mean of the scaled margins (weights: each --rm spec weighs 1 in total,
+             split evenly over an ensemble's members),
+  pref_std   σ̂ = weighted standard deviation across voters,
+  pref_agree = weighted share of voters whose margin is > 0 (agree with the label),
+  pref_wco   = min over voters (worst-case optimisation, "Reward Model Ensembles Help Mitigate
+             Overoptimization"), pref_uwo = μ̂ - λ·σ̂² (uncertainty-weighted, λ = uwo_lambda),
+  margin     = μ̂ (the adaptive margin for TRL / OpenRLHF, in scaled units),
+  label_prob = sigmoid(μ̂), P(chosen really is better), for soft labels,
+  pref_bucket from BucketThresholds.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import InputError
+from ..report import StageResult, Table, mark_set_aside
+from ..schema import with_stage_columns
+
+STAGE = "vote"
+BUCKETS = ("incorrect", "ambiguous", "normal", "strong")
+ACTIONS = ("none", "flip", "drop", "soft")
+CALIBRATION_VERSION = 1
+AGGREGATES = ("mean", "std", "agree", "wco", "uwo", "bucket", "margin", "label_prob")
+
+
+# --------------------------------------------------------------------------- thresholds
+
+@dataclass(frozen=True)
+class BucketThresholds:
+    """Buckets on pref_mean μ̂ (scaled units), checked in this order:
+    incorrect if μ̂ < incorrect; ambiguous if μ̂ < ambiguous or pref_std > ambiguous_std;
+    strong if μ̂ >= strong; otherwise normal."""
+
+    incorrect: float = -0.5
+    ambiguous: float = 0.25
+    strong: float = 1.5
+    ambiguous_std: float | None = None
+
+    def __post_init__(self):
+        if not (self.incorrect <= self.ambiguous <= self.strong):
+            raise InputError(f"thresholds: need incorrect <= ambiguous <= strong, got "
+                             f"{self.incorrect}, {self.ambiguous}, {self.strong}")
+        if self.ambiguous_std is not None and self.ambiguous_std < 0:
+            raise InputError(f"thresholds: ambiguous_std must be >= 0, got {self.ambiguous_std}")
+
+    def with_overrides(self, overrides: dict[str, str], where: str = "--thresholds") -> "BucketThresholds":
+        values: dict[str, Any] = asdict(self)
+        for key, raw in overrides.items():
+            if key not in values:
+                raise InputError(f"{where}: unknown threshold '{key}' (expected {', '.join(values)})")
+            if key == "ambiguous_std" and raw.lower() in ("", "none", "null"):
+                values[key] = None
+                continue
+            try:
+                values[key] = float(raw)
+            except ValueError:
+                raise InputError(f"{where}: {key}={raw!r} is not a number") from None
+            if not math.isfinite(values[key]):
+                raise InputError(f"{where}: {key}={raw!r} is not finite")
+        return BucketThresholds(**values)
+
+
+def thresholds_from_calibration(doc: Any, where: str = "calibration") -> BucketThresholds:
+    """Thresholds from a calib.json document: {"version": 1, "thresholds": {...}, ...}."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("thresholds"), dict):
+        raise InputError(f"{where}: expected an object with a 'thresholds' object (written by `prefcli calibrate`)")
+    if doc.get("version") != CALIBRATION_VERSION:
+        raise InputError(f"{where}: unsupported calibration version {doc.get('version')!r} "
+                         f"(expected {CALIBRATION_VERSION})")
+    values = {k: ("none" if v is None else str(v)) for k, v in doc["thresholds"].items()}
+    missing = [k for k in ("incorrect", "ambiguous", "strong") if k not in values]
+    if missing:
+        raise InputError(f"{where}: thresholds lack '{missing[0]}'")
+    return BucketThresholds().with_overrides(values, where=where)
+
+
+def calibration_document(thresholds: BucketThresholds, **info: Any) -> dict:
+    """The calib.json document for these thresholds (plus any extra info, e.g. agreement per bin)."""
+    return {"version": CALIBRATION_VERSION, "thresholds": asdict(thresholds), **info}
+
+
+# --------------------------------------------------------------------------- maths
+
+def robust_scale(margins: np.ndarray) -> np.ndarray:
+    """Per-column scale of margins around 0 (not the mean): median |m| / 0.6745 (= σ for N(0, σ²)),
+    falling back to the RMS, then 1, when that is 0. Dividing by it is idempotent."""
+    margins = np.asarray(margins, dtype=np.float64)
+    if margins.ndim == 1:
+        margins = margins[:, None]
+    if not len(margins):
+        return np.ones(margins.shape[1])
+    scale = np.median(np.abs(margins), axis=0) / 0.6744897501960817
+    rms = np.sqrt(np.mean(margins ** 2, axis=0))
+    scale = np.where(scale > 1e-12, scale, rms)
+    return np.where(scale > 1e-12, scale, 1.0)
+
+
+def bucketize(mean: np.ndarray, std: np.ndarray, thresholds: BucketThresholds) -> np.ndarray:
+    bucket = np.full(len(mean), "normal", dtype=object)
+    bucket[mean >= thresholds.strong] = "strong"
+    ambiguous = mean < thresholds.ambiguous
+    if thresholds.ambiguous_std is not None:
+        ambiguous |= std > thresholds.ambiguous_std
+    bucket[ambiguous] = "ambiguous"
+    bucket[mean < thresholds.incorrect] = "incorrect"
+    return bucket
+
+
+def aggregate_margins(margins: np.ndarray, thresholds: BucketThresholds | None = None, *,
+                      weights: Sequence[float] | None = None, uwo_lambda: float = 0.5,
+                      normalise: bool = True) -> dict[str, np.ndarray]:
+    """Aggregate raw per-voter margins (n, M) into the unprefixed vote columns.
+
+    Returns {mean, std, agree, wco, uwo, bucket, margin, label_prob}; each column of `margins`
+    is first divided by its robust_scale (sign kept). `weights` (M,) default to equal.
+    """
+    margins = np.asarray(margins, dtype=np.float64)
+    if margins.ndim == 1:
+        margins = margins[:, None]
+    if not np.isfinite(margins).all():
+        raise InputError("vote: a reward model returned a non-finite score (NaN or inf)")
+    thresholds = thresholds or BucketThresholds()
+    z = margins / robust_scale(margins) if normalise else margins
+    w = np.ones(z.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mean = z @ w
+    std = np.sqrt(np.clip(((z - mean[:, None]) ** 2) @ w, 0.0, None))
+    return {
+        "mean": mean,
+        "std": std,
+        "agree": (z > 0).astype(np.float64) @ w,
+        "wco": z.min(axis=1) if z.shape[1] else mean,
+        "uwo": mean - uwo_lambda * std ** 2,
+        "bucket": bucketize(mean, std, thresholds),
+        "margin": mean.copy(),
+        "label_prob": 1.0 / (1.0 + np.exp(-mean)),
+    }
+
+
+# --------------------------------------------------------------------------- the stage
+
+@dataclass
+class VoteParams:
+    action: str = "none"
+    thresholds: BucketThresholds = field(default_factory=BucketThresholds)
+    seed: int = 0
+    uwo_lambda: float = 0.5
+
+    def __post_init__(self):
+        if self.action not in ACTIONS:
+            raise InputError(f"--action: expected one of {', '.join(ACTIONS)}, got '{self.action}'")
+
+
+def voters_of(reward_models: Sequence) -> list[tuple[Any, float]]:
+    """(voter, weight) pairs: an ensemble's members vote separately, each spec weighs 1 in total."""
+    out = []
+    for rm in reward_models:
+        members = rm.voters() if hasattr(rm, "voters") else [rm]
+        out.extend((m, 1.0 / len(members)) for m in members)
+    names = [v.name for v, _ in out]
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise InputError(f"--rm: two reward models are both named '{dupes[0]}' (name one with NAME=SPEC)")
+    return out
+
+
+def vote(table: pa.Table, reward_models: Sequence, params: VoteParams | None = None) -> StageResult:
+    """Score every pair with every reward model, aggregate, bucket, and apply the action."""
+    params = params or VoteParams()
+    if not reward_models:
+        raise InputError("vote: give at least one --rm")
+    n = table.num_rows
+    for rm in reward_models:
+        rm.fit(table, seed=params.seed)
+    voters = voters_of(reward_models)
+    chosen = np.zeros((n, len(voters)))
+    rejected = np.zeros((n, len(voters)))
+    for j, (voter, _) in enumerate(voters):
+        c, r = voter.score_pairs(table)
+        chosen[:, j], rejected[:, j] = c, r
+    weights = [w for _, w in voters]
+    scale = robust_scale(chosen - rejected)
+    agg = aggregate_margins(chosen - rejected, params.thresholds, weights=weights, uwo_lambda=params.uwo_lambda)
+    before = agg
+    flipped = np.zeros(n, dtype=bool)
+    if params.action == "flip":
+        flipped = agg["bucket"] == "incorrect"
+        table = swap_sides(table, flipped)
+        chosen[flipped], rejected[flipped] = rejected[flipped].copy(), chosen[flipped].copy()
+        # Same per-voter scales as before the flip, so flipped pairs read in the units they were judged in.
+        z = (chosen - rejected) / scale
+        agg = aggregate_margins(z, params.thresholds, weights=weights, uwo_lambda=params.uwo_lambda,
+                                normalise=False)
+    columns: dict[str, pa.Array] = {}
+    for j, (voter, _) in enumerate(voters):
+        columns[f"rm_{voter.name}_chosen"] = pa.array(chosen[:, j])
+        columns[f"rm_{voter.name}_rejected"] = pa.array(rejected[:, j])
+        columns[f"rm_{voter.name}_margin"] = pa.array((chosen[:, j] - rejected[:, j]) / scale[j])
+    columns.update(prefixed_columns(agg, "pref_"))
+    if params.action == "flip":
+        columns["pref_flipped"] = pa.array(flipped)
+    table = with_stage_columns(table, STAGE, columns)
+    set_aside = None
+    if params.action == "drop":
+        drop = before["bucket"] == "incorrect"
+        set_aside = mark_set_aside(table.filter(pa.array(drop)), "vote: incorrect label (pref_mean below "
+                                   f"{params.thresholds.incorrect})", STAGE)
+        table = table.filter(pa.array(~drop))
+    stats = vote_stats(n, before, agg, chosen - rejected, voters, params, flipped, set_aside)
+    return StageResult(out=table, set_aside=set_aside, stats=stats)
+
+
+def prefixed_columns(agg: dict[str, np.ndarray], prefix: str) -> dict[str, pa.Array]:
+    """Vote aggregates as columns: `margin` and `label_prob` keep their bare names for `pref_`."""
+    bare = prefix == "pref_"
+    out = {}
+    for key in AGGREGATES:
+        name = key if bare and key in ("margin", "label_prob") else f"{prefix}{key}"
+        values = agg[key]
+        out[name] = pa.array(values.tolist(), pa.large_string()) if key == "bucket" else pa.array(values)
+    return out
+
+
+def swap_sides(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    """chosen <-> rejected (and their scores) where mask; pair_id keeps naming the original pair."""
+    if not mask.any():
+        return table
+    m = pa.array(mask)
+    for a, b in (("chosen", "rejected"), ("chosen_score", "rejected_score")):
+        col_a, col_b = table.column(a), table.column(b)
+        new_a, new_b = pc.if_else(m, col_b, col_a), pc.if_else(m, col_a, col_b)
+        table = table.set_column(table.column_names.index(a), a, new_a)
+        table = table.set_column(table.column_names.index(b), b, new_b)
+    return table
+
+
+# --------------------------------------------------------------------------- report
+
+def vote_stats(n: int, before: dict, after: dict, raw_margins: np.ndarray, voters, params: VoteParams,
+               flipped: np.ndarray, set_aside: pa.Table | None) -> dict[str, Any]:
+    buckets = {b: int((before["bucket"] == b).sum()) for b in BUCKETS}
+    stats: dict[str, Any] = {
+        "rows_in": n,
+        "rows_out": n - (0 if set_aside is None else set_aside.num_rows),
+        "rows_set_aside": 0 if set_aside is None else set_aside.num_rows,
+        "voters": len(voters),
+        "action": params.action,
+        "flipped": int(flipped.sum()),
+        "share_mean_below_0": float((before["mean"] < 0).mean()) if n else 0.0,
+        "buckets": buckets,
+        "thresholds": asdict(params.thresholds),
+        "agreement": pairwise_agreement(raw_margins, [v.name for v, _ in voters]),
+        "strength_by_uncertainty": strength_table(before["mean"], before["std"]),
+    }
+    for voter, _ in voters:
+        for key in ("computed", "truncated"):
+            if hasattr(voter, key):
+                stats[f"rm_{voter.name}_{key}"] = int(getattr(voter, key))
+    return stats
+
+
+def pairwise_agreement(margins: np.ndarray, names: list[str]) -> list[dict[str, Any]]:
+    """Share of pairs on which two voters' margins have the same sign, plus their Spearman ρ."""
+    from scipy.stats import spearmanr
+
+    rows = []
+    for i in range(len(names)):
+        for j in range(i + 1, len(names)):
+            a, b = margins[:, i], margins[:, j]
+            rho = float(spearmanr(a, b).statistic) if len(a) > 2 and a.std() > 0 and b.std() > 0 else float("nan")
+            rows.append({"a": names[i], "b": names[j], "sign_agreement": float((np.sign(a) == np.sign(b)).mean()),
+                         "spearman": rho})
+    return rows
+
+
+def strength_table(mean: np.ndarray, std: np.ndarray, bins: int = 10) -> list[dict[str, Any]]:
+    """μ̂ deciles against the mean σ̂ in each: the U-shape of the paper (uncertain at both ends)."""
+    if not len(mean):
+        return []
+    order = np.argsort(mean, kind="stable")
+    rows = []
+    for k, part in enumerate(np.array_split(order, min(bins, len(mean)))):
+        rows.append({"decile": k + 1, "pairs": int(len(part)), "mean_lo": float(mean[part].min()),
+                     "mean_hi": float(mean[part].max()), "std_mean": float(std[part].mean())})
+    return rows
+
+
+def report_tables(stats: dict[str, Any]) -> list[Table]:
+    n = max(stats["rows_in"], 1)
+    tables = [Table("buckets", "pref_bucket shares", ["bucket", "pairs", "share"],
+                    [[b, c, c / n] for b, c in stats["buckets"].items()])]
+    if stats["agreement"]:
+        tables.append(Table("agreement", "agreement between reward models", ["a", "b", "sign_agreement", "spearman"],
+                            [[r["a"], r["b"], r["sign_agreement"], r["spearman"]] for r in stats["agreement"]]))
+    tables.append(Table("strength", "pref_mean deciles vs pref_std", ["decile", "pairs", "mean_lo", "mean_hi",
+                                                                       "std_mean"],
+                        [list(r.values()) for r in stats["strength_by_uncertainty"]]))
+    return tables

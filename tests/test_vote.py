@@ -1,0 +1,215 @@
+"""prefcli vote: aggregation maths, thresholds, actions with row accounting, the offline ensemble on real data."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import ROOT, assert_one_line_error, run_cli
+from prefcli.errors import InputError
+from prefcli.models.reward import parse_rm_spec
+from prefcli.models.reward.ensemble import EnsembleConfig, OfflineEnsemble
+from prefcli.stages.vote import (BucketThresholds, VoteParams, aggregate_margins, calibration_document,
+                                 robust_scale, thresholds_from_calibration, vote)
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import real_pairs  # noqa: E402
+
+
+# --------------------------------------------------------------------------- maths
+
+def test_aggregate_margins_by_hand():
+    margins = np.array([[2.0, -1.0], [-2.0, -4.0], [0.5, 0.5]])
+    agg = aggregate_margins(margins, BucketThresholds(incorrect=-0.5, ambiguous=0.25, strong=1.0),
+                            normalise=False, uwo_lambda=1.0)
+    np.testing.assert_allclose(agg["mean"], [0.5, -3.0, 0.5])
+    np.testing.assert_allclose(agg["std"], [1.5, 1.0, 0.0])
+    np.testing.assert_allclose(agg["agree"], [0.5, 0.0, 1.0])
+    np.testing.assert_allclose(agg["wco"], [-1.0, -4.0, 0.5])
+    np.testing.assert_allclose(agg["uwo"], [0.5 - 2.25, -3.0 - 1.0, 0.5])
+    np.testing.assert_allclose(agg["label_prob"], 1 / (1 + np.exp(-np.array([0.5, -3.0, 0.5]))))
+    np.testing.assert_allclose(agg["margin"], agg["mean"])
+    assert list(agg["bucket"]) == ["normal", "incorrect", "normal"]
+    weighted = aggregate_margins(margins, normalise=False, weights=[3, 1])
+    np.testing.assert_allclose(weighted["mean"], [1.25, -2.5, 0.5])
+    np.testing.assert_allclose(weighted["agree"], [0.75, 0.0, 1.0])
+
+
+def test_scale_normalisation_keeps_sign_and_is_idempotent():
+    rng = np.random.default_rng(0)
+    margins = np.column_stack([rng.normal(1, 1, 500), 100 * rng.normal(1, 1, 500)])
+    z = margins / robust_scale(margins)
+    assert (np.sign(z) == np.sign(margins)).all()  # no centring
+    np.testing.assert_allclose(np.median(np.abs(z), axis=0), 0.6744897501960817)
+    np.testing.assert_allclose(robust_scale(z), 1.0)
+    np.testing.assert_allclose(aggregate_margins(z)["mean"], aggregate_margins(margins)["mean"])
+
+
+def test_buckets_and_ambiguous_std():
+    t = BucketThresholds(incorrect=-1, ambiguous=0, strong=2, ambiguous_std=0.5)
+    mean = np.array([[-2.0, -2.0], [-0.5, -0.5], [1.0, 1.0], [3.0, 3.0], [0.2, 2.2]])
+    assert list(aggregate_margins(mean, t, normalise=False)["bucket"]) == [
+        "incorrect", "ambiguous", "normal", "strong", "ambiguous"]
+    with pytest.raises(InputError, match="incorrect <= ambiguous <= strong"):
+        BucketThresholds(incorrect=1, ambiguous=0, strong=2)
+
+
+def test_calibration_round_trip_and_overrides():
+    t = BucketThresholds(incorrect=-0.8, ambiguous=0.1, strong=1.2, ambiguous_std=0.9)
+    doc = json.loads(json.dumps(calibration_document(t, target=0.9)))
+    assert thresholds_from_calibration(doc) == t
+    assert thresholds_from_calibration(doc).with_overrides({"strong": "2"}).strong == 2.0
+    with pytest.raises(InputError, match="version"):
+        thresholds_from_calibration({"version": 9, "thresholds": doc["thresholds"]})
+    with pytest.raises(InputError, match="unknown threshold"):
+        t.with_overrides({"bogus": "1"})
+
+
+# --------------------------------------------------------------------------- CLI on real pairs
+
+@pytest.fixture(scope="module")
+def llmbar_scored(shared_data, tmp_path_factory):
+    """LLMBar pairs with a real, simple voter in the score columns: response length ("longer wins")."""
+    table = real_pairs.llmbar(shared_data).slice(0, 300)
+    lengths = {side: pa.array([float(len(t)) for t in table.column(side).to_pylist()]) for side in ("chosen", "rejected")}
+    table = table.set_column(table.column_names.index("chosen_score"), "chosen_score", lengths["chosen"])
+    table = table.set_column(table.column_names.index("rejected_score"), "rejected_score", lengths["rejected"])
+    path = tmp_path_factory.mktemp("vote") / "llmbar.parquet"
+    pq.write_table(table, path)
+    return path, table
+
+
+def _vote_cli(src, out, *extra):
+    proc = run_cli("vote", str(src), "-o", str(out), "--rm", "len=scores:chosen_score,rejected_score",
+                   "--thresholds", "incorrect=-0.5,ambiguous=0.2,strong=1.5", "--json", *extra)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout), pq.read_table(out)
+
+
+def test_actions_flip_drop_soft_keep_row_accounting(llmbar_scored, tmp_path):
+    src, table = llmbar_scored
+    n = table.num_rows
+    stats, none = _vote_cli(src, tmp_path / "none.parquet")
+    incorrect = np.asarray(none.column("pref_bucket").to_pylist()) == "incorrect"
+    assert 0 < incorrect.sum() < n and stats["buckets"]["incorrect"] == incorrect.sum()
+    assert (none.column("pref_mean").to_numpy()[incorrect] < -0.5).all()
+    for col in ("rm_len_chosen", "rm_len_rejected", "rm_len_margin", "pref_std", "pref_agree", "pref_wco",
+                "pref_uwo", "margin", "label_prob"):
+        assert col in none.column_names
+
+    stats, flipped = _vote_cli(src, tmp_path / "flip.parquet", "--action", "flip")
+    assert flipped.num_rows == n and stats["flipped"] == incorrect.sum()
+    assert flipped.column("pref_flipped").to_pylist() == incorrect.tolist()
+    old_c, old_r = table.column("chosen").to_pylist(), table.column("rejected").to_pylist()
+    new_c, new_r = flipped.column("chosen").to_pylist(), flipped.column("rejected").to_pylist()
+    for i in range(n):
+        assert (new_c[i], new_r[i]) == ((old_r[i], old_c[i]) if incorrect[i] else (old_c[i], old_r[i]))
+    assert flipped.column("pair_id").to_pylist() == table.column("pair_id").to_pylist()
+    assert (flipped.column("pref_mean").to_numpy()[incorrect] > 0).all()  # now agrees with the swapped label
+
+    side = tmp_path / "dropped.parquet"
+    stats, kept = _vote_cli(src, tmp_path / "drop.parquet", "--action", "drop", "--set-aside", str(side))
+    dropped = pq.read_table(side)
+    assert kept.num_rows + dropped.num_rows == n and dropped.num_rows == incorrect.sum()
+    assert stats["rows_set_aside"] == dropped.num_rows
+    assert set(dropped.column("set_aside_reason").to_pylist()) == {"vote: incorrect label (pref_mean below -0.5)"}
+    assert set(dropped.column("pair_id").to_pylist()).isdisjoint(kept.column("pair_id").to_pylist())
+
+    stats, soft = _vote_cli(src, tmp_path / "soft.parquet", "--action", "soft")
+    assert soft.num_rows == n and soft.column("chosen").to_pylist() == old_c
+    probs = soft.column("label_prob").to_numpy()
+    assert (probs[incorrect] < 0.5).all() and (probs[~incorrect] > probs[incorrect].max()).all()
+
+
+def test_bad_rm_spec_and_options_one_line_errors(llmbar_scored, tmp_path):
+    src, _ = llmbar_scored
+    out = tmp_path / "x.parquet"
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "bogus:model"), "unknown backend 'bogus'")
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score"), "scores:")
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "ensemble:k=x"), "k=")
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:a,b"), "no column 'a'")
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
+                                  "--thresholds", "incorrect=x"), "--thresholds", "incorrect")
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "hf:/nonexistent/model"),
+                          "hf:/nonexistent/model", "cannot load")
+    bad = tmp_path / "calib.json"
+    bad.write_text('{"version": 1}')
+    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
+                                  "--calibration", str(bad)), str(bad), "thresholds")
+    assert not out.exists()
+
+
+def test_calibration_file_sets_buckets(llmbar_scored, tmp_path):
+    src, table = llmbar_scored
+    calib = tmp_path / "calib.json"
+    calib.write_text(json.dumps(calibration_document(BucketThresholds(incorrect=-100, ambiguous=-99, strong=100))))
+    base = ("vote", str(src), "--rm", "scores:chosen_score,rejected_score", "--calibration", str(calib), "--json")
+    proc = run_cli(*base, "-o", str(tmp_path / "c.parquet"))
+    assert json.loads(proc.stdout)["buckets"]["normal"] == table.num_rows
+    proc = run_cli(*base, "-o", str(tmp_path / "d.parquet"), "--thresholds", "strong=-99")  # overrides the file
+    stats = json.loads(proc.stdout)
+    assert stats["thresholds"] == {"incorrect": -100, "ambiguous": -99, "strong": -99, "ambiguous_std": None}
+    assert stats["buckets"]["strong"] == table.num_rows
+
+
+# --------------------------------------------------------------------------- the offline ensemble on real data
+
+@pytest.fixture(scope="module")
+def alpaca_noisy(shared_data):
+    table = real_pairs.alpaca_eval(shared_data, n=240, seed=1)
+    return real_pairs.inject_flips(table, 0.2, seed=3)
+
+
+def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, session_cache):
+    from sklearn.metrics import roc_auc_score
+
+    noisy, flipped = alpaca_noisy
+    config = EnsembleConfig(repeats=1, folds=4)
+    first = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    out = vote(noisy, [first], VoteParams(seed=7)).out
+    mean = out.column("pref_mean").to_numpy()
+    assert roc_auc_score(flipped, -mean) > 0.75
+    assert len(first.members) == 2 and out.num_rows == noisy.num_rows
+    assert "rm_ens_emb0_margin" in out.column_names and "rm_ens_lex0_margin" in out.column_names
+    incorrect = np.asarray(out.column("pref_bucket").to_pylist()) == "incorrect"
+    assert flipped[incorrect].mean() > 2 * flipped.mean()  # flagged pairs are mostly the injected flips
+
+    again = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    out2 = vote(noisy, [again], VoteParams(seed=7)).out
+    assert again.computed == 0  # every embedding came from the cache
+    assert out2.equals(out)
+    other = vote(noisy, [OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))], VoteParams(seed=8)).out
+    assert not np.array_equal(other.column("pref_mean").to_numpy(), mean)  # the seed picks the fold split
+
+
+def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session_cache):
+    """Cross-fitting: relabelling pairs of one fold must not move any score of that fold except
+    the relabelled pairs' own (exactly negated) margins: no model that scores a fold saw its labels."""
+    noisy = alpaca_noisy[0].slice(0, 120)
+    config = EnsembleConfig(repeats=1, folds=4)
+    a = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    a.fit(noisy, seed=0)
+    fold0 = a.members[0].fold == 0
+    mask = fold0 & (np.arange(noisy.num_rows) % 2 == 0)
+    from prefcli.stages.vote import swap_sides
+
+    b = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    b.fit(swap_sides(noisy, mask), seed=0)
+    for ma, mb in zip(a.members, b.members):
+        np.testing.assert_allclose(mb.chosen[fold0 & ~mask], ma.chosen[fold0 & ~mask], atol=1e-9)
+        np.testing.assert_allclose(mb.chosen[mask], ma.rejected[mask], atol=1e-9)
+        np.testing.assert_allclose(mb.rejected[mask], ma.chosen[mask], atol=1e-9)
+        assert not np.allclose(mb.chosen[~fold0], ma.chosen[~fold0])  # other folds did train on the change
+
+
+def test_parse_rm_spec_names_and_options():
+    ens = parse_rm_spec("big=ensemble:k=4,folds=3,views=emb+lex,drop=0.1")
+    assert ens.name == "big" and ens.config.repeats == 2 and ens.config.folds == 3 and ens.config.drop == 0.1
+    assert parse_rm_spec("scores:a,b").name == "a"
+    with pytest.raises(InputError, match="unknown view"):
+        parse_rm_spec("ensemble:views=emb+nope")
