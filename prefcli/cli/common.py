@@ -22,6 +22,9 @@ Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSO
 Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed and input give the same output.")]
 Output = Annotated[str, typer.Option("--output", "-o", help="Output Parquet file, or - for stdout.")]
 Input = Annotated[str, typer.Argument(help="Input pairs Parquet file, or - for stdin.")]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+CacheDir = Annotated[Optional[str], typer.Option(
+    "--cache-dir", help="Embedding and score cache (default $PREFCLI_CACHE_DIR or the user cache dir).")]
 MaxRejectRate = Annotated[Optional[float], typer.Option(
     "--max-reject-rate", min=0.0, max=1.0,
     help="Exit 1 when the share of rows set aside is above this.")]

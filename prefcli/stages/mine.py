@@ -1,0 +1,488 @@
+"""Hard-negative mining with a false-negative guard (`prefcli mine`).
+
+For each source pair (prompt, chosen, rejected) the stage looks for a *harder* rejected response:
+near-correct (similar to the chosen) but still judged worse by the reward models.
+
+1. Candidates: every distinct response to the same prompt group (`same-prompt`; the group is the
+   dedup cluster when `dedup_cluster` exists, else `prompt_id`), and/or every response to the k
+   nearest prompt groups in embedding space (`neighbor-prompts`). An optional `pool` table adds
+   unlabelled responses (both its chosen and rejected) to the candidates.
+2. Always excluded: the chosen itself (normalised text), the pair's own rejected, any pair that
+   already exists, and candidates the input already labels *better* than the chosen.
+3. Guard (each part switchable; `guard=False` turns them all off):
+   - TopK-PercPos (NV-Retriever): sim(candidate, prompt) < perc_pos x sim(chosen, prompt);
+   - not a near-duplicate of the chosen: cosine < dup_threshold;
+   - RM consensus: mean z-scaled margin chosen - candidate >= min_margin, and the share of reward
+     models that put the candidate below the chosen >= min_agree.
+4. Hardness = sim(candidate, chosen) - margin_weight x margin: high similarity, small positive margin.
+   `hardest` keeps the top `per_pair`; `mu-2sigma` ("Finding the Sweet Spot", 2025) keeps the
+   qualified candidates whose consensus reward is closest to mu - 2 sigma of all the responses
+   scored for that prompt (falls back to hardest with fewer than `min_scored` scored responses).
+5. Output: originals pass through (neg_origin=original). `add` appends mined pairs
+   (neg_origin=mined). `replace-easy` swaps the rejected of `strong` pairs (vote's pref_bucket):
+   the new row (neg_origin=replaced, neg_replaced_rejected=old rejected) takes the original's place
+   and the original row is set aside with reason `replaced-easy`, so nothing is lost:
+   rows in + new rows = rows out + rows set aside.
+
+Margins are per reward model divided by the std of that model's margins over the input pairs, so
+voters on different scales weigh equally and `--min-margin` reads in standard deviations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..errors import InputError
+from ..pairs import build_pairs
+from ..report import StageResult, mark_set_aside
+from ..schema import with_stage_columns
+from ..text import digest, normalize, render_messages
+
+STAGE = "mine"
+STRATEGIES = ("same-prompt", "neighbor-prompts", "both")
+MODES = ("add", "replace-easy")
+SELECTIONS = ("hardest", "mu-2sigma")
+SAME_PROMPT, NEIGHBOR_PROMPT = "same-prompt", "neighbor-prompt"
+REPLACED_REASON = "replaced-easy"
+EASY_BUCKET = "strong"
+# Candidates are scored by the reward models in chunks of this many (prompt, response) items.
+SCORE_CHUNK = 8192
+# Similarities are computed over flat candidate lists in chunks of this many rows (bounded memory).
+SIM_CHUNK = 65536
+
+
+@dataclass(frozen=True)
+class MineParams:
+    strategy: str = "same-prompt"
+    per_pair: int = 1
+    mode: str = "add"
+    min_margin: float = 0.25  # vote's `ambiguous` threshold: a mined pair must not be ambiguous
+    min_agree: float = 0.8
+    perc_pos: float = 0.95
+    dup_threshold: float = 0.92
+    neighbors: int = 5
+    selection: str = "hardest"
+    guard: bool = True
+    max_candidates: int = 32
+    margin_weight: float = 0.1
+    min_scored: int = 4
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        """One-line InputError naming the option for any bad value."""
+        choices = {"--strategy": (self.strategy, STRATEGIES), "--mode": (self.mode, MODES),
+                   "--selection": (self.selection, SELECTIONS)}
+        for option, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise InputError(f"{option}: expected one of {', '.join(allowed)}, got '{value}'")
+        for option, value, low in (("--per-pair", self.per_pair, 1), ("--neighbors", self.neighbors, 1),
+                                   ("--max-candidates", self.max_candidates, 1)):
+            if value < low:
+                raise InputError(f"{option}: expected at least {low}, got {value}")
+        for option, value in (("--min-agree", self.min_agree), ("--perc-pos", self.perc_pos),
+                              ("--dup-threshold", self.dup_threshold)):
+            if not 0.0 <= value <= 1.0:
+                raise InputError(f"{option}: expected a value in [0, 1], got {value}")
+        if self.min_margin < 0:
+            raise InputError(f"--min-margin: expected a value >= 0, got {self.min_margin}")
+
+
+# --------------------------------------------------------------------------- the stage
+
+def mine(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
+         pool: pa.Table | None = None) -> StageResult:
+    """Mine hard negatives for the pairs of a validated table. Reward models must be ready to `score`."""
+    params.check()
+    responses = _ResponsePool(table, pool)
+    sources = _source_rows(table, params)
+    stats: dict = {"rows_in": table.num_rows, "source_pairs": int(len(sources)), "strategy": params.strategy,
+                   "mode": params.mode, "selection": params.selection, "guard": params.guard,
+                   "reward_models": [getattr(rm, "name", "rm") for rm in reward_models]}
+    if params.guard and not reward_models:
+        raise InputError("mine: the guard needs at least one reward model (give --rm, or --no-guard)")
+
+    for rm in reward_models:
+        rm.fit(table, seed=params.seed)
+    response_vectors = embedder.encode(responses.texts)
+    prompt_vectors = embedder.encode(responses.group_prompt_texts)
+    cand = _candidates(responses, sources, prompt_vectors, params)
+    stats["candidates"] = int(len(cand.pair))
+
+    chosen_resp = responses.row_chosen[sources]
+    cand = _exclude_trivial(cand, responses, table, sources, chosen_resp, stats)
+    cand = _embedding_features(cand, responses, sources, chosen_resp, response_vectors, prompt_vectors)
+    keep = np.ones(len(cand.pair), bool)
+    if params.guard:
+        perc_pos_ok = cand.sim_prompt < params.perc_pos * cand.sim_prompt_chosen
+        not_dup = cand.sim_chosen < params.dup_threshold
+        stats["blocked_perc_pos"] = int((~perc_pos_ok).sum())
+        stats["blocked_near_duplicate"] = int((perc_pos_ok & ~not_dup).sum())
+        keep = perc_pos_ok & not_dup
+    cand = cand.take(np.flatnonzero(keep))
+    cand = cand.take(_top_per_group(cand.pair, cand.sim_chosen, params.max_candidates))
+    stats["candidates_scored"] = int(len(cand.pair))
+
+    scores = _consensus(table, sources, cand, responses, reward_models)
+    cand.margin, cand.agree, cand.reward = scores["margin"], scores["agree"], scores["reward"]
+    qualified = np.ones(len(cand.pair), bool)
+    if params.guard:
+        margin_ok = cand.margin >= params.min_margin
+        agree_ok = cand.agree >= params.min_agree
+        stats["blocked_margin"] = int((~margin_ok).sum())
+        stats["blocked_agree"] = int((margin_ok & ~agree_ok).sum())
+        qualified = margin_ok & agree_ok
+    cand.hardness = cand.sim_chosen - params.margin_weight * np.nan_to_num(cand.margin)
+    per_pair = 1 if params.mode == "replace-easy" else params.per_pair
+    chosen_idx = _select(cand, qualified, scores["source_reward"], per_pair, params, stats)
+    picked = cand.take(chosen_idx)
+    stats["qualified"] = int(qualified.sum())
+
+    result = _assemble(table, sources, picked, responses, params, stats)
+    return result
+
+
+# --------------------------------------------------------------------------- candidates
+
+class _ResponsePool:
+    """Distinct responses per prompt group, from the table (chosen and rejected) and an optional pool."""
+
+    def __init__(self, table: pa.Table, pool: pa.Table | None):
+        frames = [table] + ([pool] if pool is not None and pool.num_rows else [])
+        prompt_ids = [pid for t in frames for pid in t.column("prompt_id").to_pylist()]
+        group_of_prompt = _prompt_groups(table, prompt_ids)
+        self.group_names = list(dict.fromkeys(group_of_prompt[p] for p in prompt_ids))
+        group_index = {g: i for i, g in enumerate(self.group_names)}
+        first_prompt: dict[int, list] = {}
+        texts: list[str] = []
+        groups: list[int] = []
+        keys: list[int] = []
+        index: dict[tuple[int, int], int] = {}
+        row_refs = []  # per frame: (chosen response idx, rejected response idx) arrays
+        for frame in frames:
+            prompts = frame.column("prompt").to_pylist()
+            refs = []
+            for side in ("chosen", "rejected"):
+                side_idx = np.empty(frame.num_rows, np.int64)
+                for r, (pid, text) in enumerate(zip(frame.column("prompt_id").to_pylist(),
+                                                    frame.column(side).to_pylist())):
+                    g = group_index[group_of_prompt[pid]]
+                    first_prompt.setdefault(g, prompts[r])
+                    key = text_key(text)
+                    slot = index.get((g, key))
+                    if slot is None:
+                        slot = index[(g, key)] = len(texts)
+                        texts.append(text)
+                        groups.append(g)
+                        keys.append(key)
+                    side_idx[r] = slot
+                refs.append(side_idx)
+            row_refs.append(refs)
+        self.texts = texts
+        self.group = np.asarray(groups, np.int64)
+        self.key = np.asarray(keys, np.uint64)
+        self.row_chosen, self.row_rejected = row_refs[0]
+        self.row_group = self.group[self.row_chosen]
+        self.group_prompt_texts = [render_messages(first_prompt[g]) for g in range(len(self.group_names))]
+        order = np.argsort(self.group, kind="stable")
+        self.by_group = order
+        counts = np.bincount(self.group, minlength=len(self.group_names))
+        self.group_start = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+        self.group_count = counts.astype(np.int64)
+
+
+def _prompt_groups(table: pa.Table, prompt_ids: list[str]) -> dict[str, str]:
+    """prompt_id -> group name: the row's dedup cluster when dedup ran, else the prompt itself."""
+    groups = {pid: f"p:{pid}" for pid in prompt_ids}
+    if "dedup_cluster" in table.column_names:
+        for pid, cluster in zip(table.column("prompt_id").to_pylist(), table.column("dedup_cluster").to_pylist()):
+            if cluster is not None and groups.get(pid, "").startswith("p:"):
+                groups[pid] = f"c:{cluster}"
+    return groups
+
+
+def text_key(text: str) -> int:
+    """64-bit key of a response's normalised text: equal keys = exact duplicates after normalisation."""
+    return int(digest(normalize(text))[:16], 16)
+
+
+def _source_rows(table: pa.Table, params: MineParams) -> np.ndarray:
+    """Rows to mine for: every non-tie pair (add), or the `strong` (easy) pairs (replace-easy)."""
+    mask = ~table.column("tie").to_numpy(zero_copy_only=False).astype(bool)
+    if params.mode == "replace-easy":
+        if "pref_bucket" not in table.column_names:
+            raise InputError("--mode replace-easy: input has no column 'pref_bucket' (run `prefcli vote` first)")
+        easy = pc.fill_null(pc.equal(table.column("pref_bucket"), EASY_BUCKET), False)
+        mask &= easy.to_numpy(zero_copy_only=False)
+    return np.flatnonzero(mask)
+
+
+@dataclass
+class _Candidates:
+    """Flat candidate list: one entry per (source position, response index)."""
+
+    pair: np.ndarray  # position in the sources array
+    resp: np.ndarray  # index into the response pool
+    origin: np.ndarray  # 0 same-prompt, 1 neighbor-prompt
+    sim_chosen: np.ndarray | None = None
+    sim_prompt: np.ndarray | None = None
+    sim_prompt_chosen: np.ndarray | None = None
+    margin: np.ndarray | None = None
+    agree: np.ndarray | None = None
+    reward: np.ndarray | None = None
+    hardness: np.ndarray | None = None
+
+    def take(self, idx: np.ndarray) -> "_Candidates":
+        fields = {k: (v[idx] if isinstance(v, np.ndarray) else v) for k, v in self.__dict__.items()}
+        return _Candidates(**fields)
+
+
+def _expand(responses: _ResponsePool, owner: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All responses of `group[j]` for each j, flat: (owner repeated, response index)."""
+    counts = responses.group_count[group]
+    total = int(counts.sum())
+    offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    within = np.arange(total, dtype=np.int64) - np.repeat(offsets, counts)
+    resp = responses.by_group[np.repeat(responses.group_start[group], counts) + within]
+    return np.repeat(owner, counts), resp
+
+
+def _candidates(responses: _ResponsePool, sources: np.ndarray, prompt_vectors: np.ndarray,
+                params: MineParams) -> _Candidates:
+    parts = []
+    source_group = responses.row_group[sources]
+    positions = np.arange(len(sources), dtype=np.int64)
+    if params.strategy in ("same-prompt", "both"):
+        pair, resp = _expand(responses, positions, source_group)
+        parts.append((pair, resp, np.zeros(len(pair), np.int8)))
+    if params.strategy in ("neighbor-prompts", "both") and len(responses.group_names) > 1:
+        from ..models.index import NeighbourIndex
+
+        index = NeighbourIndex(prompt_vectors, device=params.device)
+        unique_groups = np.unique(source_group)
+        _, neighbour_ids = index.search(prompt_vectors[unique_groups], params.neighbors + 1)
+        # drop self and padding, keep the k nearest other groups
+        ok = (neighbour_ids >= 0) & (neighbour_ids != unique_groups[:, None])
+        ranks = np.cumsum(ok, axis=1)
+        ok &= ranks <= params.neighbors
+        row_of_group = np.full(len(responses.group_names), -1, np.int64)
+        row_of_group[unique_groups] = np.arange(len(unique_groups))
+        rows = row_of_group[source_group]
+        owner_rows, cols = np.nonzero(ok[rows])
+        pair, resp = _expand(responses, positions[owner_rows], neighbour_ids[rows][owner_rows, cols])
+        parts.append((pair, resp, np.ones(len(pair), np.int8)))
+    if not parts:
+        empty = np.zeros(0, np.int64)
+        return _Candidates(empty, empty, np.zeros(0, np.int8))
+    pair, resp, origin = (np.concatenate(x) for x in zip(*parts))
+    order = np.lexsort((resp, origin, pair))  # deterministic order: by pair, then source, then response
+    return _Candidates(pair[order], resp[order], origin[order])
+
+
+def _triple_key(prompt: np.ndarray, chosen: np.ndarray, rejected: np.ndarray) -> np.ndarray:
+    """One uint64 per (prompt key, chosen key, rejected key); order matters."""
+    with np.errstate(over="ignore"):
+        return (prompt * np.uint64(0x9E3779B97F4A7C15)) ^ (chosen * np.uint64(0xC2B2AE3D27D4EB4F)) \
+            ^ (rejected * np.uint64(0x165667B19E3779F9)) ^ (rejected >> np.uint64(29))
+
+
+def _exclude_trivial(cand: _Candidates, responses: _ResponsePool, table: pa.Table, sources: np.ndarray,
+                     chosen_resp: np.ndarray, stats: dict) -> _Candidates:
+    """Drop the chosen itself, existing pairs, and candidates the input already labels better."""
+    prompt_key = np.asarray([int(p[:16], 16) for p in table.column("prompt_id").to_pylist()], np.uint64)
+    row_c, row_r = responses.key[responses.row_chosen], responses.key[responses.row_rejected]
+    existing = np.unique(_triple_key(prompt_key, row_c, row_r))
+    src_prompt = prompt_key[sources][cand.pair]
+    c_key = responses.key[chosen_resp][cand.pair]
+    r_key = responses.key[cand.resp]
+    same_as_chosen = r_key == c_key
+    already_pair = np.isin(_triple_key(src_prompt, c_key, r_key), existing)
+    labelled_better = np.isin(_triple_key(src_prompt, r_key, c_key), existing)
+    stats["excluded_same_as_chosen"] = int(same_as_chosen.sum())
+    stats["excluded_existing_pair"] = int((~same_as_chosen & already_pair).sum())
+    stats["excluded_labelled_better"] = int((~same_as_chosen & ~already_pair & labelled_better).sum())
+    return cand.take(np.flatnonzero(~(same_as_chosen | already_pair | labelled_better)))
+
+
+def _rowwise_dot(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    out = np.empty(len(ia), np.float32)
+    for start in range(0, len(ia), SIM_CHUNK):
+        stop = start + SIM_CHUNK
+        out[start:stop] = np.einsum("ij,ij->i", a[ia[start:stop]], b[ib[start:stop]])
+    return out
+
+
+def _embedding_features(cand: _Candidates, responses: _ResponsePool, sources: np.ndarray, chosen_resp: np.ndarray,
+                        response_vectors: np.ndarray, prompt_vectors: np.ndarray) -> _Candidates:
+    src_chosen = chosen_resp[cand.pair]
+    src_group = responses.row_group[sources][cand.pair]
+    cand.sim_chosen = _rowwise_dot(response_vectors, cand.resp, response_vectors, src_chosen)
+    cand.sim_prompt = _rowwise_dot(response_vectors, cand.resp, prompt_vectors, src_group)
+    cand.sim_prompt_chosen = _rowwise_dot(response_vectors, src_chosen, prompt_vectors, src_group)
+    return cand
+
+
+def _top_per_group(group: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest `value` within each group (ties broken by position), in group order."""
+    if not len(group):
+        return np.zeros(0, np.int64)
+    order = np.lexsort((np.arange(len(group)), -value, group))
+    sorted_group = group[order]
+    starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
+    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
+    return order[rank < k]
+
+
+# --------------------------------------------------------------------------- reward-model consensus
+
+def _consensus(table: pa.Table, sources: np.ndarray, cand: _Candidates, responses: _ResponsePool,
+               reward_models: Sequence) -> dict[str, np.ndarray]:
+    """Per candidate: consensus margin chosen - candidate, weighted share of voters agreeing, consensus reward.
+
+    Each voter's scores are divided by vote's robust scale of its margins over all input pairs, so
+    `min_margin` reads in the same units as pref_mean. `source_reward` holds (chosen, rejected) per source.
+    """
+    from .vote import aggregate_margins, robust_scale
+
+    n = len(cand.pair)
+    if not reward_models:
+        nan = np.full(n, np.nan)
+        return {"margin": nan, "agree": nan, "reward": nan, "source_reward": np.full((len(sources), 2), np.nan)}
+    voters = mining_voters(reward_models)
+    weights = np.asarray([w for _, w in voters])
+    # every (prompt, response) item to score: input chosen, input rejected, candidates; each scored once
+    prompt_ids = table.column("prompt_id").to_pylist()
+    prompt_index = {p: i for i, p in enumerate(dict.fromkeys(prompt_ids))}
+    row_prompt = np.asarray([prompt_index[p] for p in prompt_ids], np.int64)
+    first_row = np.unique(row_prompt, return_index=True)[1]
+    n_resp = len(responses.texts)
+    code = np.concatenate([row_prompt * n_resp + responses.row_chosen, row_prompt * n_resp + responses.row_rejected,
+                           row_prompt[sources][cand.pair] * n_resp + cand.resp])
+    unique, inverse = np.unique(code, return_inverse=True)
+    messages = table.column("prompt").take(pa.array(first_row[unique // n_resp], pa.int64())).to_pylist()
+    texts = [responses.texts[i] for i in unique % n_resp]
+    scores = np.zeros((len(code), len(voters)))
+    for j, (voter, _) in enumerate(voters):
+        # the same scorer for chosen, rejected and candidates, so their margins compare like with like
+        unique_scores = np.concatenate([np.asarray(voter.score(messages[i:i + SCORE_CHUNK], texts[i:i + SCORE_CHUNK]),
+                                                   np.float64) for i in range(0, len(texts), SCORE_CHUNK)])
+        scores[:, j] = unique_scores[inverse.ravel()]
+    rows = table.num_rows
+    chosen, rejected, cand_scores = scores[:rows], scores[rows:2 * rows], scores[2 * rows:]
+    scale = robust_scale(chosen - rejected)
+    margins = (chosen[sources][cand.pair] - cand_scores) / scale
+    agg = aggregate_margins(margins, weights=weights, normalise=False) if n else {"mean": np.zeros(0),
+                                                                                  "agree": np.zeros(0)}
+    w = weights / weights.sum()
+    return {"margin": agg["mean"], "agree": agg["agree"], "reward": (cand_scores / scale) @ w,
+            "source_reward": np.stack([(chosen[sources] / scale) @ w, (rejected[sources] / scale) @ w], axis=1)}
+
+
+def mining_voters(reward_models: Sequence) -> list[tuple[object, float]]:
+    """The vote stage's voters (members vote separately, each --rm weighs 1) when every member can score
+    new responses; otherwise each --rm is one voter (its `score` averages its members)."""
+    from .vote import voters_of
+
+    voters = voters_of(reward_models)
+    if all(callable(getattr(voter, "score", None)) for voter, _ in voters):
+        return voters
+    return [(rm, 1.0) for rm in reward_models]
+
+
+# --------------------------------------------------------------------------- selection
+
+def _select(cand: _Candidates, qualified: np.ndarray, source_reward: np.ndarray, per_pair: int,
+            params: MineParams, stats: dict) -> np.ndarray:
+    """Indices (into cand) of the picked negatives, per source pair in rank order."""
+    idx = np.flatnonzero(qualified)
+    hardest = idx[_top_per_group(cand.pair[idx], cand.hardness[idx], per_pair)]
+    if params.selection == "hardest" or not len(idx):
+        stats["mu2sigma_fallback"] = 0
+        return hardest
+    # mu - 2 sigma over every response scored for the prompt: candidates scored + chosen + rejected
+    n_src = len(source_reward)
+    total = np.bincount(cand.pair, weights=cand.reward, minlength=n_src) + source_reward.sum(axis=1)
+    total_sq = np.bincount(cand.pair, weights=cand.reward ** 2, minlength=n_src) + (source_reward ** 2).sum(axis=1)
+    count = np.bincount(cand.pair, minlength=n_src) + 2
+    mu = total / count
+    sigma = np.sqrt(np.maximum(total_sq / count - mu ** 2, 0.0))
+    target = mu - 2.0 * sigma
+    enough = count >= params.min_scored
+    closeness = -np.abs(cand.reward[idx] - target[cand.pair[idx]])
+    sweet = idx[_top_per_group(cand.pair[idx], closeness, per_pair)]
+    sweet = sweet[enough[cand.pair[sweet]]]
+    fallback = hardest[~enough[cand.pair[hardest]]]
+    stats["mu2sigma_fallback"] = int(len(np.unique(cand.pair[fallback])))
+    picked = np.concatenate([sweet, fallback])
+    return picked[np.lexsort((np.arange(len(picked)), cand.pair[picked]))]
+
+
+# --------------------------------------------------------------------------- output
+
+def _assemble(table: pa.Table, sources: np.ndarray, picked: _Candidates, responses: _ResponsePool,
+              params: MineParams, stats: dict) -> StageResult:
+    rows = sources[picked.pair]
+    prompts = table.column("prompt").to_pylist()
+    meta = table.column("meta").to_pylist()
+    src = table.take(pa.array(rows, pa.int64())) if len(rows) else table.slice(0, 0)
+    new = build_pairs(prompt=[prompts[i] for i in rows], chosen=src.column("chosen").to_pylist(),
+                      rejected=[responses.texts[i] for i in picked.resp], source=src.column("source").to_pylist(),
+                      chosen_score=src.column("chosen_score").to_pylist(), label_source="rm",
+                      meta=[meta[i] for i in rows])
+    # the same mined pair can come from several sources (or duplicate source rows): keep the first
+    ids = new.column("pair_id").to_pylist()
+    first = np.asarray(sorted({pid: i for i, pid in reversed(list(enumerate(ids)))}.values()), np.int64)
+    new, picked, rows, src = new.take(first), picked.take(first), rows[first], src.take(first)
+    replacing = params.mode == "replace-easy"
+    n_new = new.num_rows
+    candidate_source = np.where(picked.origin == 0, SAME_PROMPT, NEIGHBOR_PROMPT)
+    new = with_stage_columns(new, STAGE, {
+        "neg_origin": pa.array(["replaced" if replacing else "mined"] * n_new, pa.large_string()),
+        "neg_source_pair_id": src.column("pair_id"),
+        "neg_candidate_source": pa.array(candidate_source.tolist(), pa.large_string()),
+        "neg_sim_chosen": pa.array(picked.sim_chosen.astype(np.float64)),
+        "neg_margin": pa.array(picked.margin.astype(np.float64), from_pandas=True),
+        "neg_agree": pa.array(picked.agree.astype(np.float64), from_pandas=True),
+        "neg_hardness": pa.array(picked.hardness.astype(np.float64)),
+        "neg_strategy": pa.array([f"{params.strategy}/{params.selection}"] * n_new, pa.large_string()),
+        "neg_replaced_rejected": (src.column("rejected") if replacing else pa.nulls(n_new, pa.large_string())),
+    })
+    # a second mine run keeps the provenance the first one wrote
+    originals = table if "neg_origin" in table.column_names else with_stage_columns(
+        table, STAGE, _original_columns(table.num_rows))
+    if replacing:
+        set_aside = mark_set_aside(table.take(pa.array(rows, pa.int64())), REPLACED_REASON, STAGE)
+        # each replacement takes its original's place; other stages' columns are null there (they described the old pair)
+        merged = pa.concat_tables([originals, new], promote_options="default")
+        slot = np.arange(table.num_rows, dtype=np.int64)
+        slot[rows] = table.num_rows + np.arange(n_new)
+        out = merged.take(pa.array(slot))
+        stats["replaced"] = n_new
+        stats["mined"] = 0
+    else:
+        out = pa.concat_tables([originals, new], promote_options="default")
+        set_aside = None
+        stats["mined"] = n_new
+        stats["replaced"] = 0
+    stats["new_rows"] = n_new
+    stats["sources_without_negative"] = int(len(sources) - len(np.unique(picked.pair)))
+    stats["rows_out"] = out.num_rows
+    stats["rows_set_aside"] = 0 if set_aside is None else set_aside.num_rows
+    if n_new:
+        stats["mean_sim_chosen"] = float(np.mean(picked.sim_chosen))
+        stats["mean_margin"] = float(np.nanmean(picked.margin)) if np.isfinite(picked.margin).any() else None
+    return StageResult(out=out, set_aside=set_aside, stats=stats)
+
+
+def _original_columns(n: int) -> dict[str, pa.Array]:
+    null_text, null_num = pa.nulls(n, pa.large_string()), pa.nulls(n, pa.float64())
+    return {"neg_origin": pa.array(["original"] * n, pa.large_string()), "neg_source_pair_id": null_text,
+            "neg_candidate_source": null_text, "neg_sim_chosen": null_num, "neg_margin": null_num,
+            "neg_agree": null_num, "neg_hardness": null_num, "neg_strategy": null_text,
+            "neg_replaced_rejected": null_text}
+
