@@ -1,0 +1,69 @@
+"""`prefcli export`: curated pairs as TRL / OpenRLHF / JSONL / HF datasets / Parquet training files."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from .. import io
+from ..errors import InputError
+from ..stages.export import FORMATS, JSONL_FORMATS, export_pairs, iter_rows, to_hf_dataset
+from .common import Input, Json, Quiet, Seed, handle_errors, reporter
+
+ORDER = 90
+
+
+@handle_errors
+def export_command(
+    input: Input,
+    to: Annotated[str, typer.Option("--to", help=f"{'|'.join(FORMATS)}.")],
+    output: Annotated[Optional[str], typer.Option("--output", "-o", help="File (directory for hf-dataset), or - "
+                                                  "for stdout (JSONL formats and parquet).")] = None,
+    where: Annotated[Optional[str], typer.Option("--where", help="Keep rows where this polars SQL expression is "
+                                                 "true, e.g. \"pref_bucket != 'incorrect' AND dedup_is_rep\".")] = None,
+    keep: Annotated[Optional[str], typer.Option("--keep", help="Extra columns to carry, comma-separated "
+                                                "(e.g. pair_id,source).")] = None,
+    shuffle: Annotated[bool, typer.Option("--shuffle", help="Shuffle rows (with --seed).")] = False,
+    push_to_hub: Annotated[Optional[str], typer.Option("--push-to-hub", help="Also push the rows as a Hugging Face "
+                                                       "dataset to this repo id (needs a login).")] = None,
+    private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create a private repo.")] = False,
+    quiet: Quiet = False,
+    json_mode: Json = False,
+    seed: Seed = 0,
+) -> None:
+    """Write the pairs in the shape a trainer reads; --where filters first."""
+    rep = reporter(quiet, json_mode, output)
+    if to not in FORMATS:
+        raise InputError(f"--to: expected one of {', '.join(FORMATS)}, got '{to}'")
+    if output is None and not push_to_hub:
+        raise InputError("--output: give -o PATH (or - for stdout), or --push-to-hub REPO")
+    if output == io.STDIO and to == "hf-dataset":
+        raise InputError("-o -: hf-dataset is a directory; use --to jsonl or parquet for stdout")
+    table = io.read_pairs(input)
+    columns = [c.strip() for c in (keep or "").split(",") if c.strip()]
+    result = export_pairs(table, to, where=where, keep=columns, shuffle=shuffle, seed=seed)
+    if output is not None:
+        if to in JSONL_FORMATS:
+            io.write_jsonl(iter_rows(result.out), output)
+        elif to == "parquet":
+            io.write_table(result.out, output)
+        else:
+            io.save_dataset(to_hf_dataset(result.out), output)
+    if push_to_hub:
+        push(result.out, push_to_hub, private)
+    rep.summary("export", dict(result.stats, output=output or "", pushed_to=push_to_hub or ""))
+
+
+def push(table, repo: str, private: bool) -> None:
+    """Push to the Hugging Face Hub; only ever called when the user asked with --push-to-hub."""
+    try:
+        to_hf_dataset(table).push_to_hub(repo, private=private)
+    except Exception as exc:  # auth, network, offline mode, bad repo id: all "could not push"
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--push-to-hub {repo}: could not push ({text[:200]})") from None
+
+
+def register(app: typer.Typer) -> None:
+    app.command("export", help="Write curated pairs for training: TRL (standard or conversational), OpenRLHF "
+                               "JSONL, plain JSONL, HF datasets directory, or Parquet; --where filters.")(export_command)

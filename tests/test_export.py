@@ -1,0 +1,132 @@
+"""Training exports load in `datasets` with the fields TRL and OpenRLHF read; --where filters; errors are one line."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+from typer.testing import CliRunner
+
+from conftest import assert_one_line_error, run_cli
+from prefcli import io
+from prefcli.errors import InputError
+from prefcli.cli.main import app
+from prefcli.schema import with_stage_columns
+from prefcli.stages import review
+from prefcli.stages.export import export_pairs
+from review_data import pandalm_pairs, pandalm_records
+
+N_TIES = 4
+
+
+@pytest.fixture(scope="module")
+def pairs_file(shared_data, tmp_path_factory):
+    table, _ = pandalm_pairs(pandalm_records(shared_data), n=120, seed=7)
+    rng = np.random.default_rng(0)
+    tie = np.zeros(table.num_rows, bool)
+    tie[:N_TIES] = True
+    table = table.set_column(table.column_names.index("tie"), "tie", pa.array(tie))
+    table = with_stage_columns(table, "dedup", {"dedup_is_rep": pa.array(rng.random(table.num_rows) < 0.8),
+                                                "dedup_cluster": pa.array(np.arange(table.num_rows))})
+    root = tmp_path_factory.mktemp("export")
+    io.write_table(table, root / "pairs.parquet")
+    return root, table
+
+
+def _export(root, *args):
+    result = CliRunner().invoke(app, ["export", str(root / "pairs.parquet"), *args, "--quiet"])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.mark.parametrize("fmt", ["trl", "openrlhf"])
+def test_standard_jsonl_loads_with_text_fields(pairs_file, tmp_path, fmt):
+    root, table = pairs_file
+    _export(root, "--to", fmt, "-o", str(tmp_path / "out.jsonl"))
+    ds = datasets.load_dataset("json", data_files=str(tmp_path / "out.jsonl"), split="train",
+                               cache_dir=str(tmp_path / "hf"))
+    assert ds.column_names == ["prompt", "chosen", "rejected", "margin"]
+    assert ds.num_rows == table.num_rows - N_TIES
+    assert all(ds.features[c].dtype in ("string", "large_string") for c in ("prompt", "chosen", "rejected"))
+    assert ds.features["margin"].dtype == "float64"
+    kept = table.filter(pc.invert(table.column("tie")))
+    assert ds[0]["chosen"] == kept.column("chosen")[0].as_py()
+    assert ds[0]["prompt"] == kept.column("prompt")[0].as_py()[0]["content"]
+    assert ds[0]["margin"] == pytest.approx(kept.column("margin")[0].as_py())
+
+
+def test_conversational_formats_load_as_message_lists(pairs_file, tmp_path):
+    root, table = pairs_file
+    _export(root, "--to", "trl-conversational", "-o", str(tmp_path / "conv.jsonl"))
+    _export(root, "--to", "hf-dataset", "-o", str(tmp_path / "ds"), "--keep", "pair_id")
+    _export(root, "--to", "parquet", "-o", str(tmp_path / "conv.parquet"))
+    loaded = [
+        datasets.load_dataset("json", data_files=str(tmp_path / "conv.jsonl"), split="train",
+                              cache_dir=str(tmp_path / "hf")),
+        datasets.load_from_disk(str(tmp_path / "ds")),
+        datasets.load_dataset("parquet", data_files=str(tmp_path / "conv.parquet"), split="train",
+                              cache_dir=str(tmp_path / "hf")),
+    ]
+    for ds in loaded:
+        assert ds.num_rows == table.num_rows - N_TIES
+        row = ds[0]
+        assert row["prompt"][0]["role"] == "user" and row["prompt"][0]["content"]
+        assert row["chosen"] == [{"role": "assistant", "content": row["chosen"][0]["content"]}]
+        assert row["rejected"][0]["role"] == "assistant"
+        assert isinstance(row["margin"], float)
+    assert loaded[1].column_names == ["prompt", "chosen", "rejected", "margin", "pair_id"]
+
+
+def test_where_filters_with_polars_sql(pairs_file, tmp_path):
+    root, table = pairs_file
+    _export(root, "--to", "jsonl", "-o", str(tmp_path / "all.jsonl"), "--where",
+            "pref_bucket != 'incorrect' AND dedup_is_rep")
+    rows = [json.loads(line) for line in (tmp_path / "all.jsonl").read_text().splitlines()]
+    bucket = np.asarray(table.column("pref_bucket").to_pylist())
+    rep = np.asarray(table.column("dedup_is_rep").to_pylist())
+    assert 0 < len(rows) == int(((bucket != "incorrect") & rep).sum()) < table.num_rows
+    assert all(r["pref_bucket"] != "incorrect" and r["dedup_is_rep"] for r in rows)
+    assert {"pair_id", "meta", "prompt", "tie"} <= set(rows[0])  # plain jsonl keeps every column
+
+
+def test_jsonl_to_stdout_and_bad_where(pairs_file, tmp_path):
+    root, table = pairs_file
+    proc = run_cli("export", str(root / "pairs.parquet"), "--to", "openrlhf", "-o", "-", "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    lines = proc.stdout.decode().splitlines()
+    assert len(lines) == table.num_rows - N_TIES and set(json.loads(lines[0])) == {"prompt", "chosen", "rejected",
+                                                                                  "margin"}
+    assert json.loads(proc.stderr)["rows_out"] == len(lines)  # the summary stays off the data stream
+    out = tmp_path / "never.jsonl"
+    proc = run_cli("export", str(root / "pairs.parquet"), "--to", "trl", "-o", str(out), "--where", "nosuch > 1")
+    assert_one_line_error(proc, "--where", "unknown column 'nosuch'")
+    assert not out.exists()
+
+
+def test_where_errors_are_input_errors(pairs_file):
+    _, table = pairs_file
+    with pytest.raises(InputError, match="cannot evaluate"):
+        export_pairs(table, "trl", where="margin >")
+    with pytest.raises(InputError, match="is not a condition"):
+        export_pairs(table, "trl", where="margin + 1")
+    result = CliRunner().invoke(app, ["export", "x.parquet", "--to", "trl", "--push-to-hub", "nobody/none"])
+    assert result.exit_code == 2  # x.parquet is missing: fails before any hub call
+
+
+def test_margin_follows_a_human_flip_until_vote_reruns(pairs_file):
+    _, table = pairs_file
+    row = N_TIES  # first non-tie row
+    outcome = review.TaskOutcome(table.column("pair_id")[row].as_py(), "t1", "flip", 1.0, 1, "{}", "", False)
+    flipped = review.apply_verdicts(table, [outcome]).out
+    before = table.column("margin")[row].as_py()
+    out = export_pairs(flipped, "trl").out
+    assert out.column("chosen")[0].as_py() == table.column("rejected")[row].as_py()
+    assert out.column("margin")[0].as_py() == pytest.approx(-before)
+    revoted = flipped.set_column(flipped.column_names.index("margin"), "margin",
+                                 pc.if_else(pc.equal(flipped.column("review_task_id"), "t1"),
+                                            pa.scalar(0.7), flipped.column("margin")))
+    assert export_pairs(revoted, "trl").out.column("margin")[0].as_py() == pytest.approx(0.7)
