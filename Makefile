@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The whole pipeline on sample_data/ (pipelines/default.toml): unchanged stages are skipped on a re-run.
 demo: $(STAMP)
-	PATH="$(CURDIR)/$(BIN):$$PATH" bash pipelines/demo.sh
+	$(BIN)/prefcli run pipelines/default.toml --workdir demo_out/run
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -204,46 +204,52 @@ class ParquetSink:
 
 # --------------------------------------------------------------------------- reading Parquet
 
-def read_table(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file (or stdin for `-`) with a one-line error on failure."""
-    name = "<stdin>" if str(path) == STDIO else str(path)
+def _display_name(path: str | os.PathLike) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def _parquet_source(path: str | os.PathLike):
+    """A readable Parquet source for a path, or an in-memory buffer of stdin for `-`."""
+    name = _display_name(path)
+    if str(path) == STDIO:
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise InputError(f"{name}: empty input (expected Parquet)")
+        return pa.BufferReader(data)
+    if not Path(path).exists():
+        raise InputError(f"{name}: no such file")
+    if Path(path).is_dir():
+        raise InputError(f"{name}: is a directory, expected a Parquet file")
+    return str(path)
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: str | os.PathLike) -> Iterator[None]:
     try:
-        if str(path) == STDIO:
-            data = sys.stdin.buffer.read()
-            if not data:
-                raise InputError("<stdin>: empty input (expected Parquet)")
-            return pq.read_table(pa.BufferReader(data), columns=columns)
-        if not Path(path).exists():
-            raise InputError(f"{name}: no such file")
-        if Path(path).is_dir():
-            raise InputError(f"{name}: is a directory, expected a Parquet file")
-        return pq.read_table(path, columns=columns)
+        yield
     except InputError:
         raise
     except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None
+        raise InputError(f"{_display_name(path)}: not a readable Parquet file ({_short(exc)})") from None
+
+
+def read_table(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (or stdin for `-`) with a one-line error on failure."""
+    with _parquet_errors(path):
+        return pq.read_table(_parquet_source(path), columns=columns)
 
 
 def read_pairs(path: str | os.PathLike, *, require: dict[str, str] | None = None) -> pa.Table:
     """Read a pairs Parquet file and validate it against the canonical schema."""
-    name = "<stdin>" if str(path) == STDIO else str(path)
-    return validate(read_table(path), where=name, require_stage=require)
+    return validate(read_table(path), where=_display_name(path), require_stage=require)
 
 
 def iter_pair_batches(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
     """Stream a pairs Parquet file (or stdin) as validated tables of at most `batch_rows` rows,
     so a reader never holds the whole file (e.g. `prefcli stats` on millions of pairs)."""
-    name = "<stdin>" if str(path) == STDIO else str(path)
-    try:
-        if str(path) == STDIO:
-            data = sys.stdin.buffer.read()
-            if not data:
-                raise InputError("<stdin>: empty input (expected Parquet)")
-            source = pq.ParquetFile(pa.BufferReader(data))
-        elif not Path(path).is_file():
-            raise InputError(f"{name}: no such file")
-        else:
-            source = pq.ParquetFile(path)
+    name = _display_name(path)
+    with _parquet_errors(path):
+        source = pq.ParquetFile(_parquet_source(path))
         validate(source.schema_arrow.empty_table(), where=name)
         offset = 0
         for batch in source.iter_batches(batch_size=batch_rows):
@@ -253,10 +259,6 @@ def iter_pair_batches(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) 
             except SchemaError as exc:  # re-number the row from the file's start
                 raise SchemaError(_renumber(str(exc), offset)) from None
             offset += table.num_rows
-    except InputError:
-        raise
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputError(f"{name}: not a readable Parquet file ({_short(exc)})") from None
 
 
 def _renumber(message: str, offset: int) -> str:

@@ -1,0 +1,268 @@
+"""`prefcli run`: skip-if-unchanged, incremental append, lock, resume after kill -9, pipes, determinism.
+
+Real data: HH-RLHF harmless transcripts from ../shared/data, split into raw JSONL files.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from prefcli import io
+from prefcli.errors import InputError
+from prefcli.pipeline import load_pipeline
+from conftest import assert_one_line_error, run_cli
+
+HH = "hh-rlhf-harmless/test.jsonl.gz"
+A, B = 150, 15  # raw lines in the first file and in the later "nightly" file
+STAGES = ["ingest", "dedup", "rebalance", "export"]
+PIPELINE = """
+[pipeline]
+name = "hh-test"
+seed = 5
+
+[[stage]]
+command = "ingest"
+inputs = ["raw"]
+format = "hh-rlhf"
+
+[[stage]]
+command = "dedup"
+threshold = 0.9
+
+[[stage]]
+name = "rebalance"
+command = "length-bias rebalance"
+length = "words"
+
+[[stage]]
+command = "export"
+to = "trl"
+output = "train.jsonl"
+keep = "pair_id,source"
+"""
+FINAL = Path("export") / "train.jsonl"
+NO_SHARED_CACHE = {"PREFCLI_CACHE_DIR": ""}  # each workdir gets its own cache: <workdir>/cache
+
+
+@pytest.fixture(scope="module")
+def hh_lines(shared_data) -> list[str]:
+    with gzip.open(shared_data / HH, "rt", encoding="utf-8") as fh:
+        return [next(fh) for _ in range(A + B)]
+
+
+def make_project(root: Path, lines: list[str], parts: dict[str, slice]) -> Path:
+    """A pipeline file beside raw/<name>.jsonl files holding the given slices of real lines."""
+    (root / "raw").mkdir(parents=True, exist_ok=True)
+    for name, part in parts.items():
+        (root / "raw" / f"{name}.jsonl").write_text("".join(lines[part]))
+    (root / "pipeline.toml").write_text(PIPELINE)
+    return root / "pipeline.toml"
+
+
+def run(toml: Path, workdir: Path, *args: str, env=None):
+    return run_cli("run", str(toml), "--workdir", str(workdir), *args, env={**NO_SHARED_CACHE, **(env or {})})
+
+
+def run_json(toml: Path, workdir: Path, *args: str) -> dict:
+    proc = run(toml, workdir, "--json", *args)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
+
+
+def statuses(summary: dict) -> dict[str, str]:
+    return {row["stage"]: row["status"] for row in summary["tables"]["stages"]}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, hh_lines):
+    """An uninterrupted run on files a + b, the output every other path must reproduce byte for byte."""
+    root = tmp_path_factory.mktemp("reference")
+    toml = make_project(root, hh_lines, {"a": slice(0, A), "b": slice(A, A + B)})
+    summary = run_json(toml, root / "work")
+    return root, summary, (root / "work" / FINAL).read_bytes()
+
+
+def test_full_run_records_manifest_and_skips_when_unchanged(reference):
+    root, summary, final = reference
+    work = root / "work"
+    assert statuses(summary) == {s: "ran" for s in STAGES}
+    manifest = json.loads((work / "manifest.json").read_text())
+    ingest, dedup = manifest["stages"]["ingest"], manifest["stages"]["dedup"]
+    assert ingest["rows_out"] + ingest["rows_set_aside"] == A + B  # raw lines in = pairs out + set aside
+    assert dedup["rows_in"] == ingest["rows_out"]
+    assert {"prefcli", "polars", "pyarrow"} <= set(dedup["versions"])
+    assert dedup["inputs"][0][1] == io.file_digest(work / "ingest" / "ingest.parquet")
+    assert dedup["outputs"]["dedup.parquet"] == io.file_digest(work / "dedup" / "dedup.parquet")
+    assert all(manifest["stages"][s]["wall_s"] > 0 and manifest["stages"][s]["peak_rss_mb"] > 0 for s in STAGES)
+    assert final.count(b"\n") == manifest["stages"]["rebalance"]["rows_out"]
+
+    quiet = run(root / "pipeline.toml", work, "--quiet")  # nothing changed: every stage is skipped
+    assert quiet.returncode == 0 and quiet.stdout == b"" and quiet.stderr == b""
+    assert json.loads((work / "manifest.json").read_text())["stages"] == manifest["stages"]
+    assert (work / FINAL).read_bytes() == final
+
+    # A changed option re-runs that stage only.
+    toml = root / "pipeline.toml"
+    toml.write_text(PIPELINE.replace('keep = "pair_id,source"', 'keep = "pair_id"'))
+    try:
+        changed = run_json(toml, work)
+    finally:
+        toml.write_text(PIPELINE)
+    assert statuses(changed) == {"ingest": "skipped", "dedup": "skipped", "rebalance": "skipped", "export": "ran"}
+    assert (work / FINAL).read_bytes() != final
+    # --from re-runs from a stage on; back to the original options, the original output comes back.
+    again = run_json(toml, work, "--from", "rebalance")
+    assert statuses(again) == {"ingest": "skipped", "dedup": "skipped", "rebalance": "ran", "export": "ran"}
+    assert (work / FINAL).read_bytes() == final
+
+
+def test_incremental_append_equals_fresh_run(tmp_path, hh_lines, reference):
+    _, _, final = reference
+    toml = make_project(tmp_path, hh_lines, {"a": slice(0, A)})
+    work = tmp_path / "work"
+    assert statuses(run_json(toml, work)) == {s: "ran" for s in STAGES}
+    embedded_first = embedded_count(work, "dedup")
+    (tmp_path / "raw" / "b.jsonl").write_text("".join(hh_lines[A:A + B]))  # the nightly drop of new data
+    second = run_json(toml, work)
+    assert statuses(second)["ingest"] == "ran"
+    assert (work / FINAL).read_bytes() == final  # byte-identical to the from-scratch run on a + b
+    # The cache under the workdir made the refresh embed only what was new.
+    assert 0 < embedded_count(work, "dedup") < embedded_first
+
+
+def embedded_count(work: Path, stage: str) -> int:
+    """How many texts a stage embedded this time, from its --json summary kept in the manifest."""
+    return json.loads((work / "manifest.json").read_text())["stages"][stage]["stats"]["embedded"]
+
+
+def test_pipes_equal_the_pipeline_outputs(reference):
+    root, _, final = reference
+    work = root / "work"
+    shell = (f"{sys.executable} -m prefcli.cli.main ingest raw -f hh-rlhf --seed 5 -q -o - "
+             f"| {sys.executable} -m prefcli.cli.main dedup - --threshold 0.9 --seed 5 -q -o - "
+             f"| {sys.executable} -m prefcli.cli.main length-bias rebalance - --length words --seed 5 -q -o - "
+             f"| tee rebalanced.parquet "
+             f"| {sys.executable} -m prefcli.cli.main export - --to trl --keep pair_id,source --seed 5 -q -o -")
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", shell], cwd=root, capture_output=True,
+                          env={**os.environ, "PREFCLI_CACHE_DIR": str(work / "cache")}, timeout=600)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert (root / "rebalanced.parquet").read_bytes() == (work / "rebalance" / "rebalance.parquet").read_bytes()
+    assert proc.stdout == final
+
+
+def test_lock_exits_3_or_waits(tmp_path, hh_lines, reference):
+    root, _, final = reference
+    warm = {"PREFCLI_CACHE_DIR": str(root / "work" / "cache")}  # the reference's embeddings: no model load
+    toml = make_project(tmp_path, hh_lines, {"a": slice(0, A), "b": slice(A, A + B)})
+    work = tmp_path / "work"
+    with io.exclusive_lock(work / "run.lock"):
+        busy = run(toml, work, env=warm)
+        assert_one_line_error(busy, "locked by another prefcli run", "--wait", code=3)
+
+        waiter = subprocess.Popen([sys.executable, "-m", "prefcli.cli.main", "run", str(toml), "--workdir", str(work),
+                                   "--wait", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  env={**os.environ, **warm})
+        deadline = time.monotonic() + 300
+        while not holds_open(waiter.pid, work / "run.lock"):  # it reached the lock and is waiting
+            assert waiter.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.5)
+        assert waiter.poll() is None and not (work / "ingest").exists()
+    out, err = waiter.communicate(timeout=600)
+    assert waiter.returncode == 0, err.decode()
+    assert statuses(json.loads(out)) == {s: "ran" for s in STAGES}
+    assert (work / FINAL).read_bytes() == final  # a second run in a new workdir gives the same bytes
+
+
+def holds_open(pid: int, path: Path) -> bool:
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        return any(os.readlink(f"/proc/{pid}/fd/{fd}") == str(path) for fd in fds)
+    except OSError:
+        return False
+
+
+def test_resume_after_kill_9(tmp_path, hh_lines, reference):
+    root, _, final = reference
+    warm = {"PREFCLI_CACHE_DIR": str(root / "work" / "cache")}
+    toml = make_project(tmp_path, hh_lines, {"a": slice(0, A), "b": slice(A, A + B)})
+    work = tmp_path / "work"
+    proc = subprocess.Popen([sys.executable, "-m", "prefcli.cli.main", "run", str(toml), "--workdir", str(work)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **warm})
+    deadline = time.monotonic() + 300
+    while not (work.exists() and any(p.name.startswith(".dedup.") for p in work.iterdir())):  # dedup started
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert io.parquet_rows(work / "ingest" / "ingest.parquet")  # the completed stage's output is intact
+    assert not (work / "dedup").exists()
+
+    resumed = json.loads(run(toml, work, "--json", env=warm).stdout)
+    assert statuses(resumed) == {"ingest": "skipped", "dedup": "ran", "rebalance": "ran", "export": "ran"}
+    assert (work / FINAL).read_bytes() == final
+    assert not [p for p in work.iterdir() if p.name.endswith((".tmp", ".old"))]
+
+
+def test_bad_pipelines_fail_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[stage]]\ncommand = "ingest"\ninputs = ["x.jsonl"]\n\n[[stage]]\ncommand = "no-such-stage"\n')
+    proc = run_cli("run", str(bad), "--workdir", str(tmp_path / "w"))
+    assert_one_line_error(proc, "stage 'no-such-stage'", "unknown command `prefcli no-such-stage`", code=2)
+    assert not (tmp_path / "w" / "ingest").exists()  # checked before anything ran
+
+    cases = {
+        '[[stage]]\ncommand = "ingest"\ninputs = ["x.jsonl"]\nfromat = "trl"\n': "has no option --fromat",
+        '[[stage]]\ncommand = "ingest"\n[[stage]]\ncommand = "ingest"\n': "used twice",
+        '[[stage]]\ncommand = "export"\ninput = "@later"\n': "@later does not name an earlier stage",
+        '[stage\n': "invalid TOML",
+        '[pipeline]\nseed = "x"\n[[stage]]\ncommand = "ingest"\n': "seed must be an integer",
+        '[pipeline]\nname = "x"\n': "no stages",
+    }
+    for text, fragment in cases.items():
+        bad.write_text(text)
+        with pytest.raises(InputError, match=fragment.replace("(", r"\(")):
+            pipeline = load_pipeline(bad)
+            from prefcli.cli.run import ClickStageCli
+            from prefcli.pipeline import Runner
+
+            Runner(pipeline, tmp_path / "w", ClickStageCli()).check_commands(pipeline.stages)
+
+
+def test_lock_wait_in_process(tmp_path):
+    """--wait polls until the holder releases; without it a busy lock is LockHeld at once."""
+    from prefcli.errors import LockHeld
+
+    lock = tmp_path / "run.lock"
+    with io.exclusive_lock(lock):
+        with pytest.raises(LockHeld, match="use --wait"):
+            with io.exclusive_lock(lock):
+                pass
+        with pytest.raises(LockHeld, match="still locked after 0.3s"):
+            with io.exclusive_lock(lock, wait=True, timeout=0.3):
+                pass
+    got = []
+
+    def waiter():
+        with io.exclusive_lock(lock, wait=True, timeout=30):
+            got.append(time.monotonic())
+
+    with io.exclusive_lock(lock):
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        time.sleep(0.5)
+        assert not got
+        released = time.monotonic()
+    thread.join(30)
+    assert got and got[0] >= released
