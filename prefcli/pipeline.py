@@ -252,13 +252,34 @@ class StageOutcome:
     wall_s: float | None = None
     peak_rss_mb: float | None = None
     output: str | None = None
+    highlights: str = ""
 
     def row(self) -> list[Any]:
         return [self.name, self.command, self.status, self.rows_in, self.rows_out, self.rows_set_aside,
-                None if self.wall_s is None else round(self.wall_s, 2), self.peak_rss_mb]
+                None if self.wall_s is None else round(self.wall_s, 2), self.peak_rss_mb, self.highlights]
 
 
-OUTCOME_COLUMNS = ["stage", "command", "status", "rows_in", "rows_out", "set_aside", "wall_s", "peak_rss_mb"]
+OUTCOME_COLUMNS = ["stage", "command", "status", "rows_in", "rows_out", "set_aside", "wall_s", "peak_rss_mb",
+                   "highlights"]
+
+# What each stage found, picked from its --json summary for the run table (first matches win).
+HIGHLIGHT_KEYS = ("exact_duplicates", "semantic_duplicates", "contaminated", "buckets", "flipped", "mined",
+                  "replaced", "p_chosen_longer", "by_reason", "tasks", "filtered_out")
+
+
+def highlights(stats: dict[str, Any] | None, limit: int = 4) -> str:
+    """A compact `key=value` digest of a stage's own summary, e.g. duplicates found or bucket counts."""
+    parts = []
+    for key in HIGHLIGHT_KEYS:
+        value = (stats or {}).get(key)
+        if value in (None, 0, {}, ""):
+            continue
+        if isinstance(value, dict):
+            value = "/".join(f"{k}:{v}" for k, v in value.items())
+        elif isinstance(value, float):
+            value = f"{value:.2f}"
+        parts.append(f"{key}={value}")
+    return " ".join(parts[:limit])
 
 
 @dataclass
@@ -508,7 +529,7 @@ class Runner:
         return StageOutcome(stage.name, " ".join(stage.command), status, record.get("rows_in"),
                             record.get("rows_out"), record.get("rows_set_aside"),
                             record.get("wall_s") if ran else None, record.get("peak_rss_mb") if ran else None,
-                            str(out) if out else None)
+                            str(out) if out else None, highlights(record.get("stats")))
 
     def _save(self, manifest: dict) -> None:
         io.write_json(manifest, self.workdir / MANIFEST)
