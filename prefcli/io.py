@@ -661,11 +661,21 @@ def csv_text(rows: list[dict], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def write_files(files: dict[str, bytes]) -> None:
-    """Write several files so that either all appear or none: temps first, renames last."""
+def write_files(files: dict[str, bytes | pa.Table]) -> None:
+    """Write several files (bytes, or Arrow tables as Parquet) so that either all appear or none:
+    temps first, renames last. A `-` entry goes to stdout once every file is in place."""
     with contextlib.ExitStack() as stack:
         for path, data in files.items():
-            stack.enter_context(atomic_path(path)).write_bytes(data)
+            if str(path) == STDIO:
+                continue
+            tmp = stack.enter_context(atomic_path(path))
+            if isinstance(data, pa.Table):
+                write_table(data, tmp)
+            else:
+                tmp.write_bytes(data)
+    for path, data in files.items():
+        if str(path) == STDIO:
+            write_table(data, STDIO) if isinstance(data, pa.Table) else write_bytes(data, STDIO)
 
 
 def write_directory(path: str | os.PathLike, files: dict[str, Any], *, marker: str) -> None:

@@ -10,7 +10,6 @@ import traceback
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
-import pyarrow as pa
 import typer
 
 from .. import io
@@ -82,24 +81,12 @@ def side_path(output: str, explicit: str | None, stage: str) -> str:
     return str(path.with_name(f"{stem}.rejects.parquet"))
 
 
-def write_outputs(files: dict[str, pa.Table]) -> None:
-    """Write several tables so that either all appear or none: temps first, renames last."""
-    stdout_tables = {p: t for p, t in files.items() if p == io.STDIO}
-    disk = {p: t for p, t in files.items() if p != io.STDIO}
-    with contextlib.ExitStack() as stack:
-        for path, table in disk.items():
-            tmp = stack.enter_context(io.atomic_path(path))
-            io.write_table(table, tmp)
-    for table in stdout_tables.values():
-        io.write_table(table, io.STDIO)
-
-
 def write_stage(result: StageResult, output: str, side: str | None) -> None:
     """Write the kept rows to `output` and set-aside rows (if any) to `side`, all or nothing."""
     files = {output: result.out}
     if result.set_aside is not None and result.set_aside.num_rows and side:
         files[side] = result.set_aside
-    write_outputs(files)
+    io.write_files(files)
 
 
 def enforce_reject_rate(rows_in: int, set_aside: int, limit: float | None, what: str = "set aside") -> None:

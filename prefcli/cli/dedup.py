@@ -16,7 +16,7 @@ from ..stages.dedup import (DEFAULT_AGAINST_THRESHOLD, DEFAULT_THRESHOLD, KEEP_P
                             dedup, explain)
 from ..text import render_messages
 from .common import (Input, Json, MaxRejectRate, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
-                     side_path, write_outputs)
+                     side_path)
 
 ORDER = 20
 GRAPH_DIR = "dedup-graphs"
@@ -114,7 +114,7 @@ def dedup_command(
         files[output] = result.out
         if result.rows_set_aside:
             files[side_path(output, removed, "dedup")] = result.set_aside
-    write_outputs(files)
+    io.write_files(files)
     enforce_reject_rate(table.num_rows, result.rows_set_aside, max_reject_rate, "removed")
     stats = {**result.stats, "seconds": round(timer.seconds, 2)}
     tables = []

@@ -12,7 +12,7 @@ from ..report import Table, check_accounting
 from ..schema import validate
 from ..stages import review as stage
 from .common import (Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
-                     side_path, write_outputs, write_stage)
+                     side_path, write_stage)
 
 ORDER = 70
 EXPORT_MARKER = "prefcli-review.json"
@@ -57,7 +57,7 @@ def select_command(
     result = stage.select_for_review(table, budget, embedder=embedder, gold=gold_table, audit_share=audit_share,
                                      groups=groups, neighbours=neighbours, min_similarity=min_similarity, on=on,
                                      index_device=device, seed=seed)
-    write_outputs({output: result.out})
+    io.write_files({output: result.out})
     reasons = Table("by_reason", "Why pairs were picked", ["reason", "pairs"],
                     [[k, v] for k, v in result.stats["by_reason"].items()])
     rep.summary("review select", result.stats, [reasons])

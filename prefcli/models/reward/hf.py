@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 
 from ...errors import InputError
-from ...text import digest, render_messages
+from ...text import digest
 from ..embed import quiet_hf, resolve_device
 from .base import PointwiseRewardModel, column_safe
 
