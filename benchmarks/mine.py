@@ -16,6 +16,9 @@ False-negative rate = false negatives / checkable mined pairs. Hardness: a held-
 (offline ensemble trained on the *other* fold's instructions, all verdicts) scores chosen - negative;
 harder negatives have a smaller margin, and they sit closer to the chosen in embedding space.
 Random negatives: one uniformly drawn pool response per source pair (same pool, same seed).
+Hardness is reported three ways, mined vs random as a ratio: over all negatives; over verified-correct
+negatives only (judge confirms them worse than the chosen) against random pool responses drawn among
+the verified-correct ones; and on the same chosen responses (source pairs with both).
 
 Run: .venv/bin/python benchmarks/mine.py [--instructions 60] [--labelled 6]
 """
@@ -94,51 +97,62 @@ def fold_tables(verdicts: dict, instructions: list[str], labelled: int, seed: in
             for k, v in cols.items()}
 
 
-def check(mined: pa.Table, verdicts: dict) -> dict[str, int]:
-    """Count correct / false-negative / unknown mined pairs against the hidden judge verdicts."""
-    counts = {"correct": 0, "false_negative": 0, "unknown": 0}
-    for prompt, chosen, rejected in zip(mined.column("prompt").to_pylist(), mined.column("chosen").to_pylist(),
-                                        mined.column("rejected").to_pylist()):
-        entry = verdicts[prompt[-1]["content"]]
-        verdict = {text: v for text, v in entry["models"].values()}
-        verdict[entry["ref"]] = 0
-        x, z = verdict.get(chosen), verdict.get(rejected)
-        if x is None or z is None:
-            counts["unknown"] += 1
-        elif x == 0:
-            counts["false_negative" if z > 0 else "correct"] += 1
-        elif x > 0 and z <= 0:
-            counts["correct"] += 1
-        else:
-            counts["unknown"] += 1
-    return counts
+def verdict_map(entry: dict) -> dict[str, int]:
+    """response text -> +1 judged better than the reference, -1 worse, 0 the reference itself."""
+    verdict = {text: v for text, v in entry["models"].values()}
+    verdict[entry["ref"]] = 0
+    return verdict
 
 
-def random_negatives(inputs: pa.Table, pool: pa.Table, seed: int) -> pa.Table:
-    """One uniformly drawn pool response (to the same prompt, not the chosen) per input pair."""
+def judge(chosen: str, rejected: str, verdict: dict[str, int]) -> str:
+    """correct / false_negative / unknown for (chosen, rejected) under the partial order of the verdicts."""
+    x, z = verdict.get(chosen), verdict.get(rejected)
+    if x is None or z is None:
+        return "unknown"
+    if x == 0:
+        return "false_negative" if z > 0 else "correct"
+    return "correct" if x > 0 and z <= 0 else "unknown"
+
+
+def check(pairs: pa.Table, verdicts: dict) -> list[str]:
+    """Judge status of each pair against the hidden judge verdicts."""
+    return [judge(chosen, rejected, verdict_map(verdicts[prompt[-1]["content"]]))
+            for prompt, chosen, rejected in zip(pairs.column("prompt").to_pylist(), pairs.column("chosen").to_pylist(),
+                                                pairs.column("rejected").to_pylist())]
+
+
+def random_negatives(inputs: pa.Table, pool: pa.Table, seed: int,
+                     verdicts: dict | None = None) -> tuple[pa.Table, list[str]]:
+    """One uniformly drawn pool response (to the same prompt, not the chosen) per input pair, and the
+    source pair ids. With `verdicts`, only responses the judge confirms worse than the chosen are drawn
+    (an oracle-filtered random baseline: verified-correct random negatives)."""
     rng = np.random.default_rng(seed)
     responses = defaultdict(list)
     for pid, a in zip(pool.column("prompt_id").to_pylist(), pool.column("chosen").to_pylist()):
         responses[pid].append(a)
-    prompts, chosen, rejected = [], [], []
+    prompts, chosen, rejected, sources = [], [], [], []
     for row in inputs.to_pylist():
         options = [r for r in responses[row["prompt_id"]] if r.strip() != row["chosen"].strip()]
+        if verdicts is not None:
+            verdict = verdict_map(verdicts[row["prompt"][-1]["content"]])
+            options = [r for r in options if judge(row["chosen"], r, verdict) == "correct"]
         if options:
             prompts.append(row["prompt"])
             chosen.append(row["chosen"])
             rejected.append(options[int(rng.integers(len(options)))])
-    return build_pairs(prompts, chosen, rejected, source="random", label_source="rm")
+            sources.append(row["pair_id"])
+    return build_pairs(prompts, chosen, rejected, source="random", label_source="rm"), sources
 
 
-def hardness(pairs: pa.Table, heldout, embedder, scale: float) -> dict[str, float]:
+def hardness(pairs: pa.Table, heldout, embedder, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per pair: held-out RM margin chosen - negative (robust-scale units) and cosine(chosen, negative)."""
     if not pairs.num_rows:
-        return {"heldout_margin": float("nan"), "sim_chosen": float("nan"), "heldout_below_0": float("nan")}
+        return np.zeros(0), np.zeros(0)
     prompts = pairs.column("prompt").to_pylist()
     c, r = pairs.column("chosen").to_pylist(), pairs.column("rejected").to_pylist()
     margin = (heldout.score(prompts, c) - heldout.score(prompts, r)) / scale
     sim = (embedder.encode(c) * embedder.encode(r)).sum(axis=1)
-    return {"heldout_margin": float(np.mean(margin)), "sim_chosen": float(np.mean(sim)),
-            "heldout_below_0": float(np.mean(margin < 0))}
+    return np.asarray(margin, np.float64), np.asarray(sim, np.float64)
 
 
 def main() -> None:
@@ -168,7 +182,7 @@ def main() -> None:
         "guard, mu-2sigma": MineParams(device="cpu", seed=args.seed, selection="mu-2sigma"),
         "no guard": MineParams(device="cpu", seed=args.seed, guard=False),
     }
-    totals = {name: defaultdict(float) for name in [*settings, "random"]}
+    records = {name: _Records() for name in [*settings, RANDOM, RANDOM_CORRECT]}
     timing = []
     for f, fold in enumerate(folds):
         tables = fold_tables(verdicts, fold, args.labelled, args.seed + f)
@@ -183,38 +197,88 @@ def main() -> None:
             result = mine(tables["input"], embedder, rms, params, pool=tables["pool"])
             timing.append((tables["input"].num_rows, time.perf_counter() - start))
             mined = result.out.filter(pa.compute.equal(result.out.column("neg_origin"), "mined"))
-            _accumulate(totals[name], mined, verdicts, heldout, embedder, scale, tables["input"].num_rows)
-        rand = random_negatives(tables["input"], tables["pool"], args.seed + f)
-        _accumulate(totals["random"], rand, verdicts, heldout, embedder, scale, tables["input"].num_rows)
+            records[name].add(mined, mined.column("neg_source_pair_id").to_pylist(), verdicts, heldout, embedder,
+                              scale)
+        for name, oracle in ((RANDOM, None), (RANDOM_CORRECT, verdicts)):
+            rand, sources = random_negatives(tables["input"], tables["pool"], args.seed + f, oracle)
+            records[name].add(rand, sources, verdicts, heldout, embedder, scale)
         print(f"fold {f}: {tables['input'].num_rows} input pairs, {tables['pool'].num_rows} pool responses", flush=True)
 
     print(f"\nAlpacaEval ({args.annotator}), {len(verdicts)} instructions, {args.labelled} labelled models each, "
           f"2 folds")
-    print("| negatives | mined | checkable | false negatives | FN rate | held-out RM margin | sim to chosen "
-          "| held-out margin < 0 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name, t in totals.items():
-        checkable = t["correct"] + t["false_negative"]
-        fn_rate = t["false_negative"] / checkable if checkable else float("nan")
-        n = max(t["pairs"], 1)
-        print(f"| {name} | {int(t['pairs'])} | {int(checkable)} | {int(t['false_negative'])} | {fn_rate:.1%} "
-              f"| {t['heldout_margin'] / n:.3f} | {t['sim_chosen'] / n:.3f} | {t['heldout_below_0'] / n:.1%} |")
+    print("| negatives | mined | checkable | false negatives | FN rate |")
+    print("|---|---|---|---|---|")
+    for name in [*settings, RANDOM]:
+        counts = records[name].counts()
+        checkable = counts["correct"] + counts["false_negative"]
+        fn_rate = counts["false_negative"] / checkable if checkable else float("nan")
+        print(f"| {name} | {len(records[name].status)} | {checkable} | {counts['false_negative']} | {fn_rate:.1%} |")
+
+    print("\nHardness (held-out RM margin chosen - negative: smaller = harder; cosine to chosen: higher = harder);"
+          " ratio = mined / random on the same rows")
+    print("| rows | negatives | n | margin mean | margin median | cosine mean | margin < 0 "
+          "| random: margin mean | median | cosine | margin ratio (mean) | median ratio | cosine ratio |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rand_all, rand_ok = records[RANDOM], records[RANDOM_CORRECT]
+    for name in settings:
+        rec = records[name]
+        _hardness_row("all (unrestricted)", name, rec.margin, rec.sim, rand_all.margin, rand_all.sim)
+    for name in settings:
+        rec = records[name]
+        ok = rec.status == "correct"
+        _hardness_row("verified-correct", name, rec.margin[ok], rec.sim[ok], rand_ok.margin, rand_ok.sim)
+    for name in settings:  # the same chosen responses: sources with a verified-correct negative on both sides
+        rec = records[name]
+        ok = rec.status == "correct"
+        mined_at = {src: i for i, src in reversed(list(enumerate(rec.source))) if ok[i]}  # first per source
+        rand_at = {src: i for i, src in enumerate(rand_ok.source)}
+        both = sorted(set(mined_at) & set(rand_at))
+        m, r = [mined_at[s] for s in both], [rand_at[s] for s in both]
+        _hardness_row("verified-correct, same chosen", name, rec.margin[m], rec.sim[m], rand_ok.margin[r],
+                      rand_ok.sim[r])
+    print(f"(random = {RANDOM} for unrestricted rows, {RANDOM_CORRECT} otherwise: {len(rand_ok.status)} of "
+          f"{len(rand_all.status)} source pairs have a pool response the judge confirms worse than the chosen)")
     pairs = sum(p for p, _ in timing)
     seconds = sum(s for _, s in timing)
     print(f"\nmine time (warm embedding cache, 2 default ensembles fitted per run): "
           f"{seconds / pairs * 10000:.0f} s per 10k source pairs ({pairs} pairs in {seconds:.1f}s over {len(timing)} runs)")
 
 
-def _accumulate(total, pairs: pa.Table, verdicts, heldout, embedder, scale: float, sources: int) -> None:
-    counts = check(pairs, verdicts)
-    for key, value in counts.items():
-        total[key] += value
-    hard = hardness(pairs, heldout, embedder, scale)
-    for key, value in hard.items():
-        if np.isfinite(value):
-            total[key] += value * pairs.num_rows
-    total["pairs"] += pairs.num_rows
-    total["sources"] += sources
+RANDOM = "random pool response"
+RANDOM_CORRECT = "random verified-correct pool response"
+
+
+class _Records:
+    """Per negative pair, over both folds: source pair id, judge status, held-out margin, cosine to chosen."""
+
+    def __init__(self):
+        self.source: list[str] = []
+        self.status = np.zeros(0, dtype=object)
+        self.margin = np.zeros(0)
+        self.sim = np.zeros(0)
+
+    def add(self, pairs: pa.Table, sources: list[str], verdicts, heldout, embedder, scale: float) -> None:
+        margin, sim = hardness(pairs, heldout, embedder, scale)
+        self.source += list(sources)
+        self.status = np.concatenate([self.status, np.asarray(check(pairs, verdicts), dtype=object)])
+        self.margin = np.concatenate([self.margin, margin])
+        self.sim = np.concatenate([self.sim, sim])
+
+    def counts(self) -> dict[str, int]:
+        return {key: int((self.status == key).sum()) for key in ("correct", "false_negative", "unknown")}
+
+
+def _hardness_row(rows: str, name: str, margin, sim, rand_margin, rand_sim) -> None:
+    def stats(m, s):
+        if not len(m):
+            return float("nan"), float("nan"), float("nan"), float("nan")
+        return float(np.mean(m)), float(np.median(m)), float(np.mean(s)), float(np.mean(m < 0))
+
+    mm, mmed, ms, mneg = stats(margin, sim)
+    rm, rmed, rs, _ = stats(rand_margin, rand_sim)
+    ratio = (lambda a, b: a / b if b else float("nan"))
+    print(f"| {rows} | {name} | {len(margin)} | {mm:.3f} | {mmed:.3f} | {ms:.3f} | {mneg:.1%} | {rm:.3f} | {rmed:.3f} "
+          f"| {rs:.3f} | {ratio(mm, rm):.2f} | {ratio(mmed, rmed):.2f} | {ratio(ms, rs):.2f} |")
 
 
 if __name__ == "__main__":
