@@ -95,7 +95,6 @@ def test_select_priorities_sides_and_determinism(pairs, queue, embedder):
     assert queue.num_rows == BUDGET
     assert reasons.count("audit") == round(BUDGET * 0.1)
     buckets = dict(zip(table.column("pair_id").to_pylist(), table.column("pref_bucket").to_pylist()))
-    picked_buckets = [buckets[p] for p in queue.column("pair_id").to_pylist()]
     stds = dict(zip(table.column("pair_id").to_pylist(), table.column("pref_std").to_pylist()))
     std_cut = np.quantile(list(stds.values()), 0.9)
     # Each tier picks from its own bucket; the tiers take turns after the audit slice.
