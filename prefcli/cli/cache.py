@@ -11,7 +11,7 @@ import typer
 from ..errors import InputError
 from ..models.cache import VectorStore, default_cache_dir, list_namespaces, remove_stale_temps
 from ..report import Table
-from .common import Json, Quiet, handle_errors, reporter
+from .common import CacheDir, Json, Quiet, handle_errors, reporter
 from .dedup import GRAPH_DIR
 
 ORDER = 90
@@ -19,8 +19,6 @@ DAY = 86400.0
 
 app = typer.Typer(help="Inspect (info) or trim (prune) the on-disk embedding/score cache.", no_args_is_help=True,
                   add_completion=False, rich_markup_mode=None)
-CacheDir = Annotated[Optional[str], typer.Option("--cache-dir", help="Cache directory (default $PREFCLI_CACHE_DIR "
-                                                 "or the user cache dir).")]
 
 
 def _root(cache_dir: str | None) -> Path:

@@ -23,7 +23,8 @@ Output = Annotated[str, typer.Option("--output", "-o", help="Output Parquet file
 Input = Annotated[str, typer.Argument(help="Input pairs Parquet file, or - for stdin.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 CacheDir = Annotated[Optional[str], typer.Option(
-    "--cache-dir", help="Embedding and score cache (default $PREFCLI_CACHE_DIR or the user cache dir).")]
+    "--cache-dir", help="Embedding/score cache and neighbour graphs (default $PREFCLI_CACHE_DIR or the user "
+    "cache dir).")]
 MaxRejectRate = Annotated[Optional[float], typer.Option(
     "--max-reject-rate", min=0.0, max=1.0,
     help="Exit 1 when the share of rows set aside is above this.")]

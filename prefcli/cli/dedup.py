@@ -15,7 +15,7 @@ from ..report import Table, Timer, check_accounting
 from ..stages.dedup import (DEFAULT_AGAINST_THRESHOLD, DEFAULT_THRESHOLD, KEEP_POLICIES, TEXT_VIEWS, DedupOptions,
                             dedup, explain)
 from ..text import render_messages
-from .common import (Input, Json, MaxRejectRate, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
+from .common import (CacheDir, Device, Input, Json, MaxRejectRate, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
                      side_path)
 
 ORDER = 20
@@ -72,10 +72,8 @@ def dedup_command(
                                           "character edits apart (typos), whatever their cosine.")] = True,
     model: Annotated[Optional[str], typer.Option("--model", help="Embedding model: local path or hub id "
                                                  "(default: packaged all-MiniLM-L6-v2).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    cache_dir: Annotated[Optional[str], typer.Option(
-        "--cache-dir", help="Embedding cache and neighbour graphs (default $PREFCLI_CACHE_DIR or the user cache dir).")
-    ] = None,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
     graph: Annotated[Optional[str], typer.Option("--graph", help="Neighbour graph Parquet: read when it matches "
                                                  "this input, else (re)written.")] = None,

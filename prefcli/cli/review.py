@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..report import Table, check_accounting
 from ..schema import validate
 from ..stages import review as stage
-from .common import (Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
+from .common import (CacheDir, Device, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
                      side_path, write_stage)
 
 ORDER = 70
@@ -40,8 +40,8 @@ def select_command(
                                                   "a gold error needs.")] = 0.5,
     on: Annotated[str, typer.Option("--on", help="Text embedded for groups and retrieval: prompt or pair.")] = "prompt",
     model: Annotated[Optional[str], typer.Option("--model", help="Embedding model (default all-MiniLM-L6-v2).")] = None,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    cache_dir: Annotated[Optional[str], typer.Option("--cache-dir", help="Embedding cache directory.")] = None,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
     quiet: Quiet = False,
     json_mode: Json = False,
     seed: Seed = 0,

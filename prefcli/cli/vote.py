@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..models.reward import parse_rm_spec
 from ..report import Timer, check_accounting
 from ..stages.vote import ACTIONS, BucketThresholds, VoteParams, report_tables, thresholds_from_calibration, vote
-from .common import Input, Json, Output, Quiet, Seed, handle_errors, parse_kv, reporter, side_path, write_stage
+from .common import CacheDir, Device, Input, Json, Output, Quiet, Seed, handle_errors, parse_kv, reporter, side_path, write_stage
 
 ORDER = 40
 
@@ -43,9 +43,8 @@ def vote_command(
     max_length: Annotated[int, typer.Option("--max-length", help="hf: token limit per (prompt, response); "
                                             "longer inputs keep their last tokens and are counted.")] = 4096,
     batch_size: Annotated[int, typer.Option("--batch-size", help="hf: sequences per forward pass.")] = 8,
-    device: Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")] = "auto",
-    cache_dir: Annotated[Optional[str], typer.Option(
-        "--cache-dir", help="Embedding and score cache (default $PREFCLI_CACHE_DIR or the user cache dir).")] = None,
+    device: Device = "auto",
+    cache_dir: CacheDir = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the score cache.")] = False,
     set_aside: Annotated[Optional[str], typer.Option(
         "--set-aside", help="Where --action drop writes its rows (default OUT.rejects.parquet).")] = None,
