@@ -4,12 +4,15 @@
 
 Cold full run on the base file (fresh workdir, fresh cache under it), then a new file with 1% more
 lines is dropped in and the same workdir is refreshed. Prints both wall times and their ratio, the
-per-stage times, and checks the refreshed output against a from-scratch run on base + new (bytes).
+per-stage times, how many raw files ingest parsed / replayed from its cache, the load average (the
+box is shared: note it with the figures), and checks the refreshed output against a from-scratch run
+on base + new (bytes).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -56,13 +59,17 @@ def main() -> None:
         toml = root / "pipeline.toml"
         toml.write_text(PIPELINE.format(on=args.on, vote=VOTE if args.with_vote else ""))
 
+        print(f"load average before: {load()}")
         full_s, full = run_pipeline(toml, root / "work")
         rows = next(r["rows_out"] for r in full["tables"]["stages"] if r["stage"] == "ingest")
-        print(f"full run: {full_s:.1f}s on {args.lines} raw lines -> {rows} pairs ({stage_seconds(full)})")
+        print(f"full run: {full_s:.1f}s on {args.lines} raw lines -> {rows} pairs ({stage_seconds(full)}); "
+              f"load {load()}")
 
         write_raw(ALPACA, root / "raw" / "new.jsonl", args.lines, new_lines)
         refresh_s, refreshed = run_pipeline(toml, root / "work")
-        print(f"refresh: {refresh_s:.1f}s after adding {new_lines} raw lines ({stage_seconds(refreshed)})")
+        ingest = next(r for r in refreshed["tables"]["stages"] if r["stage"] == "ingest")
+        print(f"refresh: {refresh_s:.1f}s after adding {new_lines} raw lines ({stage_seconds(refreshed)}; "
+              f"ingest {ingest['highlights'] or 'skipped'}); load {load()}")
         print(f"refresh / full = {refresh_s / full_s:.3f}  (goal <= 0.05)")
 
         if not args.no_verify:
@@ -70,6 +77,10 @@ def main() -> None:
             same = (root / "work" / "export" / "train.jsonl").read_bytes() == \
                 (root / "fresh" / "export" / "train.jsonl").read_bytes()
             print(f"from-scratch run on base + new: {scratch_s:.1f}s; refreshed output byte-identical: {same}")
+
+
+def load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -128,8 +128,9 @@ def _json_default(obj: Any):
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def _parquet_writer(sink, schema: pa.Schema) -> pq.ParquetWriter:
-    return pq.ParquetWriter(sink, schema, compression="zstd", compression_level=3)
+def _parquet_writer(sink, schema: pa.Schema, compression: str = "zstd") -> pq.ParquetWriter:
+    return pq.ParquetWriter(sink, schema, compression=compression,
+                            compression_level=3 if compression == "zstd" else None)
 
 
 def write_table(table: pa.Table, path: str | os.PathLike) -> None:
@@ -149,31 +150,36 @@ class ParquetSink:
     Nothing is visible at `path` until commit; `abort()` (or an exception in a `with`) removes the temp.
     """
 
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema):
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, keep_chunks: bool = False,
+                 compression: str = "zstd"):
         self.path = str(path)
         self.schema = schema
+        self.keep_chunks = keep_chunks  # each write() is its own row group, so `iter_row_groups` gives it back
         self.rows = 0
         self._stdout = self.path == STDIO
         self._buffer = _io.BytesIO() if self._stdout else None
         self._atomic = None if self._stdout else atomic_path(self.path)
         target = self._buffer if self._stdout else self._atomic.__enter__()
-        self._writer = _parquet_writer(target if self._stdout else str(target), schema)
+        self._writer = _parquet_writer(target if self._stdout else str(target), schema, compression)
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
 
-    def write(self, table: pa.Table) -> None:
+    def write(self, table: pa.Table, *, nbytes: int | None = None) -> None:
+        """Buffer `table`; `nbytes` is the size it counts for (default table.nbytes: a replay of
+        recorded chunks passes the original sizes, so the row groups and the bytes come out the same)."""
         if table.num_rows == 0:
             return
         self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
         self._pending_rows += table.num_rows
-        self._pending_bytes += table.nbytes
+        self._pending_bytes += table.nbytes if nbytes is None else nbytes
         self.rows += table.num_rows
-        if self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
+        if self.keep_chunks or self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         if self._pending:
-            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=ROW_GROUP_ROWS)
+            group_rows = max(ROW_GROUP_ROWS, self._pending_rows) if self.keep_chunks else ROW_GROUP_ROWS
+            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=group_rows)
             self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def commit(self) -> None:
@@ -259,6 +265,14 @@ def iter_pair_batches(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) 
             except SchemaError as exc:  # re-number the row from the file's start
                 raise SchemaError(_renumber(str(exc), offset)) from None
             offset += table.num_rows
+
+
+def iter_row_groups(path: str | os.PathLike) -> Iterator[pa.Table]:
+    """Each row group of a Parquet file as one table, in file order (one-line InputError if unreadable)."""
+    with _parquet_errors(path):
+        source = pq.ParquetFile(_parquet_source(path))
+        for index in range(source.num_row_groups):
+            yield source.read_row_group(index)
 
 
 def _renumber(message: str, offset: int) -> str:
@@ -550,14 +564,17 @@ def read_text_list(path: str) -> list[str]:
 # --------------------------------------------------------------------------- workdir helpers (`prefcli run`)
 
 def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """blake2b-128 hex of a file's bytes (streamed), or of a directory's sorted (name, digest) list."""
-    import hashlib
+    """xxh3-128 hex of a file's bytes (streamed), or of a directory's sorted (name, digest) list.
+
+    A content fingerprint for change detection (run manifests, caches), not a security hash:
+    xxh3 reads at memory speed, so fingerprinting large raw and output files stays cheap."""
+    import xxhash
 
     target = Path(path)
     if target.is_dir():
         listing = "\n".join(f"{name}\t{file_digest(target / name)}" for name in list_files(target))
-        return hashlib.blake2b(listing.encode(), digest_size=16).hexdigest()
-    hasher = hashlib.blake2b(digest_size=16)
+        return xxhash.xxh3_128_hexdigest(listing.encode())
+    hasher = xxhash.xxh3_128()
     try:
         with open(target, "rb") as fh:
             while block := fh.read(chunk):

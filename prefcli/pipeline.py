@@ -264,7 +264,7 @@ OUTCOME_COLUMNS = ["stage", "command", "status", "rows_in", "rows_out", "set_asi
 
 # What each stage found, picked from its --json summary for the run table (first matches win).
 HIGHLIGHT_KEYS = ("exact_duplicates", "semantic_duplicates", "contaminated", "buckets", "flipped", "mined",
-                  "replaced", "p_chosen_longer", "by_reason", "tasks", "filtered_out")
+                  "replaced", "p_chosen_longer", "by_reason", "tasks", "filtered_out", "files_parsed", "files_cached")
 
 
 def highlights(stats: dict[str, Any] | None, limit: int = 4) -> str:
@@ -295,9 +295,10 @@ class Runner:
     """Runs one pipeline in one workdir. Use `run()` (takes the lock)."""
 
     def __init__(self, pipeline: Pipeline, workdir: Path, cli: StageCli, *, quiet: bool = False,
-                 on_stage: Callable[[str, str], None] | None = None):
+                 on_stage: Callable[[str, str], None] | None = None, cache_dir: Path | None = None):
         self.pipeline = pipeline
         self.workdir = workdir.resolve()
+        self.cache_dir = cache_dir  # given as --cache-dir to every stage that takes one and sets none
         self.cli = cli
         self.quiet = quiet
         self.on_stage = on_stage or (lambda name, what: None)
@@ -477,8 +478,11 @@ class Runner:
         with io.atomic_path(final_dir) as work:
             work.mkdir(parents=True)
             argv, _, _ = self.build_argv(stage, previous, fingerprint, work)
-            spec = self.specs[stage.name]  # reporting flags stay out of the key: --json gives us its stats
+            spec = self.specs[stage.name]  # reporting flags and the cache dir stay out of the key
             argv += [f"--{flag}" for flag in ("json", "quiet") if spec.has(flag) and (flag == "json" or self.quiet)]
+            if self.cache_dir is not None and spec.has("cache-dir") and not any(
+                    _option_name(k) == "cache-dir" for k in stage.options):  # where caches live changes no output
+                argv += ["--cache-dir", str(self.cache_dir)]
             _reset_peak_rss()
             began = time.perf_counter()
             with _chdir(work):  # relative output names in options (e.g. removed = "x.parquet") land here

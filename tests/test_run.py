@@ -136,7 +136,10 @@ def test_incremental_append_equals_fresh_run(tmp_path, hh_lines, reference):
     second = run_json(toml, work)
     assert statuses(second)["ingest"] == "ran"
     assert (work / FINAL).read_bytes() == final  # byte-identical to the from-scratch run on a + b
-    # The cache under the workdir made the refresh embed only what was new.
+    # The cache under the workdir made the refresh parse only the new raw file and embed only new texts.
+    ingest_stats = json.loads((work / "manifest.json").read_text())["stages"]["ingest"]["stats"]
+    assert (ingest_stats["files_parsed"], ingest_stats["files_cached"]) == (1, 1)
+    assert [s["source"] for s in ingest_stats["per_source"]] == ["raw/a.jsonl", "raw/b.jsonl"]
     assert 0 < embedded_count(work, "dedup") < embedded_first
 
 

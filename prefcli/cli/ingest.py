@@ -9,6 +9,7 @@ import typer
 from .. import io
 from ..formats import FORMAT_NAMES, REJECTS_SCHEMA, IngestOptions, check_format, parse_mapping
 from ..formats.base import LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS
+from ..ingest_cache import CachedSource, IngestCache
 from ..report import Table
 from ..schema import pair_schema
 from ..stages.ingest import SourceIngest, source_label
@@ -44,6 +45,10 @@ def ingest(
     max_reject_rate: MaxRejectRate = None,
     source_name: Annotated[Optional[str], typer.Option("--source-name", help="Value of `source` for every pair "
                                                        "(default: the file name).")] = None,
+    cache_dir: Annotated[Optional[str], typer.Option(
+        "--cache-dir", help="Keep each raw file's parsed result here (keyed by its content and these options) "
+                            "and re-parse only new or changed files; the output is the same bytes. `prefcli run` "
+                            "passes its cache dir. Default: no per-file cache.")] = None,
     quiet: Quiet = False,
     json_mode: Json = False,
     seed: Seed = 0,
@@ -55,18 +60,21 @@ def ingest(
     check_format(fmt)
     files = [(spec, file) for spec in sources for file in io.expand_sources([spec])]
     rejects_path = side_path(output, rejects, "ingest")
-    summaries = []
+    cache = IngestCache(cache_dir) if cache_dir else None
+    summaries, files_cached = [], 0
     sink = io.ParquetSink(output, pair_schema())
     side = io.ParquetSink(rejects_path, REJECTS_SCHEMA)
+    sinks = {"pairs": sink, "rejects": side}
     try:
         with report.progress("ingest") as advance:
             for spec, file in files:
                 job = SourceIngest(source_name or source_label(spec, file), file, fmt=fmt, options=options)
-                for pairs, rejected in job.run(io.iter_raw(file)):
-                    sink.write(pairs)
-                    side.write(rejected)
-                    advance(pairs.num_rows + rejected.num_rows)
-                summaries.append(job.summary())
+                source = CachedSource(job, cache)
+                for part, table, nbytes in source.chunks(lambda: io.iter_raw(file)):
+                    sinks[part].write(table, nbytes=nbytes)
+                    advance(table.num_rows)
+                summaries.append(source.summary())
+                files_cached += source.cached
     except BaseException:
         sink.abort()
         side.abort()
@@ -79,6 +87,7 @@ def ingest(
     sink.commit()
     totals = {key: sum(s[key] for s in summaries) for key in ("records", "read", "written", "set_aside")}
     stats = {"output": output, "sources": len(summaries), **totals,
+             "files_parsed": len(summaries) - files_cached, "files_cached": files_cached,
              "rejects": rejects_path if totals["set_aside"] or output != io.STDIO else None,
              "per_source": summaries}
     table = Table("per_source", "per source", ["source", "format", "records", "read", "written", "set_aside",

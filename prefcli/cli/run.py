@@ -24,10 +24,13 @@ ERROR_PREFIX = "prefcli: error: "
 class ClickStageCli:
     """Looks stage commands up in the prefcli click app and invokes them in this process."""
 
-    def __init__(self) -> None:
-        from .main import app
+    def __init__(self, root=None) -> None:
+        """`root`: the running app's click command (from the context), else built from the app."""
+        if root is None:
+            from .main import app
 
-        self.root = typer.main.get_command(app)
+            root = typer.main.get_command(app)
+        self.root = root
 
     def _command(self, words: list[str]):
         """The (sub)command `words` names, or None. Typer bundles its own click, so duck-type groups."""
@@ -111,6 +114,7 @@ def register(app: typer.Typer) -> None:
     @app.command("run")
     @handle_errors
     def run(
+        ctx: typer.Context,
         pipeline_file: Annotated[str, typer.Argument(metavar="PIPELINE.toml", help="Pipeline file (TOML).")],
         workdir: Annotated[Optional[str], typer.Option(
             "--workdir", "-w",
@@ -140,7 +144,9 @@ def register(app: typer.Typer) -> None:
             if rep.fancy:
                 rep.console.print(f"[dim]{what}[/dim] {name}")
 
-        runner = Runner(pipeline, root, ClickStageCli(), quiet=quiet or json_mode, on_stage=announce)
+        runner = Runner(pipeline, root, ClickStageCli(ctx.find_root().command), quiet=quiet or json_mode,
+                        on_stage=announce,
+                        cache_dir=(cache or Path(os.environ["PREFCLI_CACHE_DIR"])).resolve())
         with _cache_env(cache):
             result = runner.run(start=start, until=until, force=force, wait=wait, wait_timeout=wait_timeout)
         ran = sum(o.status == "ran" for o in result.outcomes)

@@ -82,8 +82,10 @@ class ExactGroups:
 
 
 def text_keys(texts: Sequence[str]) -> list[str]:
-    """Content key of each text: hash of its normalised form (the embedding cache uses the same key)."""
-    return [digest(normalize(t)) for t in texts]
+    """Content key of each text: hash of its normalised form (the embedding cache uses the same key).
+    Repeated texts (many pairs share a prompt) are normalised once."""
+    keys: dict[str, str] = {}
+    return [keys[t] if t in keys else keys.setdefault(t, digest(normalize(t))) for t in texts]
 
 
 def exact_groups(keys: Sequence[str]) -> ExactGroups:
