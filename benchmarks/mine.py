@@ -15,10 +15,14 @@ Each mined pair (chosen X, rejected Z) is then checked against the hidden verdic
 False-negative rate = false negatives / checkable mined pairs. Hardness: a held-out reward model
 (offline ensemble trained on the *other* fold's instructions, all verdicts) scores chosen - negative;
 harder negatives have a smaller margin, and they sit closer to the chosen in embedding space.
-Random negatives: one uniformly drawn pool response per source pair (same pool, same seed).
-Hardness is reported three ways, mined vs random as a ratio: over all negatives; over verified-correct
-negatives only (judge confirms them worse than the chosen) against random pool responses drawn among
-the verified-correct ones; and on the same chosen responses (source pairs with both).
+Random baselines, drawn from the same candidate pool the miner selects from (`score_candidates`), one
+per source pair that got a mined negative, so both sides share the chosen: with the guard, a random
+candidate among those that pass it (isolates what the hardness ranking buys); without it, a random
+candidate among all of them. The guard's own effect is the with / without comparison (FN rate, hardness).
+Reported as mined vs random side by side (means, medians, FN rates, ratios, differences), over every
+source pair and over the pairs where the judge confirms both negatives. Kept as an extra: the earlier
+oracle-filtered baseline, a random pool response the hidden judge confirms worse than the chosen (the
+miner cannot filter like that), against verified-correct mined negatives on the same chosen.
 
 Run: .venv/bin/python benchmarks/mine.py [--instructions 60] [--labelled 6]
 """
@@ -43,7 +47,7 @@ from prefcli.cli.mine import DEFAULT_RMS  # noqa: E402
 from prefcli.models.embed import build_embedder  # noqa: E402
 from prefcli.models.reward import parse_rm_spec  # noqa: E402
 from prefcli.pairs import build_pairs, user_prompt  # noqa: E402
-from prefcli.stages.mine import MineParams, mine  # noqa: E402
+from prefcli.stages.mine import QUALIFIED, MineParams, score_candidates  # noqa: E402
 from prefcli.stages.vote import robust_scale  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -182,7 +186,10 @@ def main() -> None:
         "guard, mu-2sigma": MineParams(device="cpu", seed=args.seed, selection="mu-2sigma"),
         "no guard": MineParams(device="cpu", seed=args.seed, guard=False),
     }
-    records = {name: _Records() for name in [*settings, RANDOM, RANDOM_CORRECT]}
+    # per setting: the stage's picks, and one random draw from the same candidate pool per source pair
+    records = {(name, side): _Records() for name in settings for side in (MINED, SAME_POOL)}
+    records.update({(RANDOM, ""): _Records(), (RANDOM_CORRECT, ""): _Records()})
+    unique_mined = {name: {} for name in settings}  # mined pair_id -> judge status (the stage writes each pair once)
     timing = []
     for f, fold in enumerate(folds):
         tables = fold_tables(verdicts, fold, args.labelled, args.seed + f)
@@ -194,91 +201,155 @@ def main() -> None:
         for name, params in settings.items():
             rms = [parse_rm_spec(spec, device="cpu") for spec in DEFAULT_RMS]
             start = time.perf_counter()
-            result = mine(tables["input"], embedder, rms, params, pool=tables["pool"])
+            cands = score_candidates(tables["input"], embedder, rms, params, pool=tables["pool"])
             timing.append((tables["input"].num_rows, time.perf_counter() - start))
-            mined = result.out.filter(pa.compute.equal(result.out.column("neg_origin"), "mined"))
-            records[name].add(mined, mined.column("neg_source_pair_id").to_pylist(), verdicts, heldout, embedder,
-                              scale)
+            pool_rows = pa.compute.equal(cands.column("status"), QUALIFIED) if params.guard else None
+            mined, same_pool = first_picks(cands), random_pick(cands, pool_rows, args.seed + f)
+            for side, picks in ((MINED, mined), (SAME_POOL, same_pool)):
+                pairs = candidate_pairs(tables["input"], picks)
+                records[(name, side)].add(pairs, picks.column("source_pair_id").to_pylist(), verdicts, heldout,
+                                          embedder, scale, mining_margin=picks.column("margin"))
+            pairs = candidate_pairs(tables["input"], mined)
+            unique_mined[name].update(zip(pairs.column("pair_id").to_pylist(), check(pairs, verdicts)))
         for name, oracle in ((RANDOM, None), (RANDOM_CORRECT, verdicts)):
             rand, sources = random_negatives(tables["input"], tables["pool"], args.seed + f, oracle)
-            records[name].add(rand, sources, verdicts, heldout, embedder, scale)
+            records[(name, "")].add(rand, sources, verdicts, heldout, embedder, scale)
         print(f"fold {f}: {tables['input'].num_rows} input pairs, {tables['pool'].num_rows} pool responses", flush=True)
 
     print(f"\nAlpacaEval ({args.annotator}), {len(verdicts)} instructions, {args.labelled} labelled models each, "
           f"2 folds")
-    print("| negatives | mined | checkable | false negatives | FN rate |")
+    print("\nFalse negatives (mined: distinct mined pairs, as `mine` writes them; random: one per source pair)")
+    print("| negatives | pairs | checkable | false negatives | FN rate |")
     print("|---|---|---|---|---|")
-    for name in [*settings, RANDOM]:
-        counts = records[name].counts()
-        checkable = counts["correct"] + counts["false_negative"]
-        fn_rate = counts["false_negative"] / checkable if checkable else float("nan")
-        print(f"| {name} | {len(records[name].status)} | {checkable} | {counts['false_negative']} | {fn_rate:.1%} |")
+    for name in settings:
+        print(_fn_row(f"mined, {name}", np.asarray(list(unique_mined[name].values()), dtype=object)))
+    for name in settings:
+        print(_fn_row(f"random from the same pool, {name}", records[(name, SAME_POOL)].status))
+    print(_fn_row(RANDOM, records[(RANDOM, "")].status))
 
-    print("\nHardness (held-out RM margin chosen - negative: smaller = harder; cosine to chosen: higher = harder);"
-          " ratio = mined / random on the same rows")
-    print("| rows | negatives | n | margin mean | margin median | cosine mean | margin < 0 "
-          "| random: margin mean | median | cosine | margin ratio (mean) | median ratio | cosine ratio |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    rand_all, rand_ok = records[RANDOM], records[RANDOM_CORRECT]
+    print("\nHardness, mined vs random from the SAME candidate pool on the same source pairs (guard: a random "
+          "qualifying candidate; no guard: a random candidate of all). Held-out RM margin chosen - negative: "
+          "smaller = harder; cosine to chosen: higher = harder; ratio = mined / random; "
+          "diff = mean paired difference mined - random")
+    print(HARDNESS_HEADER)
     for name in settings:
-        rec = records[name]
-        _hardness_row("all (unrestricted)", name, rec.margin, rec.sim, rand_all.margin, rand_all.sim)
+        mined, rand = records[(name, MINED)], records[(name, SAME_POOL)]
+        _hardness_row("same pool, every source pair", name, mined, rand, np.arange(len(mined.status)))
     for name in settings:
-        rec = records[name]
-        ok = rec.status == "correct"
-        _hardness_row("verified-correct", name, rec.margin[ok], rec.sim[ok], rand_ok.margin, rand_ok.sim)
+        mined, rand = records[(name, MINED)], records[(name, SAME_POOL)]
+        both = np.flatnonzero((mined.status == "correct") & (rand.status == "correct"))
+        _hardness_row("same pool, both verified-correct", name, mined, rand, both)
+
+    print("\nExtra: the earlier oracle-filtered baseline (random pool response the hidden judge confirms worse "
+          "than the chosen: the miner cannot do this filtering), against mined negatives the judge confirms worse")
+    print(HARDNESS_HEADER)
+    rand_ok = records[(RANDOM_CORRECT, "")]
     for name in settings:  # the same chosen responses: sources with a verified-correct negative on both sides
-        rec = records[name]
+        rec = records[(name, MINED)]
         ok = rec.status == "correct"
-        mined_at = {src: i for i, src in reversed(list(enumerate(rec.source))) if ok[i]}  # first per source
+        mined_at = {src: i for i, src in enumerate(rec.source) if ok[i]}
         rand_at = {src: i for i, src in enumerate(rand_ok.source)}
         both = sorted(set(mined_at) & set(rand_at))
-        m, r = [mined_at[s] for s in both], [rand_at[s] for s in both]
-        _hardness_row("verified-correct, same chosen", name, rec.margin[m], rec.sim[m], rand_ok.margin[r],
-                      rand_ok.sim[r])
-    print(f"(random = {RANDOM} for unrestricted rows, {RANDOM_CORRECT} otherwise: {len(rand_ok.status)} of "
-          f"{len(rand_all.status)} source pairs have a pool response the judge confirms worse than the chosen)")
+        _hardness_row("oracle random, verified-correct, same chosen", name, rec.take([mined_at[s] for s in both]),
+                      rand_ok.take([rand_at[s] for s in both]), np.arange(len(both)))
     pairs = sum(p for p, _ in timing)
     seconds = sum(s for _, s in timing)
-    print(f"\nmine time (warm embedding cache, 2 default ensembles fitted per run): "
+    print(f"\nmine time (score_candidates, warm embedding cache, 2 default ensembles fitted per run): "
           f"{seconds / pairs * 10000:.0f} s per 10k source pairs ({pairs} pairs in {seconds:.1f}s over {len(timing)} runs)")
 
 
+def first_picks(cands: pa.Table) -> pa.Table:
+    """The stage's first pick per source pair."""
+    return cands.filter(pa.compute.equal(cands.column("pick_rank"), 1))
+
+
+def random_pick(cands: pa.Table, pool_rows, seed: int) -> pa.Table:
+    """One uniformly drawn candidate per source pair that has a pick, from `pool_rows` (a mask; None = all)."""
+    picked = set(first_picks(cands).column("source_pair_id").to_pylist())
+    rows = cands if pool_rows is None else cands.filter(pool_rows)
+    group = np.asarray(rows.column("source_row"))
+    order = np.lexsort((np.random.default_rng(seed).random(len(group)), group))
+    first = order[np.r_[True, group[order][1:] != group[order][:-1]]] if len(order) else order
+    draw = rows.take(pa.array(first, pa.int64()))
+    return draw.filter(pa.compute.is_in(draw.column("source_pair_id"), pa.array(sorted(picked), pa.large_string())))
+
+
+def candidate_pairs(inputs: pa.Table, picks: pa.Table) -> pa.Table:
+    """(prompt, chosen of the source pair, candidate) pairs."""
+    src = inputs.take(picks.column("source_row"))
+    return build_pairs(src.column("prompt").to_pylist(), src.column("chosen").to_pylist(),
+                       picks.column("candidate").to_pylist(), source="candidate", label_source="rm")
+
+
+MINED, SAME_POOL = "mined", "random from the same pool"
 RANDOM = "random pool response"
 RANDOM_CORRECT = "random verified-correct pool response"
 
 
 class _Records:
-    """Per negative pair, over both folds: source pair id, judge status, held-out margin, cosine to chosen."""
+    """Per negative pair, over both folds: source pair id, judge status, held-out margin, cosine to chosen,
+    and (candidates of the stage) the mining-RM consensus margin."""
 
-    def __init__(self):
-        self.source: list[str] = []
-        self.status = np.zeros(0, dtype=object)
-        self.margin = np.zeros(0)
-        self.sim = np.zeros(0)
+    def __init__(self, source=(), status=(), margin=(), sim=(), mining=()):
+        self.source = list(source)
+        self.status = np.asarray(status, dtype=object)
+        self.margin = np.asarray(margin, np.float64)
+        self.sim = np.asarray(sim, np.float64)
+        self.mining = np.asarray(mining, np.float64)
 
-    def add(self, pairs: pa.Table, sources: list[str], verdicts, heldout, embedder, scale: float) -> None:
+    def add(self, pairs: pa.Table, sources: list[str], verdicts, heldout, embedder, scale: float,
+            mining_margin=None) -> None:
         margin, sim = hardness(pairs, heldout, embedder, scale)
+        mining = np.full(len(margin), np.nan) if mining_margin is None else \
+            np.asarray(mining_margin.to_numpy(zero_copy_only=False), np.float64)
         self.source += list(sources)
         self.status = np.concatenate([self.status, np.asarray(check(pairs, verdicts), dtype=object)])
         self.margin = np.concatenate([self.margin, margin])
         self.sim = np.concatenate([self.sim, sim])
+        self.mining = np.concatenate([self.mining, mining])
 
-    def counts(self) -> dict[str, int]:
-        return {key: int((self.status == key).sum()) for key in ("correct", "false_negative", "unknown")}
+    def take(self, idx) -> "_Records":
+        idx = np.asarray(idx, np.int64)
+        return _Records([self.source[i] for i in idx], self.status[idx], self.margin[idx], self.sim[idx],
+                        self.mining[idx])
 
 
-def _hardness_row(rows: str, name: str, margin, sim, rand_margin, rand_sim) -> None:
-    def stats(m, s):
-        if not len(m):
-            return float("nan"), float("nan"), float("nan"), float("nan")
-        return float(np.mean(m)), float(np.median(m)), float(np.mean(s)), float(np.mean(m < 0))
+def _fn_row(name: str, status: np.ndarray) -> str:
+    correct, fn = int((status == "correct").sum()), int((status == "false_negative").sum())
+    rate = fn / (correct + fn) if correct + fn else float("nan")
+    return f"| {name} | {len(status)} | {correct + fn} | {fn} | {rate:.1%} |"
 
-    mm, mmed, ms, mneg = stats(margin, sim)
-    rm, rmed, rs, _ = stats(rand_margin, rand_sim)
+
+HARDNESS_HEADER = ("| rows | setting | n | mined: margin mean | median | cosine | FN rate | random: margin mean "
+                   "| median | cosine | FN rate | ratio mean | ratio median | ratio cosine | diff margin (95% CI) "
+                   "| diff cosine (95% CI) "
+                   "| mining-RM margin mined / random |\n" + "|---" * 17 + "|")
+
+
+def _hardness_row(rows: str, name: str, mined: _Records, rand: _Records, idx: np.ndarray) -> None:
+    def stats(rec: _Records):
+        sub = rec.take(idx)
+        checkable = np.isin(sub.status, ["correct", "false_negative"])
+        fn = float(np.mean(sub.status[checkable] == "false_negative")) if checkable.any() else float("nan")
+        if not len(idx):
+            return [float("nan")] * 5
+        mining = float(np.nanmean(sub.mining)) if np.isfinite(sub.mining).any() else float("nan")
+        return float(np.mean(sub.margin)), float(np.median(sub.margin)), float(np.mean(sub.sim)), fn, mining
+
+    assert [mined.source[i] for i in idx] == [rand.source[i] for i in idx], "rows must pair up by source pair"
+    mm, mmed, ms, mfn, mmine = stats(mined)
+    rm, rmed, rs, rfn, rmine = stats(rand)
     ratio = (lambda a, b: a / b if b else float("nan"))
-    print(f"| {rows} | {name} | {len(margin)} | {mm:.3f} | {mmed:.3f} | {ms:.3f} | {mneg:.1%} | {rm:.3f} | {rmed:.3f} "
-          f"| {rs:.3f} | {ratio(mm, rm):.2f} | {ratio(mmed, rmed):.2f} | {ratio(ms, rs):.2f} |")
+
+    def paired_diff(a, b):  # mean of the paired differences, +- 95% normal interval
+        d = a[idx] - b[idx]
+        half = 1.96 * np.std(d, ddof=1) / np.sqrt(len(d)) if len(d) > 1 else float("nan")
+        return f"{np.mean(d):+.3f} ± {half:.3f}" if len(d) else "nan"
+
+    print(f"| {rows} | {name} | {len(idx)} | {mm:.3f} | {mmed:.3f} | {ms:.3f} | {mfn:.1%} | {rm:.3f} | {rmed:.3f} "
+          f"| {rs:.3f} | {rfn:.1%} | {ratio(mm, rm):.2f} | {ratio(mmed, rmed):.2f} | {ratio(ms, rs):.2f} "
+          f"| {paired_diff(mined.margin, rand.margin)} | {paired_diff(mined.sim, rand.sim)} "
+          f"| {mmine:.2f} / {rmine:.2f} |")
 
 
 if __name__ == "__main__":

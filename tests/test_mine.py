@@ -14,7 +14,7 @@ import pytest
 from prefcli.pairs import build_pairs, user_prompt
 from prefcli.schema import core_columns, with_stage_columns
 from prefcli.stages.ingest import load_pairs
-from prefcli.stages.mine import MineParams, mine
+from prefcli.stages.mine import STATUS_STATS, MineParams, mine, score_candidates
 from prefcli.stages.vote import robust_scale
 from prefcli.text import normalize, render_messages
 
@@ -202,6 +202,48 @@ def test_provenance_columns_and_originals(alpaca, embedder):
                                    for r in alpaca.to_pylist() if r["prompt_id"] == row["prompt_id"])
         assert answered_same_prompt == (row["neg_candidate_source"] == "same-prompt")
     assert len(set(out.column("pair_id").to_pylist())) == out.num_rows
+
+
+def test_score_candidates_exposes_the_pool_mine_picks_from(alpaca, embedder):
+    """The candidate table: guard statuses match the features, mine's picks are the top-hardness qualified ones,
+    and the hardness ranking prefers high similarity to the chosen and a small margin."""
+    rms = [LengthRM(), RelevanceRM(embedder)]
+    params = MineParams(per_pair=2, device="cpu")
+    cands = score_candidates(alpaca, embedder, rms, params).to_pandas()
+    result = mine(alpaca, embedder, rms, params)
+    status = cands["status"]
+    for name, key in STATUS_STATS.items():
+        assert (status == name).sum() == result.stats[key], name
+    assert (status == "qualified").sum() == result.stats["qualified"] > 0
+    ok = status == "qualified"
+    assert (cands.sim_prompt[ok] < params.perc_pos * cands.sim_prompt_chosen[ok]).all()
+    blocked = status == "perc-pos"
+    assert (cands.sim_prompt[blocked] >= params.perc_pos * cands.sim_prompt_chosen[blocked]).all()
+    assert (cands.sim_chosen[status == "near-duplicate"] >= params.dup_threshold).all()
+    assert (cands.sim_chosen[ok] < params.dup_threshold).all()
+    assert (cands.margin[ok] >= params.min_margin).all() and (cands.agree[ok] >= params.min_agree).all()
+    assert (cands.margin[status == "margin"] < params.min_margin).all()
+    assert cands.hardness[ok].notna().all() and cands.hardness[~ok].isna().all()
+    # picks: the per_pair highest-hardness qualified candidates of each source pair, in rank order
+    picks = cands[cands.pick_rank.notna()]
+    assert len(picks) > 10 and (picks.status == "qualified").all()
+    for pair_id, pool in cands[ok].groupby("source_pair_id"):
+        top = pool.sort_values("hardness", ascending=False, kind="stable").head(params.per_pair)
+        assert list(top.pick_rank) == list(range(1, len(top) + 1)), pair_id
+        # no candidate that is at least as similar and has a smaller-or-equal margin ranks below another
+        sim, margin, hard = (pool[c].to_numpy() for c in ("sim_chosen", "margin", "hardness"))
+        dominates = (sim[:, None] >= sim[None, :]) & (margin[:, None] <= margin[None, :])
+        assert (hard[:, None] >= hard[None, :] - 1e-12)[dominates].all(), pair_id
+    # mine writes exactly these picks (each distinct pair once)
+    mined = mined_rows(result.out)
+    chosen_of = dict(zip(alpaca.column("pair_id").to_pylist(), alpaca.column("chosen").to_pylist()))
+    assert set(zip(mined.column("chosen").to_pylist(), mined.column("rejected").to_pylist())) == {
+        (chosen_of[p], c) for p, c in zip(picks.source_pair_id, picks.candidate)}
+    # against the pool it picks from: more similar to the chosen, smaller consensus margin
+    pools = cands[ok].groupby("source_pair_id")
+    first = picks[picks.pick_rank == 1].set_index("source_pair_id")
+    assert (first.sim_chosen - pools.sim_chosen.mean()[first.index]).mean() > 0
+    assert (first.margin - pools.margin.mean()[first.index]).mean() < 0
 
 
 def test_mu_2sigma_picks_lower_rewards_than_hardest(alpaca, embedder):

@@ -18,6 +18,8 @@ near-correct (similar to the chosen) but still judged worse by the reward models
    `hardest` keeps the top `per_pair`; `mu-2sigma` ("Finding the Sweet Spot", 2025) keeps the
    qualified candidates whose consensus reward is closest to mu - 2 sigma of all the responses
    scored for that prompt (falls back to hardest with fewer than `min_scored` scored responses).
+   `score_candidates` returns the whole candidate list with features, guard status and picks (the
+   pool `mine` selects from, e.g. for a random baseline); `mine` runs the same scoring.
 5. Output: originals pass through (neg_origin=original). `add` appends mined pairs
    (neg_origin=mined). `replace-easy` swaps the rejected of `strong` pairs (vote's pref_bucket):
    the new row (neg_origin=replaced, neg_replaced_rejected=old rejected) takes the original's place
@@ -95,9 +97,64 @@ class MineParams:
 
 # --------------------------------------------------------------------------- the stage
 
+# Why a candidate was or was not qualified (the `status` of `score_candidates`); only the first applies.
+QUALIFIED = "qualified"
+STATUSES = (QUALIFIED, "perc-pos", "near-duplicate", "not-scored", "margin", "agree")
+_PERC_POS, _NEAR_DUP, _NOT_SCORED, _MARGIN, _AGREE = range(1, len(STATUSES))
+# stats key counting each status
+STATUS_STATS = {"perc-pos": "blocked_perc_pos", "near-duplicate": "blocked_near_duplicate",
+                "margin": "blocked_margin", "agree": "blocked_agree"}
+
+
 def mine(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
          pool: pa.Table | None = None) -> StageResult:
     """Mine hard negatives for the pairs of a validated table. Reward models must be ready to `score`."""
+    scored = _score(table, embedder, reward_models, params, pool)
+    picked = scored.cand.take(scored.picked)
+    return _assemble(table, scored.sources, picked, scored.responses, params, scored.stats)
+
+
+def score_candidates(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
+                     pool: pa.Table | None = None) -> pa.Table:
+    """Every candidate `mine` considers, one row per (source pair, candidate response), with its features,
+    its guard `status` (`qualified` or the first guard that blocked it, or `not-scored` when beyond
+    --max-candidates) and `pick_rank` (1 = mine's first pick for that source pair, null = not picked).
+    Lets you inspect the guard, or draw baselines from exactly the pool `mine` selects from."""
+    scored = _score(table, embedder, reward_models, params, pool)
+    cand = scored.cand
+    pick_rank = np.full(len(cand.pair), -1, np.int64)
+    pick_rank[scored.picked] = _rank_within(cand.pair[scored.picked])
+    pair_ids = table.column("pair_id").take(pa.array(scored.sources[cand.pair], pa.int64()))
+    return pa.table({
+        "source_pair_id": pair_ids,
+        "source_row": pa.array(scored.sources[cand.pair], pa.int64()),
+        "candidate": pa.array([scored.responses.texts[i] for i in cand.resp], pa.large_string()),
+        "candidate_source": pa.array(np.where(cand.origin == 0, SAME_PROMPT, NEIGHBOR_PROMPT).tolist(),
+                                     pa.large_string()),
+        "status": pa.array(np.asarray(STATUSES, dtype=object)[scored.status].tolist(), pa.large_string()),
+        "sim_chosen": pa.array(cand.sim_chosen.astype(np.float64)),
+        "sim_prompt": pa.array(cand.sim_prompt.astype(np.float64)),
+        "sim_prompt_chosen": pa.array(cand.sim_prompt_chosen.astype(np.float64)),
+        "margin": pa.array(cand.margin, from_pandas=True),
+        "agree": pa.array(cand.agree, from_pandas=True),
+        "hardness": pa.array(cand.hardness, from_pandas=True),
+        "pick_rank": pa.array(pick_rank + 1, mask=pick_rank < 0),
+    })
+
+
+@dataclass
+class _Scored:
+    responses: "_ResponsePool"
+    sources: np.ndarray
+    cand: "_Candidates"  # every candidate left after the trivial exclusions, with its features
+    status: np.ndarray  # index into STATUSES
+    picked: np.ndarray  # indices into cand, per source pair in rank order
+    stats: dict
+
+
+def _score(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
+           pool: pa.Table | None) -> _Scored:
+    """Candidates, guard, reward-model consensus, hardness and the picks: everything but the output table."""
     params.check()
     responses = _ResponsePool(table, pool)
     sources = _source_rows(table, params)
@@ -117,34 +174,34 @@ def mine(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
     chosen_resp = responses.row_chosen[sources]
     cand = _exclude_trivial(cand, responses, table, sources, chosen_resp, stats)
     cand = _embedding_features(cand, responses, sources, chosen_resp, response_vectors, prompt_vectors)
-    keep = np.ones(len(cand.pair), bool)
+    status = np.zeros(len(cand.pair), np.int64)
     if params.guard:
-        perc_pos_ok = cand.sim_prompt < params.perc_pos * cand.sim_prompt_chosen
-        not_dup = cand.sim_chosen < params.dup_threshold
-        stats["blocked_perc_pos"] = int((~perc_pos_ok).sum())
-        stats["blocked_near_duplicate"] = int((perc_pos_ok & ~not_dup).sum())
-        keep = perc_pos_ok & not_dup
-    cand = cand.take(np.flatnonzero(keep))
-    cand = cand.take(_top_per_group(cand.pair, cand.sim_chosen, params.max_candidates))
-    stats["candidates_scored"] = int(len(cand.pair))
+        status[cand.sim_chosen >= params.dup_threshold] = _NEAR_DUP
+        status[cand.sim_prompt >= params.perc_pos * cand.sim_prompt_chosen] = _PERC_POS
+    eligible = np.flatnonzero(status == 0)
+    scored = np.sort(eligible[_top_per_group(cand.pair[eligible], cand.sim_chosen[eligible], params.max_candidates)])
+    status[np.setdiff1d(eligible, scored)] = _NOT_SCORED
+    stats["candidates_scored"] = int(len(scored))
 
-    scores = _consensus(table, sources, cand, responses, reward_models)
-    cand.margin, cand.agree, cand.reward = scores["margin"], scores["agree"], scores["reward"]
-    qualified = np.ones(len(cand.pair), bool)
+    scores = _consensus(table, sources, cand.take(scored), responses, reward_models)
+    for name in ("margin", "agree", "reward"):
+        column = np.full(len(cand.pair), np.nan)
+        column[scored] = scores[name]
+        setattr(cand, name, column)
     if params.guard:
-        margin_ok = cand.margin >= params.min_margin
-        agree_ok = cand.agree >= params.min_agree
-        stats["blocked_margin"] = int((~margin_ok).sum())
-        stats["blocked_agree"] = int((margin_ok & ~agree_ok).sum())
-        qualified = margin_ok & agree_ok
-    cand.hardness = cand.sim_chosen - params.margin_weight * np.nan_to_num(cand.margin)
+        status[scored[scores["agree"] < params.min_agree]] = _AGREE
+        status[scored[scores["margin"] < params.min_margin]] = _MARGIN
+    for name, key in STATUS_STATS.items():
+        if params.guard:
+            stats[key] = int((status == STATUSES.index(name)).sum())
+    qualified = status == 0
+    cand.hardness = np.full(len(cand.pair), np.nan)
+    cand.hardness[qualified] = hardness(cand.pair[qualified], cand.sim_chosen[qualified], cand.margin[qualified],
+                                        params.margin_weight)
     per_pair = 1 if params.mode == "replace-easy" else params.per_pair
-    chosen_idx = _select(cand, qualified, scores["source_reward"], per_pair, params, stats)
-    picked = cand.take(chosen_idx)
+    picked = _select(cand, qualified, scored, scores["source_reward"], per_pair, params, stats)
     stats["qualified"] = int(qualified.sum())
-
-    result = _assemble(table, sources, picked, responses, params, stats)
-    return result
+    return _Scored(responses, sources, cand, status, picked, stats)
 
 
 # --------------------------------------------------------------------------- candidates
@@ -332,10 +389,21 @@ def _top_per_group(group: np.ndarray, value: np.ndarray, k: int) -> np.ndarray:
     if not len(group):
         return np.zeros(0, np.int64)
     order = np.lexsort((np.arange(len(group)), -value, group))
-    sorted_group = group[order]
+    return order[_rank_within(group[order]) < k]
+
+
+def _rank_within(sorted_group: np.ndarray) -> np.ndarray:
+    """0-based position of each element within its run of equal (sorted) group values."""
+    if not len(sorted_group):
+        return np.zeros(0, np.int64)
     starts = np.flatnonzero(np.r_[True, sorted_group[1:] != sorted_group[:-1]])
-    rank = np.arange(len(order)) - np.repeat(starts, np.diff(np.r_[starts, len(order)]))
-    return order[rank < k]
+    return np.arange(len(sorted_group)) - np.repeat(starts, np.diff(np.r_[starts, len(sorted_group)]))
+
+
+def hardness(group: np.ndarray, sim_chosen: np.ndarray, margin: np.ndarray, margin_weight: float) -> np.ndarray:
+    """Hardness of each qualified candidate of a source pair (`group`): sim(candidate, chosen) - margin_weight x
+    consensus margin (a missing margin, without reward models, counts 0)."""
+    return sim_chosen - margin_weight * np.nan_to_num(margin)
 
 
 # --------------------------------------------------------------------------- reward-model consensus
@@ -396,7 +464,7 @@ def mining_voters(reward_models: Sequence) -> list[tuple[object, float]]:
 
 # --------------------------------------------------------------------------- selection
 
-def _select(cand: _Candidates, qualified: np.ndarray, source_reward: np.ndarray, per_pair: int,
+def _select(cand: _Candidates, qualified: np.ndarray, scored: np.ndarray, source_reward: np.ndarray, per_pair: int,
             params: MineParams, stats: dict) -> np.ndarray:
     """Indices (into cand) of the picked negatives, per source pair in rank order."""
     idx = np.flatnonzero(qualified)
@@ -406,9 +474,10 @@ def _select(cand: _Candidates, qualified: np.ndarray, source_reward: np.ndarray,
         return hardest
     # mu - 2 sigma over every response scored for the prompt: candidates scored + chosen + rejected
     n_src = len(source_reward)
-    total = np.bincount(cand.pair, weights=cand.reward, minlength=n_src) + source_reward.sum(axis=1)
-    total_sq = np.bincount(cand.pair, weights=cand.reward ** 2, minlength=n_src) + (source_reward ** 2).sum(axis=1)
-    count = np.bincount(cand.pair, minlength=n_src) + 2
+    pair, reward = cand.pair[scored], cand.reward[scored]
+    total = np.bincount(pair, weights=reward, minlength=n_src) + source_reward.sum(axis=1)
+    total_sq = np.bincount(pair, weights=reward ** 2, minlength=n_src) + (source_reward ** 2).sum(axis=1)
+    count = np.bincount(pair, minlength=n_src) + 2
     mu = total / count
     sigma = np.sqrt(np.maximum(total_sq / count - mu ** 2, 0.0))
     target = mu - 2.0 * sigma
