@@ -1,6 +1,6 @@
 """Full `prefcli run` against a cron refresh that adds 1% new raw rows (AlpacaEval judgments, real data).
 
-    .venv/bin/python benchmarks/refresh.py [--lines 21000] [--new-share 0.01] [--on prompt|pair] [--with-vote]
+    .venv/bin/python benchmarks/refresh.py [--lines 21000] [--new-share 0.01] [--on prompt|pair] [--dedup-pairs] [--with-vote]
 
 Cold full run on the base file (fresh workdir, fresh cache under it), then a new file with 1% more
 lines is dropped in and the same workdir is refreshed. Prints both wall times and their ratio, the
@@ -30,12 +30,19 @@ inputs = ["raw"]
 [[stage]]
 command = "dedup"
 on = "{on}"
-{vote}
+{pairs}{vote}
 [[stage]]
 command = "export"
 to = "trl"
 keep = "pair_id,source"
 output = "train.jsonl"
+"""
+PAIRS = """
+[[stage]]
+name = "dedup-pairs"
+command = "dedup"
+on = "pair"
+drop = true
 """
 VOTE = """
 [[stage]]
@@ -49,6 +56,8 @@ def main() -> None:
     parser.add_argument("--lines", type=int, default=21000, help="raw AlpacaEval judgments in the base file")
     parser.add_argument("--new-share", type=float, default=0.01)
     parser.add_argument("--on", default="prompt", help="dedup text: prompt (805 distinct instructions) or pair")
+    parser.add_argument("--dedup-pairs", action="store_true",
+                        help="add pair-level dedup with --drop after the prompt-level one, as pipelines/default.toml does")
     parser.add_argument("--with-vote", action="store_true", help="add the offline ensemble vote stage")
     parser.add_argument("--no-verify", action="store_true", help="skip the from-scratch run on base + new")
     args = parser.parse_args()
@@ -57,7 +66,8 @@ def main() -> None:
         root = Path(scratch)
         write_raw(ALPACA, root / "raw" / "base.jsonl", 0, args.lines)
         toml = root / "pipeline.toml"
-        toml.write_text(PIPELINE.format(on=args.on, vote=VOTE if args.with_vote else ""))
+        toml.write_text(PIPELINE.format(on=args.on, pairs=PAIRS if args.dedup_pairs else "",
+                                        vote=VOTE if args.with_vote else ""))
 
         print(f"load average before: {load()}")
         full_s, full = run_pipeline(toml, root / "work")
