@@ -40,7 +40,8 @@ def ensemble_speed(args) -> None:
     from prefcli.models.reward.ensemble import OfflineEnsemble, parse_options
     from prefcli.stages.vote import VoteParams, vote
 
-    table = real_pairs.LOADERS[args.dataset]()
+    load = real_pairs.LOADERS[args.dataset]
+    table = load(n=args.pairs) if load is real_pairs.alpaca_eval else load()  # alpaca_eval samples 4000 by default
     table = table.slice(0, min(args.pairs, table.num_rows))
     ensemble = OfflineEnsemble(parse_options(args.ensemble), device="cpu")
     start = time.perf_counter()
