@@ -22,6 +22,8 @@ Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed and in
 Output = Annotated[str, typer.Option("--output", "-o", help="Output Parquet file, or - for stdout.")]
 Input = Annotated[str, typer.Argument(help="Input pairs Parquet file, or - for stdin.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+EmbedModel = Annotated[Optional[str], typer.Option(
+    "--model", help="Embedding model: local path or hub id (default: the packaged all-MiniLM-L6-v2).")]
 CacheDir = Annotated[Optional[str], typer.Option(
     "--cache-dir", help="Embedding/score cache and neighbour graphs (default $PREFCLI_CACHE_DIR or the user "
     "cache dir).")]

@@ -15,7 +15,7 @@ from ..report import Table, Timer, check_accounting
 from ..stages.dedup import (DEFAULT_AGAINST_THRESHOLD, DEFAULT_THRESHOLD, KEEP_POLICIES, TEXT_VIEWS, DedupOptions,
                             dedup, explain)
 from ..text import render_messages
-from .common import (CacheDir, Device, Input, Json, MaxRejectRate, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
+from .common import (CacheDir, Device, EmbedModel, Input, Json, MaxRejectRate, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
                      side_path)
 
 ORDER = 20
@@ -70,8 +70,7 @@ def dedup_command(
                                                    "(default OUT.rejects.parquet).")] = None,
     lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help="Also link neighbours only a few "
                                           "character edits apart (typos), whatever their cosine.")] = True,
-    model: Annotated[Optional[str], typer.Option("--model", help="Embedding model: local path or hub id "
-                                                 "(default: packaged all-MiniLM-L6-v2).")] = None,
+    model: EmbedModel = None,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,

@@ -12,7 +12,7 @@ from ..models.embed import build_embedder
 from ..models.reward import parse_rm_spec
 from ..report import Table, Timer, check_accounting
 from ..stages.mine import MODES, SELECTIONS, STRATEGIES, MineParams, mine
-from .common import (CacheDir, Device, Input, Json, Output, Quiet, Seed, handle_errors, reporter, side_path,
+from .common import (CacheDir, Device, EmbedModel, Input, Json, Output, Quiet, Seed, handle_errors, reporter, side_path,
                      write_stage)
 
 ORDER = 45
@@ -61,8 +61,7 @@ def mine_command(
     set_aside: Annotated[Optional[str], typer.Option(
         "--set-aside", help="replace-easy: where the replaced original rows go (default OUT.rejects.parquet).")
                          ] = None,
-    model: Annotated[Optional[str], typer.Option("--model", help="Embedding model (local path or hub id); default "
-                                                 "the packaged all-MiniLM-L6-v2.")] = None,
+    model: EmbedModel = None,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     quiet: Quiet = False,

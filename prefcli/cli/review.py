@@ -11,7 +11,7 @@ from ..errors import InputError
 from ..report import Table, check_accounting
 from ..schema import validate
 from ..stages import review as stage
-from .common import (CacheDir, Device, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
+from .common import (CacheDir, Device, EmbedModel, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
                      side_path, write_stage)
 
 ORDER = 70
@@ -39,7 +39,7 @@ def select_command(
     min_similarity: Annotated[float, typer.Option("--min-similarity", help="Cosine similarity a neighbour of "
                                                   "a gold error needs.")] = 0.5,
     on: Annotated[str, typer.Option("--on", help="Text embedded for groups and retrieval: prompt or pair.")] = "prompt",
-    model: Annotated[Optional[str], typer.Option("--model", help="Embedding model (default all-MiniLM-L6-v2).")] = None,
+    model: EmbedModel = None,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
