@@ -14,7 +14,10 @@ and its entry rewritten. Failing to write an entry (disk full, read-only cache) 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from dataclasses import asdict
 from functools import lru_cache
 from pathlib import Path
@@ -83,7 +86,38 @@ class IngestCache:
                     return None
         except (InputError, KeyError, TypeError):
             return None
+        with contextlib.suppress(OSError):  # last use, for `cache prune --older-than`; a read-only cache still works
+            os.utime(directory / ENTRY)
         return entry
+
+    def entries(self) -> list[tuple[Path, int, float]]:
+        """(entry dir, bytes, last use as an mtime) for every complete entry."""
+        out = []
+        for marker in self.root.glob(f"??/*/{ENTRY}") if self.root.is_dir() else []:
+            with contextlib.suppress(FileNotFoundError):
+                size = sum(f.stat().st_size for f in marker.parent.iterdir())
+                out.append((marker.parent, size, marker.stat().st_mtime))
+        return out
+
+    def prune(self, max_age_seconds: float | None, stale_seconds: float) -> tuple[int, int]:
+        """Drop entries unused for `max_age_seconds` (None: keep all) and what killed writers left behind:
+        hidden temp dirs and entries without `entry.json`, once older than `stale_seconds`. Returns
+        (entries dropped, leftovers removed)."""
+        now = time.time()
+        old = [d for d, _, used in self.entries() if max_age_seconds is not None and used < now - max_age_seconds]
+        for directory in old:
+            io.remove_path(directory)
+        leftovers = 0
+        for shard in self.root.iterdir() if self.root.is_dir() else []:
+            for item in shard.iterdir() if shard.is_dir() else []:
+                incomplete = item.name.startswith(".") or not (item / ENTRY).exists()
+                with contextlib.suppress(FileNotFoundError):
+                    if incomplete and item.lstat().st_mtime < now - stale_seconds:
+                        io.remove_path(item)
+                        leftovers += 1
+            with contextlib.suppress(OSError):
+                shard.rmdir()  # only when empty
+        return len(old), leftovers
 
 
 class CachedSource:

@@ -57,24 +57,25 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
                 os.fsync(fh.fileno())
         if target.is_dir() and tmp.is_dir():
             old = target.with_name(f".{target.name}.old")
-            _remove(old)
+            remove_path(old)
             os.replace(target, old)
             os.replace(tmp, target)
-            _remove(old)
+            remove_path(old)
         else:
             os.replace(tmp, target)
         _fsync_dir(target.parent)
     except BaseException:
-        _remove(tmp)
+        remove_path(tmp)
         raise
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir():
+def remove_path(path: Path) -> None:
+    """Delete a file or a whole directory; a missing path is fine."""
+    if path.is_dir() and not path.is_symlink():
         import shutil
         shutil.rmtree(path, ignore_errors=True)
-    elif path.exists():
-        path.unlink()
+    else:
+        path.unlink(missing_ok=True)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -625,9 +626,9 @@ def recover_interrupted(directory: str | os.PathLike) -> None:
             if not target.exists():
                 os.replace(entry, target)  # killed between the two renames: put the previous output back
             else:
-                _remove(entry)
+                remove_path(entry)
         elif name.startswith(".") and name.endswith(".tmp"):
-            _remove(entry)
+            remove_path(entry)
 
 
 @contextlib.contextmanager

@@ -144,3 +144,42 @@ def test_unwritable_cache_only_loses_the_memo(tmp_path, raw, capsys):
         assert (stats["files_parsed"], stats["files_cached"]) == (2, 0)
     assert same_files(tmp_path / "cold.parquet", tmp_path / "blocked.parquet")
     assert blocked.read_text() == "x"
+
+
+def test_cache_info_and_prune_manage_ingest_entries(tmp_path, raw, capsys):
+    """`cache info` lists the ingest memo; `prune --older-than` drops entries not replayed since, and
+    leftovers of killed writers (hidden temp dirs, entries without entry.json) go after an hour."""
+    import os
+    import time
+
+    from prefcli.cli.cache import info, prune
+
+    cache = tmp_path / "cache"
+    assert ingest_here(capsys, [raw], tmp_path / "first.parquet", cache)["files_parsed"] == 2
+    entries = sorted((cache / DIR).glob(f"??/*/{ENTRY}"))
+    assert len(entries) == 2
+    stale = time.time() - 10 * 86400
+    os.utime(entries[0], (stale, stale))  # a.jsonl or b.jsonl: not replayed for 10 days
+    leftover = entries[0].parent.parent / ".killed-writer.x.tmp"
+    (leftover / "pairs.parquet").parent.mkdir()
+    (leftover / "pairs.parquet").write_bytes(b"half")
+    fresh_leftover = entries[1].parent.parent / ".live-writer.y.tmp"
+    fresh_leftover.mkdir()
+    for path in (leftover, leftover / "pairs.parquet"):
+        os.utime(path, (stale, stale))
+
+    info(cache_dir=str(cache), json_mode=True)
+    row = next(r for r in json.loads(capsys.readouterr().out)["tables"]["namespaces"] if r["namespace"] == DIR)
+    assert (row["kind"], row["entries"]) == ("ingest files", 2)
+
+    prune(cache_dir=str(cache), older_than=7, json_mode=True)
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["ingest_files_dropped"] == 1 and stats["temps_removed"] == 1
+    assert not entries[0].exists() and entries[1].exists()
+    assert not leftover.exists() and fresh_leftover.exists()  # a live writer's temp dir is left alone
+
+    again = ingest_here(capsys, [raw], tmp_path / "again.parquet", cache)
+    assert (again["files_parsed"], again["files_cached"]) == (1, 1)  # only the pruned file is parsed again
+    assert same_files(tmp_path / "first.parquet", tmp_path / "again.parquet")
+    replayed = entries[1].stat().st_mtime
+    assert replayed > time.time() - 60  # a replay counts as a use

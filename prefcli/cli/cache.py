@@ -1,4 +1,4 @@
-"""`prefcli cache info|prune`: inspect and trim the shared embedding/score cache and dedup graphs."""
+"""`prefcli cache info|prune`: inspect and trim the shared embedding/score cache, dedup graphs and ingest memo."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from typing import Annotated, Optional
 import typer
 
 from ..errors import InputError
-from ..models.cache import VectorStore, default_cache_dir, list_namespaces, remove_stale_temps
+from ..ingest_cache import DIR as INGEST_DIR
+from ..ingest_cache import IngestCache
+from ..models.cache import STALE_TEMP_SECONDS, VectorStore, default_cache_dir, list_namespaces, remove_stale_temps
 from ..report import Table
 from .common import CacheDir, Json, Quiet, handle_errors, reporter
 from .dedup import GRAPH_DIR
@@ -35,7 +37,7 @@ def _graphs(root: Path) -> list[Path]:
 def _rows(root: Path) -> list[list]:
     rows = []
     for path in list_namespaces(root):
-        if path.name == GRAPH_DIR:
+        if path.name in (GRAPH_DIR, INGEST_DIR):
             continue
         shards = sorted(path.glob("shard-*.npz"))
         info = VectorStore.at_path(path)
@@ -47,6 +49,10 @@ def _rows(root: Path) -> list[list]:
     if graphs:
         rows.append([GRAPH_DIR, "dedup graphs", len(graphs), None, sum(g.stat().st_size for g in graphs),
                      _age_days(max(g.stat().st_mtime for g in graphs))])
+    entries = IngestCache(root).entries()
+    if entries:
+        rows.append([INGEST_DIR, "ingest files", len(entries), len(entries), sum(e[1] for e in entries),
+                     _age_days(max(e[2] for e in entries))])
     return rows
 
 
@@ -74,13 +80,18 @@ def prune(cache_dir: CacheDir = None,
           older_than: Annotated[Optional[float], typer.Option(
               "--older-than", help="Drop vector shards and graphs not used for this many days.")] = None,
           quiet: Quiet = False, json_mode: Json = False) -> None:
-    """Drop entries unused for --older-than days, merge each namespace's shards into one, remove stale temps."""
+    """Drop entries unused for --older-than days, merge each namespace's shards into one, remove stale temps.
+
+    Covers vector namespaces, dedup graphs and ingest's per-file memo (entries last replayed or written
+    longer ago than --older-than; hidden temp dirs that killed writers left, after an hour)."""
     if older_than is not None and older_than < 0:
         raise InputError(f"--older-than: expected a number of days >= 0, got {older_than}")
     root = _root(cache_dir)
     before = sum(r[4] for r in _rows(root))
     dropped_entries = dropped_graphs = temps = 0
     for path in list_namespaces(root):
+        if path.name == INGEST_DIR:
+            continue
         temps += remove_stale_temps(path)
         if path.name == GRAPH_DIR:
             continue
@@ -96,9 +107,12 @@ def prune(cache_dir: CacheDir = None,
             if graph.stat().st_mtime < cutoff:
                 graph.unlink(missing_ok=True)
                 dropped_graphs += 1
+    ingest_dropped, ingest_leftovers = IngestCache(root).prune(None if older_than is None else older_than * DAY,
+                                                               STALE_TEMP_SECONDS)
     after = sum(r[4] for r in _rows(root))
     stats = {"cache_dir": str(root), "entries_dropped": dropped_entries, "graphs_dropped": dropped_graphs,
-             "temps_removed": temps, "bytes_before": before, "bytes_after": after}
+             "ingest_files_dropped": ingest_dropped, "temps_removed": temps + ingest_leftovers,
+             "bytes_before": before, "bytes_after": after}
     reporter(quiet, json_mode).summary("cache prune", stats)
 
 

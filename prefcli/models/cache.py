@@ -18,6 +18,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..io import remove_path
 from ..text import digest
 
 KEY_BYTES = 16
@@ -213,13 +214,13 @@ STALE_TEMP_SECONDS = 3600
 
 
 def remove_stale_temps(directory: Path) -> int:
-    """Delete temp files an interrupted writer left (older than an hour, so live writers are untouched)."""
+    """Delete temp files (or dirs) an interrupted writer left (older than an hour, so live writers are untouched)."""
     removed = 0
     cutoff = time.time() - STALE_TEMP_SECONDS
     for tmp in list(directory.glob(".tmp-*")) + list(directory.glob(".*.tmp")) if directory.exists() else []:
         with contextlib.suppress(FileNotFoundError):
-            if tmp.stat().st_mtime < cutoff:
-                tmp.unlink()
+            if tmp.lstat().st_mtime < cutoff:
+                remove_path(tmp)
                 removed += 1
     return removed
 
