@@ -6,7 +6,9 @@ spline), reporting in one run, before -> after debiasing (on vote's pref_mean ->
   - Spearman rho(margin, dlen), dlen = chars(chosen) - chars(rejected)   (goal |rho| <= 0.05 after)
   - accuracy of sign(margin) against the original labels                 (goal: at most 1 point lower)
   - accuracy on chosen-longer and on chosen-shorter pairs (FiMi-RM: 80.7/56.9 -> 73.6/65.7)
-and beside it the AlpacaEval-style length-controlled GLM on the labels (win rates vs gpt4_1106_preview).
+and beside it the AlpacaEval-style length-controlled GLM on the labels (win rates vs gpt4_1106_preview), and
+on AlpacaEval a content oracle built from that GLM (each generator's length-controlled quality), before and
+after the same debiasing.
 
 Run: PREFCLI_CACHE_DIR=/work/cache .venv/bin/python benchmarks/length_bias.py [--datasets alpacaeval,hh-harmless]
      [--rm bt]   (fallback voter without sentence embeddings: cross-fitted TF-IDF Bradley-Terry, for a loaded CPU box)
@@ -113,13 +115,8 @@ def run(name: str, table, seed: int, rm_spec: str) -> None:
         out = lb.apply(scored, model, lengths).out
         seconds = time.perf_counter() - start
         rows.append(margin_row(f"len_pref_mean, {method} ({seconds:.1f}s)", out["len_pref_mean"].to_numpy(), *lengths))
-    print(f"vote --rm {rm_spec}: {vote_s:.0f}s ({table.num_rows / vote_s:.0f} pairs/s)\n")
-    cols = list(rows[0])
-    print("| " + " | ".join(cols) + " |")
-    print("|" + "---|" * len(cols))
-    for row in rows:
-        print("| " + " | ".join(f"{v:+.3f}" if k == "rho_margin_dlen" else f"{v:.3f}" if isinstance(v, float) else v
-                                for k, v in row.items()) + " |")
+    print(f"vote --rm {rm_spec}: {vote_s:.0f}s ({table.num_rows / vote_s:.0f} pairs/s)")
+    print_table(rows)
     groups = lb.meta_groups(table, "generator_chosen", "generator_rejected") if "alpaca" in name else (None, None)
     glm = lb.length_glm(*lengths, groups_chosen=groups[0], groups_rejected=groups[1])
     print(f"\nGLM on the labels: length coef {glm['length_coef']:.3f} (sigma {glm['sigma']:.0f} chars), "
@@ -129,6 +126,30 @@ def run(name: str, table, seed: int, rm_spec: str) -> None:
         print("|---|---|---|---|")
         for g in glm["groups"]:
             print(f"| {g['group']} | {g['pairs']} | {g['win_rate']:.3f} | {g['lc_win_rate']:.3f} |")
+        print_table(oracle_rows(glm, groups, lengths))
+
+
+def oracle_rows(glm: dict, groups: tuple, lengths: tuple) -> list[dict]:
+    """A content oracle with no length term: each side's generator quality theta_g from the GLM above (the
+    judge's own, length-controlled), margin theta_chosen - theta_rejected; before and after `paired` debiasing.
+    It shows what |rho| <= 0.05 costs when the better generator also writes longer."""
+    theta = {g["group"]: float(np.log(g["lc_win_rate"] / (1 - g["lc_win_rate"]))) for g in glm["groups"]}
+    theta[glm["baseline"]] = 0.0
+    margin = np.array([theta[c] - theta[r] for c, r in zip(*groups)])
+    x_c, x_r = np.log1p(lengths[0]), np.log1p(lengths[1])
+    curve = lb.fit_pair_curve(x_c, x_r, margin)
+    debiased = margin - (lb.eval_curve(curve, x_c) - lb.eval_curve(curve, x_r))
+    return [margin_row("oracle: judge's generator quality (GLM theta)", margin, *lengths),
+            margin_row("oracle, paired debiasing", debiased, *lengths)]
+
+
+def print_table(rows: list[dict]) -> None:
+    cols = list(rows[0])
+    print("\n| " + " | ".join(cols) + " |")
+    print("|" + "---|" * len(cols))
+    for row in rows:
+        print("| " + " | ".join(f"{v:+.3f}" if k == "rho_margin_dlen" else f"{v:.3f}" if isinstance(v, float) else v
+                                for k, v in row.items()) + " |")
 
 
 def main() -> None:
