@@ -235,3 +235,25 @@ def test_bad_options_give_one_line_errors(planted, tmp_path):
     for args, fragment in cases:
         assert_one_line_error(run_cli("length-bias", *args), fragment)
     assert not out.exists() and not (tmp_path / "m.json").exists()
+
+
+def test_ensemble_lex_member_keeps_content_after_debiasing(alpaca):
+    """Real judge labels that mostly pick the longer response: the offline ensemble's `lex` member must rank
+    by content, not length, so that removing length leaves a real signal. On these 1,200 pairs it keeps
+    0.69 after debiasing; with the length/format scalars it used to have, it kept 0.47 (worse than a coin)."""
+    from prefcli.models.reward import parse_rm_spec
+    from prefcli.stages.vote import VoteParams, vote
+
+    table = alpaca.take(np.random.default_rng(0).permutation(alpaca.num_rows)[:1200])
+    lengths = lb.response_lengths(table, LengthMeasure("chars"))
+    assert lb.label_bias(*lengths)["p_chosen_longer"] > 0.85
+    scored = vote(table, [parse_rm_spec("lex=ensemble:views=lex,k=1")], VoteParams(seed=0)).out
+    before = lb.score_bias(scored["rm_lex_lex0_chosen"].to_numpy(), scored["rm_lex_lex0_rejected"].to_numpy(),
+                           *lengths)
+    model = lb.fit(scored, ["rm_lex_lex0"], lengths, length_spec="chars")
+    after = lb.apply(scored, model, lengths).out
+    bias = lb.score_bias(after["len_rm_lex_lex0_chosen"].to_numpy(), after["len_rm_lex_lex0_rejected"].to_numpy(),
+                         *lengths)
+    assert before["accuracy"] > 0.85 and before["rho_margin_dlen"] > 0.5  # it did learn the length-heavy labels
+    assert abs(bias["rho_margin_dlen"]) < 0.05
+    assert bias["accuracy"] > 0.6

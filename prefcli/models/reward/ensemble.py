@@ -136,23 +136,24 @@ class _Features:
         self._tfidf = None
         self._mu = self._sd = None
 
-    def fit(self, responses: list[str], scalars: np.ndarray) -> "_Features":
-        self._mu, self._sd = scalars.mean(axis=0), scalars.std(axis=0) + 1e-9
-        if self.view == "lex":
-            from sklearn.feature_extraction.text import TfidfVectorizer
-            from sklearn.pipeline import FeatureUnion
+    def fit(self, responses: list[str], scalars: np.ndarray | None) -> "_Features":
+        if self.view == "emb":
+            self._mu, self._sd = scalars.mean(axis=0), scalars.std(axis=0) + 1e-9
+            return self
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.pipeline import FeatureUnion
 
-            self._tfidf = FeatureUnion([
-                ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=30000, sublinear_tf=True,
-                                         dtype=np.float32)),
-                ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3, max_features=30000,
-                                         sublinear_tf=True, dtype=np.float32)),
-            ])
-            self._tfidf.fit(sorted(set(responses)))
+        self._tfidf = FeatureUnion([
+            ("word", TfidfVectorizer(ngram_range=(1, 2), min_df=2, max_features=30000, sublinear_tf=True,
+                                     dtype=np.float32)),
+            ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(3, 5), min_df=3, max_features=30000,
+                                     sublinear_tf=True, dtype=np.float32)),
+        ])
+        self._tfidf.fit(sorted(set(responses)))
         return self
 
-    def transform(self, responses: list[str], scalars: np.ndarray, query_vec: np.ndarray,
-                  response_vec: np.ndarray):
+    def transform(self, responses: list[str], scalars: np.ndarray | None, query_vec: np.ndarray | None,
+                  response_vec: np.ndarray | None):
         if self.view == "emb":
             scalars = (scalars - self._mu) / self._sd
             return np.hstack([response_vec, query_vec * response_vec * np.sqrt(response_vec.shape[1]), scalars])
@@ -236,7 +237,9 @@ class OfflineEnsemble:
         return self._embedder
 
     def _inputs(self, prompts: Sequence[list[dict]], responses: list[str]):
-        """Shared inputs of every view: embeddings of last user turn and response, style scalars."""
+        """Inputs of the `emb` view: embeddings of last user turn and response, style scalars (None without it)."""
+        if "emb" not in self.config.views:
+            return None, None, None
         queries = [last_user_turn(m) for m in prompts]
         before = self.embedder.computed
         rv = self.embedder.encode(responses).astype(np.float64)
