@@ -136,9 +136,9 @@ def oracle_rows(glm: dict, groups: tuple, lengths: tuple) -> list[dict]:
     theta = {g["group"]: float(np.log(g["lc_win_rate"] / (1 - g["lc_win_rate"]))) for g in glm["groups"]}
     theta[glm["baseline"]] = 0.0
     margin = np.array([theta[c] - theta[r] for c, r in zip(*groups)])
-    x_c, x_r = np.log1p(lengths[0]), np.log1p(lengths[1])
-    curve = lb.fit_pair_curve(x_c, x_r, margin)
-    debiased = margin - (lb.eval_curve(curve, x_c) - lb.eval_curve(curve, x_r))
+    curve = lb.fit_pair_curve(np.log1p(lengths[0]), np.log1p(lengths[1]), margin)
+    curve.update(x_is="log1p_length", offset=0.0)  # offsets cancel in a margin
+    debiased = margin - lb.correction(curve, *lengths, margin=True)
     return [margin_row("oracle: judge's generator quality (GLM theta)", margin, *lengths),
             margin_row("oracle, paired debiasing", debiased, *lengths)]
 

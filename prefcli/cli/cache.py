@@ -78,7 +78,7 @@ def info(cache_dir: CacheDir = None, quiet: Quiet = False, json_mode: Json = Fal
 @handle_errors
 def prune(cache_dir: CacheDir = None,
           older_than: Annotated[Optional[float], typer.Option(
-              "--older-than", help="Drop vector shards and graphs not used for this many days.")] = None,
+              "--older-than", help="Drop vector shards, graphs and ingest entries not used for this many days.")] = None,
           quiet: Quiet = False, json_mode: Json = False) -> None:
     """Drop entries unused for --older-than days, merge each namespace's shards into one, remove stale temps.
 
