@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Iterator
 import pyarrow as pa
 
 from . import __version__, io
-from .errors import InputError
+from .errors import CannotCreate, InputError, IOFailure
 from .formats import REJECTS_SCHEMA
 from .io import RawBatch
 from .schema import SCHEMA_VERSION, pair_schema
@@ -38,7 +38,7 @@ ENTRY_FORMAT = "prefcli-ingest-cache/1"
 ENTRY = "entry.json"
 PARTS = {"pairs": pair_schema, "rejects": lambda: REJECTS_SCHEMA}  # part -> schema; file = <part>.parquet
 PARSER_CODE = ("formats", "stages/ingest.py", "pairs.py", "text.py", "schema.py", "io.py")
-CACHE_WRITE_ERRORS = (OSError, pa.ArrowException)
+CACHE_WRITE_ERRORS = (OSError, pa.ArrowException, CannotCreate, IOFailure)  # the sinks name their path
 ENTRY_COMPRESSION = "lz4"  # ~2x the size of zstd, but written and replayed several times faster
 
 Chunk = tuple[str, pa.Table, int]  # (part, table, size the output sink counts for it)

@@ -21,7 +21,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -104,19 +104,24 @@ def write_json(obj: Any, path: str | os.PathLike) -> None:
     write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n", path)
 
 
+def jsonl_lines(rows: Iterator[dict] | list[dict]) -> Iterator[str]:
+    """Each row as one JSON line (non-ASCII kept, numpy and dates converted)."""
+    for row in rows:
+        yield json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
+
+
 def write_jsonl(rows: Iterator[dict] | list[dict], path: str | os.PathLike) -> int:
     """Write JSON lines atomically (or to stdout); returns the row count."""
     count = 0
     if str(path) == STDIO:
-        out = sys.stdout
-        for row in rows:
-            out.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        for line in jsonl_lines(rows):
+            sys.stdout.write(line)
             count += 1
-        out.flush()
+        sys.stdout.flush()
         return count
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
-        for row in rows:
-            fh.write(json.dumps(row, ensure_ascii=False, default=_json_default) + "\n")
+        for line in jsonl_lines(rows):
+            fh.write(line)
             count += 1
     return count
 
@@ -149,21 +154,36 @@ class ParquetSink:
     """Streaming atomic Parquet writer: `write(table)` many times, `commit()` once.
 
     Nothing is visible at `path` until commit; `abort()` (or an exception in a `with`) removes the temp.
+    With `staged=TMP` it writes TMP and `commit()` only finishes the file: an OutputPlan renames it
+    together with the command's other outputs. With `deliver`, stdout bytes are handed over at commit
+    instead of written. An OSError while writing names `path` (exit 73 or 74).
     """
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, keep_chunks: bool = False,
-                 compression: str = "zstd"):
+                 compression: str = "zstd", staged: Path | None = None, deliver=None):
         self.path = str(path)
         self.schema = schema
         self.keep_chunks = keep_chunks  # each write() is its own row group, so `iter_row_groups` gives it back
         self.rows = 0
         self._stdout = self.path == STDIO
+        self._deliver = deliver
         self._buffer = _io.BytesIO() if self._stdout else None
-        self._atomic = None if self._stdout else atomic_path(self.path)
-        target = self._buffer if self._stdout else self._atomic.__enter__()
-        self._writer = _parquet_writer(target if self._stdout else str(target), schema, compression)
+        self._atomic = None if self._stdout or staged is not None else atomic_path(self.path)
+        self._staged = staged
+        with self._errors():
+            target = self._buffer if self._stdout else (staged or self._atomic.__enter__())
+            self._writer = _parquet_writer(target if self._stdout else str(target), schema, compression)
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            from .errors import os_failure
+
+            raise os_failure(exc, self.path) from None
 
     def write(self, table: pa.Table, *, nbytes: int | None = None) -> None:
         """Buffer `table`; `nbytes` is the size it counts for (default table.nbytes: a replay of
@@ -180,22 +200,30 @@ class ParquetSink:
     def _flush(self) -> None:
         if self._pending:
             group_rows = max(ROW_GROUP_ROWS, self._pending_rows) if self.keep_chunks else ROW_GROUP_ROWS
-            self._writer.write_table(pa.concat_tables(self._pending), row_group_size=group_rows)
+            with self._errors():
+                self._writer.write_table(pa.concat_tables(self._pending), row_group_size=group_rows)
             self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
 
     def commit(self) -> None:
         self._flush()
-        self._writer.close()
+        with self._errors():
+            self._writer.close()
         if self._stdout:
-            write_bytes(self._buffer.getvalue(), STDIO)
-        else:
-            self._atomic.__exit__(None, None, None)
+            if self._deliver is not None:
+                self._deliver(self._buffer.getvalue())
+            else:
+                write_bytes(self._buffer.getvalue(), STDIO)
+        elif self._atomic is not None:
+            with self._errors():
+                self._atomic.__exit__(None, None, None)
 
     def abort(self) -> None:
         with contextlib.suppress(Exception):
             self._writer.close()
         if self._atomic is not None:
             self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        elif self._staged is not None:
+            remove_path(self._staged)
 
     def __enter__(self) -> "ParquetSink":
         return self
@@ -295,6 +323,42 @@ class RawBatch:
     file: str
     records: list[dict]
     lines: list[int] = field(default_factory=list)
+    problems: dict[int, str] = field(default_factory=dict)  # record index -> why it must be set aside
+
+
+def loads_checked(text: str) -> tuple[Any, Callable[[list], dict[int, str]]]:
+    """json.loads that also finds repeated keys, which plain json resolves silently (the last one wins).
+
+    Returns the document and `problems(records)`: record index -> "duplicate key 'K'" for the records
+    (objects of the document) that hold a repeated key at any depth. Objects are built innermost
+    first, so an object belongs to the first record built at or after it.
+    """
+    built: list[int] = []
+    repeats: list[tuple[int, str]] = []
+
+    def build(pairs: list[tuple[str, Any]]) -> dict:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            repeats.append((len(built), next(k for k, _ in pairs if k in seen or seen.add(k))))
+        built.append(id(obj))
+        return obj
+
+    doc = json.loads(text, object_pairs_hook=build)
+
+    def problems(records: list) -> dict[int, str]:
+        if not repeats:
+            return {}
+        import bisect
+
+        order = {object_id: i for i, object_id in enumerate(built)}
+        ends = [order.get(id(record), len(built)) for record in records]
+        found: dict[int, str] = {}
+        for position, key in repeats:
+            found.setdefault(min(bisect.bisect_left(ends, position), len(records) - 1), f"duplicate key '{key}'")
+        return found
+
+    return doc, problems
 
 
 def expand_sources(specs: list[str]) -> list[str]:
@@ -355,6 +419,8 @@ def iter_raw(spec: str, batch_rows: int = BATCH_ROWS) -> Iterator[RawBatch]:
         raise InputError(f"{spec}: truncated or corrupt gzip ({_short(exc)})") from None
     except UnicodeDecodeError as exc:
         raise InputError(f"{spec}: not UTF-8 text ({_short(exc)})") from None
+    except RecursionError:
+        raise InputError(f"{spec}: nested too deeply to read") from None
     except (pa.ArrowException, OSError, ValueError, csv.Error) as exc:
         raise InputError(f"{spec}: unreadable ({_short(exc)})") from None
 
@@ -401,13 +467,17 @@ def _peek_json_kind(fh) -> str:
 
 def _iter_json_document(text: str, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
     try:
-        doc = json.loads(text)
+        doc, find_problems = loads_checked(text)
     except json.JSONDecodeError as exc:
         raise InputError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise InputError(f"{path}: JSON nested too deeply to read") from None
     records = records_from_document(doc, path)
+    problems = find_problems(records)
     for start in range(0, len(records), batch_rows):
         chunk = records[start:start + batch_rows]
-        yield RawBatch(name, path, chunk, list(range(start + 1, start + 1 + len(chunk))))
+        found = {i - start: why for i, why in problems.items() if start <= i < start + len(chunk)}
+        yield RawBatch(name, path, chunk, list(range(start + 1, start + 1 + len(chunk))), found)
 
 
 def records_from_document(doc: Any, where: str) -> list[dict]:
@@ -428,28 +498,36 @@ def records_from_document(doc: Any, where: str) -> list[dict]:
 def _iter_jsonl(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
     records: list[dict] = []
     lines: list[int] = []
+    problems: dict[int, str] = {}
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec, find_problems = loads_checked(line)
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from None
+        except RecursionError:
+            raise InputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
         if not isinstance(rec, dict):
             raise InputError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+        if (found := find_problems([rec])):
+            problems[len(records)] = found[0]
         records.append(rec)
         lines.append(lineno)
         if len(records) >= batch_rows:
-            yield RawBatch(name, path, records, lines)
-            records, lines = [], []
+            yield RawBatch(name, path, records, lines, problems)
+            records, lines, problems = [], [], {}
     if records:
-        yield RawBatch(name, path, records, lines)
+        yield RawBatch(name, path, records, lines, problems)
 
 
 def _iter_csv(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
     reader = csv.DictReader(fh)
     if not reader.fieldnames:
         raise InputError(f"{path}: empty CSV (no header row)")
+    repeated = next((c for i, c in enumerate(reader.fieldnames) if c in reader.fieldnames[:i]), None)
+    if repeated is not None:
+        raise InputError(f"{path}: line 1: column '{repeated}' appears twice in the header")
     records, lines = [], []
     for i, row in enumerate(reader, start=2):
         if None in row:
@@ -475,6 +553,10 @@ def _csv_value(value: str | None) -> Any:
 
 
 def _iter_parquet(pf: pq.ParquetFile, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    names = pf.schema_arrow.names
+    repeated = next((c for i, c in enumerate(names) if c in names[:i]), None)
+    if repeated is not None:
+        raise InputError(f"{path}: column '{repeated}' appears twice")
     line = 1
     for batch in pf.iter_batches(batch_size=batch_rows):
         records = batch.to_pylist()
@@ -679,48 +761,24 @@ def csv_text(rows: list[dict], columns: Sequence[str]) -> str:
     return buffer.getvalue()
 
 
-def write_files(files: dict[str, bytes | pa.Table]) -> None:
-    """Write several files (bytes, or Arrow tables as Parquet) so that either all appear or none:
-    temps first, renames last. A `-` entry goes to stdout once every file is in place."""
-    with contextlib.ExitStack() as stack:
-        for path, data in files.items():
-            if str(path) == STDIO:
-                continue
-            tmp = stack.enter_context(atomic_path(path))
-            if isinstance(data, pa.Table):
-                write_table(data, tmp)
-            else:
-                tmp.write_bytes(data)
-    for path, data in files.items():
-        if str(path) == STDIO:
-            write_table(data, STDIO) if isinstance(data, pa.Table) else write_bytes(data, STDIO)
+def write_files_into(directory: str | os.PathLike, files: dict[str, Any]) -> None:
+    """Fill a new directory (an OutputPlan's staged temp) with files; dict/list values become JSON."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, (dict, list)):
+            content = json.dumps(content, indent=2, ensure_ascii=False, default=_json_default) + "\n"
+        dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
 
 
-def write_directory(path: str | os.PathLike, files: dict[str, Any], *, marker: str) -> None:
-    """Write a directory of files all at once (temp dir, then rename); dict/list values become JSON.
-
-    An existing directory is replaced only when it holds `marker` (an earlier output of the same
-    command), so `-o .` or a typo can never wipe unrelated files.
-    """
-    target = Path(path)
-    if target.exists() and (not target.is_dir() or (any(target.iterdir()) and not (target / marker).exists())):
-        raise InputError(f"{path}: exists and is not an earlier export (no {marker}); choose a new directory")
-    with atomic_path(target) as tmp:
-        for name, content in files.items():
-            dest = tmp / name
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            if isinstance(content, (dict, list)):
-                content = json.dumps(content, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-            dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-
-
-def save_dataset(dataset, path: str | os.PathLike) -> None:
-    """`datasets.Dataset.save_to_disk`, atomically: the directory appears complete or not at all."""
+def save_dataset_to(dataset, directory: str | os.PathLike) -> None:
+    """`datasets.Dataset.save_to_disk` into a new directory (an OutputPlan's staged temp)."""
     import datasets
 
     datasets.disable_progress_bars()  # no bars in cron logs
-    with atomic_path(path) as tmp:
-        dataset.save_to_disk(str(tmp))
+    dataset.save_to_disk(str(directory))
 
 
 def read_records(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
@@ -738,6 +796,8 @@ def read_records(path: str | os.PathLike) -> tuple[list[dict], list[int]]:
     records: list[dict] = []
     lines: list[int] = []
     for batch in iter_raw(spec):
+        for index, reason in batch.problems.items():
+            raise InputError(f"{spec}: record {batch.lines[index]}: {reason}")
         records.extend(batch.records)
         lines.extend(batch.lines)
     return records, lines

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import io
-from .errors import InputError, PrefcliError
+from .errors import InputError, PrefcliError, os_failure
 
 MANIFEST = "manifest.json"
 LOCK = "run.lock"
@@ -128,6 +128,8 @@ def _stage_spec(file: Path, number: int, table: dict, seen: set[str]) -> StageSp
     for key in ("input", "output"):
         if key in table and not isinstance(table[key], str):
             raise InputError(f"{where} ({name}): `{key}` must be a string")
+    if "output" in table:
+        inside_stage_dir(table["output"], f"{where} ({name}): output")
     options = {k: v for k, v in table.items() if k not in STAGE_KEYS}
     return StageSpec(name=name, command=command.split(), options=options, inputs=inputs,
                      input=table.get("input"), output=table.get("output"))
@@ -162,6 +164,7 @@ class OptionSpec:
     is_flag: bool = False  # boolean switch: true -> bare flag
     negative: str | None = None  # e.g. --no-drop, used for false
     multiple: bool = False  # repeatable: lists become repeated flags
+    writes: bool = False  # names a file the command writes: kept inside the stage directory
 
 
 @dataclass
@@ -314,11 +317,14 @@ class Runner:
             if spec is None:
                 raise InputError(f"{self.pipeline.path}: stage '{stage.name}': unknown command `{label}` "
                                  f"(not available in this install)")
-            for key in stage.options:
+            for key, value in stage.options.items():
                 if not spec.has(_option_name(key)):
                     known = ", ".join(f"--{k}" for k in sorted(spec.options))
                     raise InputError(f"{self.pipeline.path}: stage '{stage.name}': `{label}` has no option "
                                      f"--{_option_name(key)} (options: {known})")
+                option = spec.options[_option_name(key)]
+                if option.writes and isinstance(value, str):  # checked before the workdir is touched
+                    inside_stage_dir(value, f"{self.pipeline.path}: stage '{stage.name}': {option.flag}")
             self.specs[stage.name] = spec
 
     def stage_dir(self, name: str) -> Path:
@@ -384,7 +390,7 @@ class Runner:
             raise InputError(f"{self.pipeline.path}: stage '{stage.name}' takes one input, got {len(positional)}")
         argv = list(positional)
         for key, value in stage.options.items():
-            argv += self.option_argv(spec.options[_option_name(key)], value, fingerprint, used)
+            argv += self.option_argv(spec.options[_option_name(key)], value, fingerprint, used, out_dir)
         out_name = self.output_name(stage)
         if out_name is not None:
             argv += ["--output", str(out_dir / out_name)]
@@ -393,7 +399,13 @@ class Runner:
             argv += ["--seed", str(self.pipeline.seed)]
         return argv, used, [Path(p) for p in positional if Path(p).is_file()]
 
-    def option_argv(self, option: OptionSpec, value: Any, fingerprint: Fingerprints, used: list) -> list[str]:
+    def option_argv(self, option: OptionSpec, value: Any, fingerprint: Fingerprints, used: list,
+                    out_dir: Path) -> list[str]:
+        if option.writes and value is not None and not isinstance(value, bool):
+            if not isinstance(value, str):
+                raise InputError(f"{self.pipeline.path}: {option.flag} takes a file name, got {value!r}")
+            name = inside_stage_dir(value, f"{self.pipeline.path}: {option.flag}")
+            return [option.flag, str(out_dir / name)]
         if isinstance(value, bool):
             if value:
                 return [option.flag] if option.is_flag else [option.flag, "true"]
@@ -403,7 +415,7 @@ class Runner:
         if isinstance(value, list):
             if not option.multiple:
                 raise InputError(f"{self.pipeline.path}: {option.flag} takes one value, got a list")
-            return [a for item in value for a in self.option_argv(option, item, fingerprint, used)]
+            return [a for item in value for a in self.option_argv(option, item, fingerprint, used, out_dir)]
         if isinstance(value, dict):  # key=value,key=value options such as --map
             return [option.flag, ",".join(f"{k}={v}" for k, v in value.items())]
         if isinstance(value, str):
@@ -459,7 +471,11 @@ class Runner:
             else:
                 self.on_stage(stage.name, "running")
                 try:
-                    record = self._execute(stage, key, used, inputs, versions, fingerprint, previous)
+                    try:
+                        record = self._execute(stage, key, used, inputs, versions, fingerprint, previous)
+                    except OSError as exc:  # the runner's own writes for this stage: say which stage
+                        error = os_failure(exc)
+                        raise StageFailed(f"stage '{stage.name}' (prefcli {label}): {error}", error.exit_code) from None
                 except StageFailed:
                     outcomes.append(StageOutcome(stage.name, label, "failed"))
                     self._save(manifest)
@@ -537,6 +553,15 @@ class Runner:
 
     def _save(self, manifest: dict) -> None:
         io.write_json(manifest, self.workdir / MANIFEST)
+
+
+def inside_stage_dir(name: str, where: str) -> str:
+    """A stage's output names a file inside its own directory: relative, no '..', not stdout."""
+    path = Path(name)
+    if not name.strip() or name == io.STDIO or path.is_absolute() or ".." in path.parts:
+        raise InputError(f"{where} = {name!r}: must be a file name inside the stage directory "
+                         f"(relative, without '..'); a run never writes outside its workdir")
+    return os.path.normpath(name)
 
 
 def _option_name(key: str) -> str:

@@ -114,6 +114,8 @@ def validate(table: pa.Table, *, where: str = "input", require_stage: Mapping[st
         if not field.nullable and col.null_count:
             row = _first_index(pc.is_null(col))
             raise SchemaError(f"{where}: row {row}: column '{field.name}' is null")
+        if field.type == MESSAGES_TYPE:
+            _check_messages(col, field.name, where)
         columns[field.name] = col
     for spec in schema_document()["columns"]:
         name = spec["name"]
@@ -147,6 +149,32 @@ def _cast_messages(col: pa.ChunkedArray) -> pa.ChunkedArray:
         offsets = chunk.offsets.cast(pa.int64())
         chunks.append(pa.LargeListArray.from_arrays(offsets, structs, mask=chunk.is_null()))
     return pa.chunked_array(chunks, type=MESSAGES_TYPE)
+
+
+def _check_messages(col: pa.ChunkedArray, name: str, where: str) -> None:
+    """Every message has a role the schema allows and non-null content."""
+    offset = 0
+    for chunk in col.chunks:
+        flat = chunk.flatten()
+        parents = pc.list_parent_indices(chunk)
+        roles = flat.field("role")
+        bad_role = pc.fill_null(pc.invert(pc.is_in(roles, value_set=pa.array(ROLES, pa.large_string()))), True)
+        for mask, what in ((bad_role, "role"), (pc.is_null(flat.field("content")), "content")):
+            if len(mask) and pc.any(mask).as_py():
+                i = _first_index(mask)
+                row = offset + parents[i].as_py()
+                found = roles[i].as_py()
+                detail = (f"has role {found!r}, expected one of {', '.join(ROLES)}" if what == "role"
+                          else "has null content")
+                raise SchemaError(f"{where}: row {row}: column '{name}' message {i - _first_message(parents, i)} "
+                                  f"{detail}")
+        offset += len(chunk)
+
+
+def _first_message(parents: pa.Array, i: int) -> int:
+    """Index in `flat` of the first message of the row that message i belongs to."""
+    row = parents[i].as_py()
+    return _first_index(pc.equal(parents, row))
 
 
 def _first_index(mask) -> int:

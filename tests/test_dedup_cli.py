@@ -7,12 +7,12 @@ import json
 import pyarrow.parquet as pq
 import pytest
 
-from typer.testing import CliRunner
 
 from conftest import assert_one_line_error, run_cli
 from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
+from ingest_helpers import cli
 from prefcli import io
-from prefcli.cli.main import app
+
 
 
 @pytest.fixture(scope="module")
@@ -79,8 +79,8 @@ def test_pipes_through_stdin_and_stdout(files):
     (["--against", "missing-eval.txt"], ["missing-eval.txt"]),
 ])
 def test_bad_options_give_one_line_errors(files, args, fragments):
-    """In-process (CliRunner) to keep the suite fast; the subprocess path is covered just below."""
-    result = CliRunner().invoke(app, ["dedup", str(files / "in.parquet"), "-o", str(files / "bad.parquet"), *args])
+    """In process, through the real entry point, to keep the suite fast; the subprocess path is covered below."""
+    result = cli("dedup", str(files / "in.parquet"), "-o", str(files / "bad.parquet"), *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("prefcli: error:"), result.stderr
     assert all(f in lines[0] for f in fragments), lines[0]

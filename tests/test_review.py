@@ -190,7 +190,7 @@ def test_argilla_round_trip(pairs, queue, files):
             "justification": [{"value": "looked fine", "user_id": "user-0"}],
         }
     layout["records.json"] = records
-    io.write_directory(files / "argilla", layout, marker=".argilla/settings.json")
+    io.write_files_into(files / "argilla", layout)
     proc = run_cli("review", "import", str(files / "argilla"), "--into", str(files / "in.parquet"),
                    "--queue", str(files / "queue.parquet"), "-o", str(files / "arg_out.parquet"), "--quiet")
     assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode()

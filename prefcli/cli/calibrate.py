@@ -9,9 +9,19 @@ from typing import Annotated, Optional
 import typer
 
 from .. import io
+from ..outputs import OutputPlan
 from ..report import Table
 from ..stages.calibrate import REQUIRES, calibrate, coverage_plot, coverage_summary
-from .common import Input, Json, Quiet, Seed, handle_errors, reporter
+from .common import (
+    OUTPUT_PATH,
+    Input,
+    Json,
+    Quiet,
+    Seed,
+    handle_errors,
+    number,
+    reporter,
+)
 
 ORDER = 75
 
@@ -26,12 +36,12 @@ def png_path(output: str) -> str:
 @handle_errors
 def calibrate_command(
     input: Input,
-    output: Annotated[str, typer.Option("--output", "-o", help="calib.json to write, or - for stdout.")],
-    target: Annotated[float, typer.Option("--target", help="Agreement with humans the kept (and flipped) AI "
+    output: Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH, help="calib.json to write, or - for stdout.")],
+    target: Annotated[float, typer.Option("--target", parser=number(float, 0.0, 1.0), help="Agreement with humans the kept (and flipped) AI "
                                           "labels must reach.")] = 0.9,
-    bins: Annotated[Optional[int], typer.Option("--bins", min=2, help="pref_mean bins of the agreement report "
+    bins: Annotated[Optional[int], typer.Option("--bins", parser=number(int, 2), help="pref_mean bins of the agreement report "
                                                 "(default: reviewed/25, within 4..20).")] = None,
-    min_reviewed: Annotated[int, typer.Option("--min-reviewed", help="Fewest human-verified pairs to "
+    min_reviewed: Annotated[int, typer.Option("--min-reviewed", parser=number(int, 1), help="Fewest human-verified pairs to "
                                               "calibrate on.")] = 20,
     png: Annotated[bool, typer.Option("--png", help="Also write the coverage/agreement plot beside the JSON "
                                       "(calib.png).")] = False,
@@ -41,15 +51,15 @@ def calibrate_command(
 ) -> None:
     """Choose incorrect/ambiguous/strong thresholds on pref_mean that meet --target agreement with humans."""
     rep = reporter(quiet, json_mode, output)
+    plan = OutputPlan(inputs=[input])
+    plan.add("--output", output)
+    plot = plan.add("--png", png_path(output)) if png else None
     table = io.read_pairs(input, require=REQUIRES)
     doc = calibrate(table, target=target, bins=bins, min_reviewed=min_reviewed)
-    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
-    files = {} if output == io.STDIO else {output: text.encode("utf-8")}
-    if png:
-        files[png_path(output)] = coverage_plot(doc)
-    io.write_files(files)
-    if output == io.STDIO:
-        io.write_text(text, io.STDIO)
+    plan.write(output, json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    if plot:
+        plan.write(plot, coverage_plot(doc))
+    plan.commit()
     if not doc["met"]["ambiguous"]:
         rep.warn(f"no pref_mean cut reaches agreement {target}: every pair lands in ambiguous; review more pairs "
                  "or lower --target")

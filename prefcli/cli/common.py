@@ -13,22 +13,84 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from .. import io
-from ..errors import EXIT_BAD_INPUT, InputError, PrefcliError, ProblemsReported
+from ..errors import (
+    EXIT_BAD_INPUT,
+    EXIT_CANT_CREATE,
+    EXIT_IO,
+    EXIT_SOFTWARE,
+    InputError,
+    PrefcliError,
+    ProblemsReported,
+    os_failure,
+)
+from ..outputs import OutputPlan
 from ..report import Reporter, StageResult
+
+
+class OutputPath:
+    """Parser of a path the command writes. `prefcli run` keeps such paths inside the stage's own directory."""
+
+    writes = True
+
+    def __call__(self, value):
+        if value is not None and not str(value).strip():
+            raise ValueError("expected a path, got an empty string")
+        return value
+
+
+class BoundedNumber:
+    """Parser of a finite int or float within [low, high]: NaN, inf and out-of-range values are usage errors."""
+
+    def __init__(self, kind: type, low: float | None = None, high: float | None = None):
+        self.kind, self.low, self.high = kind, low, high
+
+    def __call__(self, value):
+        import math
+
+        if value is None:
+            return None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = self.kind(value)
+        else:
+            try:
+                number = self.kind(str(value).strip())
+            except ValueError:
+                raise ValueError(f"{value!r} is not a valid {self.kind.__name__}") from None
+        if isinstance(number, float) and not math.isfinite(number):
+            raise ValueError(f"{value!r} is not a finite number")
+        if (self.low is not None and number < self.low) or (self.high is not None and number > self.high):
+            low = "-inf" if self.low is None else f"{self.low:g}"
+            high = "inf" if self.high is None else f"{self.high:g}"
+            raise ValueError(f"{value!r} is not in the range {low}..{high}")
+        return number
+
+
+def number(kind: type = float, low: float | None = None, high: float | None = None) -> BoundedNumber:
+    """Parser for a numeric option: the range is declared with the option, whatever uses it."""
+    return BoundedNumber(kind, low, high)
+
+
+OUTPUT_PATH = OutputPath()
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success (for cron).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary.")]
-Seed = Annotated[int, typer.Option("--seed", help="Random seed; same seed and input give the same output.")]
-Output = Annotated[str, typer.Option("--output", "-o", help="Output Parquet file, or - for stdout.")]
+Seed = Annotated[int, typer.Option("--seed", parser=number(int, 0), help="Random seed; same seed and input give the same output.")]
+Output = Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH,
+                                     help="Output Parquet file, or - for stdout.")]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Allow replacing an existing directory that prefcli "
+                                         "did not write (never needed for prefcli's own earlier outputs).")]
 Input = Annotated[str, typer.Argument(help="Input pairs Parquet file, or - for stdin.")]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 EmbedModel = Annotated[Optional[str], typer.Option(
     "--model", help="Embedding model: local path or hub id (default: the packaged all-MiniLM-L6-v2).")]
+TrustRemoteCode = Annotated[bool, typer.Option(
+    "--trust-remote-code", help="Allow a model's own Python code and pickle weights (.bin); off by default, "
+                                "so only safetensors weights load.")]
 CacheDir = Annotated[Optional[str], typer.Option(
     "--cache-dir", help="Embedding/score cache and neighbour graphs (default $PREFCLI_CACHE_DIR or the user "
     "cache dir).")]
 MaxRejectRate = Annotated[Optional[float], typer.Option(
-    "--max-reject-rate", min=0.0, max=1.0,
+    "--max-reject-rate", parser=number(float, 0.0, 1.0),
     help="Exit 1 when the share of rows set aside is above this.")]
 
 
@@ -54,11 +116,18 @@ def handle_errors(func: Callable) -> Callable:
             with contextlib.suppress(Exception):
                 sys.stdout = open(os.devnull, "w")
             raise typer.Exit(141)
+        except OSError as exc:  # the environment, not a bug: a full disk, a read-only folder
+            if os.environ.get("PREFCLI_DEBUG"):
+                traceback.print_exc()
+            error = os_failure(exc)
+            _fail(str(error), error.exit_code)
+        except RecursionError:
+            _fail("input is nested too deeply to read", EXIT_BAD_INPUT)
         except Exception as exc:  # a bug, not bad input: still one line unless PREFCLI_DEBUG is set
             if os.environ.get("PREFCLI_DEBUG"):
                 traceback.print_exc()
             _fail(f"internal error: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''} "
-                  f"(set PREFCLI_DEBUG=1 for a traceback)", 70)
+                  f"(set PREFCLI_DEBUG=1 for a traceback)", EXIT_SOFTWARE)
 
     return wrapper
 
@@ -84,12 +153,20 @@ def side_path(output: str, explicit: str | None, stage: str) -> str:
     return str(path.with_name(f"{stem}.rejects.parquet"))
 
 
-def write_stage(result: StageResult, output: str, side: str | None) -> None:
+def plan_stage(input: str | None, output: str, side_option: str, side: str | None, stage: str,
+               *, reads: tuple = ()) -> tuple[OutputPlan, str]:
+    """The outputs of a one-in, one-out stage: --output and its set-aside file (explicit or default)."""
+    plan = OutputPlan(inputs=[input, *reads])
+    plan.add("--output", output)
+    return plan, plan.add(side_option, side_path(output, side, stage))
+
+
+def write_stage(plan: OutputPlan, result: StageResult, output: str, side: str | None) -> None:
     """Write the kept rows to `output` and set-aside rows (if any) to `side`, all or nothing."""
-    files = {output: result.out}
+    plan.write(output, result.out)
     if result.set_aside is not None and result.set_aside.num_rows and side:
-        files[side] = result.set_aside
-    io.write_files(files)
+        plan.write(side, result.set_aside)
+    plan.commit()
 
 
 def enforce_reject_rate(rows_in: int, set_aside: int, limit: float | None, what: str = "set aside") -> None:
@@ -111,4 +188,6 @@ def parse_kv(spec: str, option: str) -> dict[str, str]:
     return out
 
 
-EXIT_CODES_DOC = f"Exit codes: 0 ok; 1 ran but reported problems; {EXIT_BAD_INPUT} bad input or usage; 3 workdir locked."
+EXIT_CODES_DOC = (f"Exit codes: 0 ok; 1 ran but reported problems; {EXIT_BAD_INPUT} bad input or usage; 3 workdir "
+                  f"locked; {EXIT_SOFTWARE} internal error; {EXIT_CANT_CREATE} an output cannot be created; "
+                  f"{EXIT_IO} I/O error (e.g. disk full).")

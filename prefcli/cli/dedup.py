@@ -11,12 +11,35 @@ import typer
 from .. import io
 from ..errors import InputError
 from ..models.embed import build_embedder
+from ..outputs import OutputPlan
 from ..report import Table, Timer, check_accounting
-from ..stages.dedup import (DEFAULT_AGAINST_THRESHOLD, DEFAULT_THRESHOLD, KEEP_POLICIES, TEXT_VIEWS, DedupOptions,
-                            dedup, explain)
+from ..stages.dedup import (
+    DEFAULT_AGAINST_THRESHOLD,
+    DEFAULT_THRESHOLD,
+    KEEP_POLICIES,
+    TEXT_VIEWS,
+    DedupOptions,
+    dedup,
+    explain,
+)
 from ..text import render_messages
-from .common import (CacheDir, Device, EmbedModel, Input, Json, MaxRejectRate, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
-                     side_path)
+from .common import (
+    OUTPUT_PATH,
+    TrustRemoteCode,
+    CacheDir,
+    Device,
+    EmbedModel,
+    Input,
+    Json,
+    MaxRejectRate,
+    Quiet,
+    Seed,
+    enforce_reject_rate,
+    handle_errors,
+    number,
+    reporter,
+    side_path,
+)
 
 ORDER = 20
 GRAPH_DIR = "dedup-graphs"
@@ -50,11 +73,11 @@ def graph_source(explicit: str | None, cache_root: Path | None):
 @handle_errors
 def dedup_command(
     input: Input,
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output Parquet file, or - for stdout "
+    output: Annotated[Optional[str], typer.Option("--output", "-o", parser=OUTPUT_PATH, help="Output Parquet file, or - for stdout "
                                                   "(optional with --explain).")] = None,
     on: Annotated[str, typer.Option("--on", help=f"Text compared: {'|'.join(TEXT_VIEWS)} (prompt = rendered "
                                     "conversation history; pair = prompt + both responses).")] = "prompt",
-    threshold: Annotated[float, typer.Option("--threshold", help="Cosine at or above which texts are duplicates.")
+    threshold: Annotated[float, typer.Option("--threshold", parser=number(float, 0.0, 1.0), help="Cosine at or above which texts are duplicates.")
                          ] = DEFAULT_THRESHOLD,
     keep: Annotated[str, typer.Option("--keep", help=f"Representative per cluster: {'|'.join(KEEP_POLICIES)} "
                                       "(strongest = highest pref_mean, from `prefcli vote`).")] = "first",
@@ -62,19 +85,20 @@ def dedup_command(
         "--against", help="Eval file(s) to decontaminate against: any format ingest reads, or a .txt/.jsonl "
                           "list of prompts. Repeatable.")] = None,
     against_threshold: Annotated[float, typer.Option(
-        "--against-threshold", help="Cosine at or above which a prompt matches an eval prompt.")
+        "--against-threshold", parser=number(float, 0.0, 1.0), help="Cosine at or above which a prompt matches an eval prompt.")
     ] = DEFAULT_AGAINST_THRESHOLD,
     drop: Annotated[bool, typer.Option("--drop", help="Set duplicates and contaminated rows aside "
                                        "(default: keep every row, flagged).")] = False,
-    removed: Annotated[Optional[str], typer.Option("--removed", help="Where --drop writes removed rows "
+    removed: Annotated[Optional[str], typer.Option("--removed", parser=OUTPUT_PATH, help="Where --drop writes removed rows "
                                                    "(default OUT.rejects.parquet).")] = None,
     lexical: Annotated[bool, typer.Option("--lexical/--no-lexical", help="Also link neighbours only a few "
                                           "character edits apart (typos), whatever their cosine.")] = True,
     model: EmbedModel = None,
+    trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the cache.")] = False,
-    graph: Annotated[Optional[str], typer.Option("--graph", help="Neighbour graph Parquet: read when it matches "
+    graph: Annotated[Optional[str], typer.Option("--graph", parser=OUTPUT_PATH, help="Neighbour graph Parquet: read when it matches "
                                                  "this input, else (re)written.")] = None,
     show_explain: Annotated[bool, typer.Option("--explain", help="Print the similarity histogram and sample pairs "
                                                "at several thresholds.")] = False,
@@ -91,27 +115,31 @@ def dedup_command(
     options = DedupOptions(on=on, threshold=threshold, keep=keep, seed=seed, against_threshold=against_threshold,
                            drop=drop, device=device, lexical=lexical)
     options.check()
+    plan = OutputPlan(inputs=[input, *(against or [])])
+    plan.add("--output", output)
+    side = plan.add("--removed", side_path(output, removed, "dedup")) if output is not None and drop else None
+    plan.add("--graph", graph)
     report = reporter(quiet, json_mode, output, tables_to_stdout=output is None)
     table = io.read_pairs(input)
     eval_prompts = load_eval_prompts(against) if against else []
-    embedder = build_embedder(model, device=device, cache_dir=cache_dir, use_cache=not no_cache)
+    embedder = build_embedder(model, device=device, cache_dir=cache_dir, use_cache=not no_cache,
+                              trust_remote_code=trust_remote_code)
     cache_root = embedder.store.root if embedder.store is not None else None
     with Timer() as timer:
         run = dedup(table, embedder, options, against=eval_prompts, graph_source=graph_source(graph, cache_root))
     result = run.result
     check_accounting(table.num_rows, result)
-    files: dict[str, pa.Table] = {}
     graph_table = run.graph.to_table(run.groups, table.column("pair_id").to_pylist())
-    if not result.stats["graph_reused"]:
-        if cache_root is not None:
-            files[str(cache_root / GRAPH_DIR / f"{run.graph.fingerprint}.parquet")] = graph_table
+    if not result.stats["graph_reused"] and cache_root is not None:
+        cached_graph = plan.add("cache", str(cache_root / GRAPH_DIR / f"{run.graph.fingerprint}.parquet"))
+        plan.write(cached_graph, graph_table)
     if graph and not (result.stats["graph_reused"] and Path(graph).is_file()):
-        files[graph] = graph_table
+        plan.write(graph, graph_table)
     if output is not None:
-        files[output] = result.out
+        plan.write(output, result.out)
         if result.rows_set_aside:
-            files[side_path(output, removed, "dedup")] = result.set_aside
-    io.write_files(files)
+            plan.write(side, result.set_aside)
+    plan.commit()
     enforce_reject_rate(table.num_rows, result.rows_set_aside, max_reject_rate, "removed")
     stats = {**result.stats, "seconds": round(timer.seconds, 2)}
     tables = []

@@ -8,8 +8,25 @@ import typer
 
 from .. import io
 from ..errors import InputError
-from ..stages.export import FORMATS, JSONL_FORMATS, export_pairs, iter_rows, to_hf_dataset
-from .common import Input, Json, Quiet, Seed, handle_errors, reporter
+from ..outputs import OutputPlan
+from ..stages.export import (
+    FORMATS,
+    JSONL_FORMATS,
+    check_where,
+    export_pairs,
+    iter_rows,
+    to_hf_dataset,
+)
+from .common import (
+    OUTPUT_PATH,
+    Input,
+    Json,
+    Overwrite,
+    Quiet,
+    Seed,
+    handle_errors,
+    reporter,
+)
 
 ORDER = 90
 
@@ -18,7 +35,7 @@ ORDER = 90
 def export_command(
     input: Input,
     to: Annotated[str, typer.Option("--to", help=f"{'|'.join(FORMATS)}.")],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="File (directory for hf-dataset), or - "
+    output: Annotated[Optional[str], typer.Option("--output", "-o", parser=OUTPUT_PATH, help="File (directory for hf-dataset), or - "
                                                   "for stdout (JSONL formats and parquet).")] = None,
     where: Annotated[Optional[str], typer.Option("--where", help="Keep rows where this polars SQL expression is "
                                                  "true, e.g. \"pref_bucket != 'incorrect' AND dedup_is_rep\".")] = None,
@@ -28,6 +45,7 @@ def export_command(
     push_to_hub: Annotated[Optional[str], typer.Option("--push-to-hub", help="Also push the rows as a Hugging Face "
                                                        "dataset to this repo id (needs a login).")] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create a private repo.")] = False,
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     json_mode: Json = False,
     seed: Seed = 0,
@@ -40,16 +58,24 @@ def export_command(
         raise InputError("--output: give -o PATH (or - for stdout), or --push-to-hub REPO")
     if output == io.STDIO and to == "hf-dataset":
         raise InputError("-o -: hf-dataset is a directory; use --to jsonl or parquet for stdout")
+    plan = OutputPlan(inputs=[input], overwrite=overwrite)
+    plan.add("--output", output, kind="dir" if to == "hf-dataset" else "file")
+    check_where(where)
     table = io.read_pairs(input)
     columns = [c.strip() for c in (keep or "").split(",") if c.strip()]
     result = export_pairs(table, to, where=where, keep=columns, shuffle=shuffle, seed=seed)
     if output is not None:
-        if to in JSONL_FORMATS:
-            io.write_jsonl(iter_rows(result.out), output)
-        elif to == "parquet":
-            io.write_table(result.out, output)
-        else:
-            io.save_dataset(to_hf_dataset(result.out), output)
+        with plan:
+            if to in JSONL_FORMATS and output == io.STDIO:
+                plan.write(output, "".join(io.jsonl_lines(iter_rows(result.out))))
+            elif to in JSONL_FORMATS:
+                plan.write_with(output, lambda tmp: tmp.write_text("".join(io.jsonl_lines(iter_rows(result.out))),
+                                                                   encoding="utf-8"))
+            elif to == "parquet":
+                plan.write(output, result.out)
+            else:
+                plan.write_with(output, lambda tmp: io.save_dataset_to(to_hf_dataset(result.out), tmp))
+            plan.commit()
     if push_to_hub:
         push(result.out, push_to_hub, private)
     rep.summary("export", dict(result.stats, output=output or "", pushed_to=push_to_hub or ""))

@@ -7,14 +7,33 @@ from typing import Annotated, Optional
 import typer
 
 from .. import io
-from ..formats import FORMAT_NAMES, REJECTS_SCHEMA, IngestOptions, check_format, parse_mapping
+from ..formats import (
+    FORMAT_NAMES,
+    REJECTS_SCHEMA,
+    IngestOptions,
+    check_format,
+    parse_mapping,
+)
 from ..formats.base import LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS
 from ..ingest_cache import CachedSource, IngestCache
+from ..outputs import OutputPlan
 from ..report import Table
 from ..schema import pair_schema
 from ..stages.ingest import SourceIngest, source_label
-from .common import (Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, parse_kv,
-                     reporter, side_path)
+from .common import (
+    OUTPUT_PATH,
+    Json,
+    MaxRejectRate,
+    Output,
+    Quiet,
+    Seed,
+    enforce_reject_rate,
+    handle_errors,
+    number,
+    parse_kv,
+    reporter,
+    side_path,
+)
 
 ORDER = 10
 
@@ -31,7 +50,7 @@ def ingest(
                       "rejected, first, second, label, votes (A+B+C), responses, response, score, group, "
                       "chosen_score, rejected_score, first_score, second_score, agreement.")] = None,
     pairing: Annotated[str, typer.Option(help=f"Multi-response/oasst expansion: {'|'.join(PAIRINGS)}.")] = "all",
-    min_margin: Annotated[float, typer.Option("--min-margin", help="Set aside expanded pairs whose score gap is "
+    min_margin: Annotated[float, typer.Option("--min-margin", parser=number(float, 0.0), help="Set aside expanded pairs whose score gap is "
                                                                    "below this (equal scores are ties).")] = 0.0,
     keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Write ties with tie=True instead of "
                                                                 "setting them aside.")] = False,
@@ -40,7 +59,7 @@ def ingest(
     label_scheme: Annotated[str, typer.Option("--label-scheme", help=f"Numeric pairwise labels: "
                                               f"{'|'.join(LABEL_SCHEMES)}; index = 1/2 (AlpacaEval floats in 1..2), "
                                               "signed = negative means first better.")] = "auto",
-    rejects: Annotated[Optional[str], typer.Option("--rejects", help="Rejects file (default OUT.rejects.parquet).")
+    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH, help="Rejects file (default OUT.rejects.parquet).")
                        ] = None,
     max_reject_rate: MaxRejectRate = None,
     source_name: Annotated[Optional[str], typer.Option("--source-name", help="Value of `source` for every pair "
@@ -59,13 +78,13 @@ def ingest(
                             label_scheme=label_scheme, mapping=parse_mapping(parse_kv(mapping or "", "--map")))
     check_format(fmt)
     files = [(spec, file) for spec in sources for file in io.expand_sources([spec])]
-    rejects_path = side_path(output, rejects, "ingest")
+    plan = OutputPlan(inputs=[file for _, file in files])
+    plan.add("--output", output)
+    rejects_path = plan.add("--rejects", side_path(output, rejects, "ingest"))
     cache = IngestCache(cache_dir) if cache_dir else None
     summaries, files_cached = [], 0
-    sink = io.ParquetSink(output, pair_schema())
-    side = io.ParquetSink(rejects_path, REJECTS_SCHEMA)
-    sinks = {"pairs": sink, "rejects": side}
-    try:
+    with plan:
+        sinks = {"pairs": plan.sink(output, pair_schema()), "rejects": plan.sink(rejects_path, REJECTS_SCHEMA)}
         with report.progress("ingest") as advance:
             for spec, file in files:
                 job = SourceIngest(source_name or source_label(spec, file), file, fmt=fmt, options=options)
@@ -75,16 +94,12 @@ def ingest(
                     advance(table.num_rows)
                 summaries.append(source.summary())
                 files_cached += source.cached
-    except BaseException:
-        sink.abort()
-        side.abort()
-        raise
-    # A file output always gets its rejects file (possibly empty, so no stale one survives); stdout only when needed.
-    if side.rows or output != io.STDIO:
-        side.commit()
-    else:
-        side.abort()
-    sink.commit()
+        for sink in sinks.values():
+            sink.commit()
+        # A file output always gets its rejects file (possibly empty, so no stale one survives); stdout only when needed.
+        if not sinks["rejects"].rows and output == io.STDIO:
+            plan.drop(rejects_path)
+        plan.commit()
     totals = {key: sum(s[key] for s in summaries) for key in ("records", "read", "written", "set_aside")}
     stats = {"output": output, "sources": len(summaries), **totals,
              "files_parsed": len(summaries) - files_cached, "files_cached": files_cached,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from typing import Annotated, Any, Optional
 
 import typer
@@ -10,11 +9,25 @@ import typer
 from .. import io
 from ..errors import InputError
 from ..models.length import LengthMeasure
+from ..outputs import OutputPlan
 from ..report import Table, check_accounting
 from ..stages import length_bias as lb
 from ..stages.vote import BucketThresholds
-from .common import (Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, parse_kv,
-                     reporter, side_path, write_stage)
+from .common import (
+    OUTPUT_PATH,
+    Input,
+    Json,
+    MaxRejectRate,
+    Output,
+    Quiet,
+    Seed,
+    enforce_reject_rate,
+    handle_errors,
+    parse_kv,
+    plan_stage,
+    reporter,
+    write_stage,
+)
 
 ORDER = 60
 
@@ -82,7 +95,8 @@ def _headline(diag: dict[str, Any], glm: dict[str, Any] | None) -> dict[str, Any
 @handle_errors
 def fit_cmd(
     input: Input,
-    output: Annotated[str, typer.Option("--output", "-o", help="Model JSON to write (- for stdout).")],
+    output: Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH,
+                                        help="Model JSON to write (- for stdout).")],
     score: Annotated[str, typer.Option("--score", help="all, pref_mean or rm_<name>.")] = "all",
     length: Length = "chars",
     method: Annotated[str, typer.Option("--method", help="paired (spline + ridge on pair margins, default), "
@@ -90,12 +104,15 @@ def fit_cmd(
     thresholds: Annotated[Optional[str], typer.Option(
         "--thresholds", help="Vote bucket thresholds for len_pref_bucket, e.g. incorrect=-0.5,strong=1.5.")] = None,
     table_out: Annotated[Optional[str], typer.Option(
-        "--table", help="Also write the input with the fit-time debiased len_ columns to this Parquet file.")] = None,
+        "--table", parser=OUTPUT_PATH, help="Also write the input with the fit-time debiased len_ columns to this Parquet file.")] = None,
     glm_groups: GlmGroups = None,
     quiet: Quiet = False, json_mode: Json = False, seed: Seed = 0,
 ) -> None:
     """Fit f(length) -> reward per score (and the AlpacaEval-style GLM on the labels); save it as JSON."""
     rep = reporter(quiet, json_mode, output if output == io.STDIO else table_out)
+    plan = OutputPlan(inputs=[input])
+    plan.add("--output", output)
+    plan.add("--table", table_out)
     if method not in lb.METHODS:
         raise InputError(f"--method: expected one of {', '.join(lb.METHODS)}, got '{method}'")
     bucket_thresholds = BucketThresholds().with_overrides(parse_kv(thresholds or "", "--thresholds"))
@@ -107,10 +124,10 @@ def fit_cmd(
                    thresholds=bucket_thresholds if thresholds else None, where=input)
     model["glm"] = glm = _glm(table, lengths, glm_groups, input)
     result = lb.apply(table, model, lengths, where=input)
-    with contextlib.ExitStack() as stack:  # model and table appear together or not at all
-        if table_out:
-            io.write_table(result.out, stack.enter_context(io.atomic_path(table_out)))
-        io.write_json(model, output if output == io.STDIO else stack.enter_context(io.atomic_path(output)))
+    if table_out:  # model and table appear together or not at all
+        plan.write(table_out, result.out)
+    plan.write(output, model)
+    plan.commit()
     diag = lb.diagnose(table, lengths, debiased=result.out)
     stats = {"model": output, "scores": keys, "length": measure.spec, "method": method, **_headline(diag, glm)}
     rep.summary("length-bias fit", stats, _summary_tables(diag, glm))
@@ -126,13 +143,15 @@ def apply_cmd(
 ) -> None:
     """Add the debiased len_ columns using a saved model (no refit: a cron refresh applies the same correction)."""
     rep = reporter(quiet, json_mode, output)
+    plan = OutputPlan(inputs=[input, model_path])
+    plan.add("--output", output)
     model = _load_model(model_path)
     measure = LengthMeasure(model["length"])
     table = io.read_pairs(input)
     lengths = lb.response_lengths(table, measure)
     result = lb.apply(table, model, lengths, where=input)
     check_accounting(table.num_rows, result)
-    write_stage(result, output, None)
+    write_stage(plan, result, output, None)
     diag = lb.diagnose(table, lengths, debiased=result.out)
     rep.summary("length-bias apply", {"rows_in": table.num_rows, "rows_out": result.out.num_rows,
                                       "model": model_path, **_headline(diag, None)},
@@ -143,7 +162,8 @@ def apply_cmd(
 @handle_errors
 def report_cmd(
     input: Input,
-    png: Annotated[Optional[str], typer.Option("--png", help="Write a plot (PNG) here.")] = None,
+    png: Annotated[Optional[str], typer.Option("--png", parser=OUTPUT_PATH, help="Write a plot (PNG) here.")
+                   ] = None,
     model_path: Annotated[Optional[str], typer.Option(
         "--model", help="Use this saved model; without it the scores (--score) are fitted on the fly.")] = None,
     score: Annotated[str, typer.Option("--score", help="all, pref_mean or rm_<name> (when fitting on the fly).")] = "all",
@@ -154,6 +174,8 @@ def report_cmd(
 ) -> None:
     """Diagnose length bias (labels, each RM before/after debiasing, GLM) as a table; optionally plot it."""
     rep = reporter(quiet, json_mode, tables_to_stdout=True)
+    plan = OutputPlan(inputs=[input, model_path])
+    plan.add("--png", png)
     edges = lb.parse_ratio_edges(ratio_edges)
     model = _load_model(model_path) if model_path else None
     measure = LengthMeasure(model["length"] if model else length)
@@ -170,8 +192,8 @@ def report_cmd(
     diag = lb.diagnose(table, lengths, edges=edges, debiased=debiased)
     if png:
         fig = lb.figure(table, model, debiased, lengths, edges=edges, seed=seed)
-        with io.atomic_path(png) as tmp:
-            fig.savefig(tmp, format="png", dpi=110)
+        plan.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        plan.commit()
     stats = {**_headline(diag, glm), "length": measure.spec, **({"png": png} if png else {})}
     if json_mode:
         stats.update(diagnosis=diag, glm=glm)
@@ -185,7 +207,8 @@ def rebalance_cmd(
     output: Output,
     mode: Annotated[str, typer.Option("--mode", help="subsample (set surplus pairs aside) or weight (add len_weight).")]
     = "subsample",
-    rejects: Annotated[Optional[str], typer.Option("--rejects", help="Side file for set-aside rows.")] = None,
+    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH,
+                                                   help="Side file for set-aside rows.")] = None,
     length: Length = "chars",
     ratio_edges: RatioEdges = None,
     max_reject_rate: MaxRejectRate = None,
@@ -193,6 +216,7 @@ def rebalance_cmd(
 ) -> None:
     """Make P(chosen longer) ~ 0.5 within each length-ratio bucket, by subsampling or weighting."""
     rep = reporter(quiet, json_mode, output)
+    plan, side = plan_stage(input, output, "--rejects", rejects, "length_bias")
     edges = lb.parse_ratio_edges(ratio_edges)
     if mode not in ("subsample", "weight"):
         raise InputError(f"--mode: expected subsample or weight, got '{mode}'")
@@ -200,8 +224,7 @@ def rebalance_cmd(
     table = io.read_pairs(input)
     result = lb.rebalance(table, lb.response_lengths(table, measure), mode=mode, edges=edges, seed=seed)
     check_accounting(table.num_rows, result)
-    side = side_path(output, rejects, "length_bias")
-    write_stage(result, output, side)
+    write_stage(plan, result, output, side)
     stats = dict(result.stats)
     if result.rows_set_aside:
         stats["rejects"] = side

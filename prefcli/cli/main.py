@@ -60,17 +60,19 @@ def _click_exceptions():
     return exceptions
 
 
-def main() -> None:
-    """Entry point: click's usage errors become the same one-line error as every other bad input."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: click's usage errors become the same one-line error as every other bad input.
+
+    `argv` (default: sys.argv[1:]) lets tests run the real entry point in process."""
     errors = _click_exceptions()
     try:
-        code = app(standalone_mode=False)
+        code = app(args=argv, prog_name="prefcli", standalone_mode=False)
     except getattr(errors, "NoArgsIsHelpError", ()) as exc:  # bare `prefcli`: help was wanted
         sys.stderr.write(exc.format_message() if hasattr(exc, "format_message") else "")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except errors.UsageError as exc:
         where = f"{exc.ctx.command_path}: " if getattr(exc, "ctx", None) is not None else ""
-        message = " ".join(exc.format_message().split())
+        message = " ".join(exc.format_message().replace("Value error, ", "").split())
         sys.stderr.write(f"prefcli: error: {where}{message} (see --help)\n")
         raise SystemExit(EXIT_BAD_INPUT) from None
     except errors.ClickException as exc:

@@ -8,11 +8,30 @@ import typer
 
 from .. import io
 from ..errors import InputError
+from ..outputs import OutputPlan
 from ..report import Table, check_accounting
 from ..schema import validate
 from ..stages import review as stage
-from .common import (CacheDir, Device, EmbedModel, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, reporter,
-                     side_path, write_stage)
+from .common import (
+    OUTPUT_PATH,
+    TrustRemoteCode,
+    CacheDir,
+    Device,
+    EmbedModel,
+    Input,
+    Json,
+    MaxRejectRate,
+    Output,
+    Overwrite,
+    Quiet,
+    Seed,
+    enforce_reject_rate,
+    handle_errors,
+    number,
+    plan_stage,
+    reporter,
+    write_stage,
+)
 
 ORDER = 70
 EXPORT_MARKER = "prefcli-review.json"
@@ -28,18 +47,19 @@ app = typer.Typer(name="review", no_args_is_help=True, add_completion=False, ric
 def select_command(
     input: Input,
     output: Output,
-    budget: Annotated[int, typer.Option("--budget", help="Number of pairs to review.")],
-    audit_share: Annotated[float, typer.Option("--audit-share", help="Share of the budget picked uniformly at "
+    budget: Annotated[int, typer.Option("--budget", parser=number(int, 1), help="Number of pairs to review.")],
+    audit_share: Annotated[float, typer.Option("--audit-share", parser=number(float, 0.0, 1.0), help="Share of the budget picked uniformly at "
                                                "random, so calibration sees an unbiased sample.")] = 0.1,
     gold: Annotated[Optional[str], typer.Option("--gold", help="Earlier `review import` output: its pairs the AI "
                                                 "got wrong pull in their embedding neighbours.")] = None,
     groups: Annotated[str, typer.Option("--groups", help="Diversity groups for round-robin picks: auto (k-means "
                                         "on embeddings), kmeans, dedup (dedup_cluster) or none.")] = "auto",
-    neighbours: Annotated[int, typer.Option("--neighbours", help="Neighbours retrieved per gold error.")] = 10,
-    min_similarity: Annotated[float, typer.Option("--min-similarity", help="Cosine similarity a neighbour of "
+    neighbours: Annotated[int, typer.Option("--neighbours", parser=number(int, 1), help="Neighbours retrieved per gold error.")] = 10,
+    min_similarity: Annotated[float, typer.Option("--min-similarity", parser=number(float, -1.0, 1.0), help="Cosine similarity a neighbour of "
                                                   "a gold error needs.")] = 0.5,
     on: Annotated[str, typer.Option("--on", help="Text embedded for groups and retrieval: prompt or pair.")] = "prompt",
     model: EmbedModel = None,
+    trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     quiet: Quiet = False,
@@ -47,17 +67,20 @@ def select_command(
     seed: Seed = 0,
 ) -> None:
     rep = reporter(quiet, json_mode, output)
+    plan = OutputPlan(inputs=[input, gold])
+    plan.add("--output", output)
     table = io.read_pairs(input, require=stage.SELECT_REQUIRES)
     gold_table = io.read_pairs(gold) if gold else None
     embedder = None
     if groups in ("auto", "kmeans") or gold_table is not None:
         from ..models.embed import build_embedder
 
-        embedder = build_embedder(model, device=device, cache_dir=cache_dir)
+        embedder = build_embedder(model, device=device, cache_dir=cache_dir, trust_remote_code=trust_remote_code)
     result = stage.select_for_review(table, budget, embedder=embedder, gold=gold_table, audit_share=audit_share,
                                      groups=groups, neighbours=neighbours, min_similarity=min_similarity, on=on,
                                      index_device=device, seed=seed)
-    io.write_files({output: result.out})
+    plan.write(output, result.out)
+    plan.commit()
     reasons = Table("by_reason", "Why pairs were picked", ["reason", "pairs"],
                     [[k, v] for k, v in result.stats["by_reason"].items()])
     rep.summary("review select", result.stats, [reasons])
@@ -69,9 +92,10 @@ def select_command(
 def export_command(
     queue: Annotated[str, typer.Argument(help="Review queue Parquet from `prefcli review select`.")],
     to: Annotated[str, typer.Option("--to", help="label-studio, argilla or csv.")],
-    output: Annotated[str, typer.Option("--output", "-o", help="Directory to write (replaced only if it holds "
-                                        "an earlier review export).")],
+    output: Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH, help="Directory to write "
+                                        "(replaced only if it holds an earlier review export).")],
     name: Annotated[str, typer.Option("--name", help="Dataset name (Argilla).")] = "prefcli-review",
+    overwrite: Overwrite = False,
     quiet: Quiet = False,
     json_mode: Json = False,
     seed: Seed = 0,
@@ -79,6 +103,10 @@ def export_command(
     rep = reporter(quiet, json_mode)
     if to not in FORMATS:
         raise InputError(f"--to: expected one of {', '.join(FORMATS)}, got '{to}'")
+    if output == io.STDIO:
+        raise InputError("-o -: a review export is a directory; give a directory path")
+    plan = OutputPlan(inputs=[queue], overwrite=overwrite)
+    plan.add("--output", output, kind="dir", markers=(EXPORT_MARKER,))
     tasks = stage.tasks_from_queue(io.read_pairs(queue))
     if not tasks:
         raise InputError(f"{queue}: the queue has no tasks")
@@ -90,7 +118,8 @@ def export_command(
         files = {"tasks.csv": io.csv_text(stage.csv_tasks(tasks), stage.CSV_COLUMNS)}
     files[EXPORT_MARKER] = {"command": "prefcli review export", "format": to, "tasks": len(tasks), "queue": queue,
                             "note": "left/right order is random per task; the mapping stays in the queue"}
-    io.write_directory(output, files, marker=EXPORT_MARKER)
+    plan.write_with(output, lambda tmp: io.write_files_into(tmp, files))
+    plan.commit()
     rep.summary("review export", {"format": to, "tasks": len(tasks), "output": output,
                                   "files": ",".join(sorted(f for f in files if f != EXPORT_MARKER))})
 
@@ -106,7 +135,7 @@ def import_command(
     queue: Annotated[str, typer.Option("--queue", help="The review queue Parquet (holds the left/right "
                                        "mapping).")],
     fmt: Annotated[str, typer.Option("--format", help="auto, label-studio, argilla or csv.")] = "auto",
-    rejects: Annotated[Optional[str], typer.Option("--rejects", help="Where ties and both-bad pairs go "
+    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH, help="Where ties and both-bad pairs go "
                                                    "(default OUT.rejects.parquet).")] = None,
     max_reject_rate: MaxRejectRate = None,
     quiet: Quiet = False,
@@ -114,6 +143,7 @@ def import_command(
     seed: Seed = 0,
 ) -> None:
     rep = reporter(quiet, json_mode, output)
+    plan, side = plan_stage(into, output, "--rejects", rejects, "review", reads=(queue, *verdicts))
     queue_table = validate(io.read_table(queue), where=queue, require_stage={
         c: "use a `prefcli review select` output" for c in ("review_task_id", "review_left_is_chosen")})
     table = io.read_pairs(into)
@@ -125,7 +155,7 @@ def import_command(
         raise InputError(f"{', '.join(verdicts)}: no verdicts found (no annotations, or all unfilled)")
     result = stage.apply_verdicts(table, stage.aggregate(judgements, queue_table))
     check_accounting(table.num_rows, result)
-    write_stage(result, output, side_path(output, rejects, "review"))
+    write_stage(plan, result, output, side)
     if result.stats["flip"] and "margin" in table.column_names:
         rep.warn(f"{result.stats['flip']} flipped pairs keep their vote columns as scored before the flip; "
                  "re-run `prefcli vote` to refresh pref_* (export already orients margin)")

@@ -13,9 +13,16 @@ from typing import Annotated, Optional
 import typer
 from typer.exceptions import TyperException
 
-from ..pipeline import (OUTCOME_COLUMNS, CommandSpec, Invocation, OptionSpec, Runner, load_pipeline)
+from ..pipeline import (
+    OUTCOME_COLUMNS,
+    CommandSpec,
+    Invocation,
+    OptionSpec,
+    Runner,
+    load_pipeline,
+)
 from ..report import Table
-from .common import Json, Quiet, handle_errors, reporter
+from .common import Json, Quiet, handle_errors, number, reporter
 
 ORDER = 90
 ERROR_PREFIX = "prefcli: error: "
@@ -58,8 +65,10 @@ class ClickStageCli:
             if param.param_type_name != "option" or not long:
                 continue
             negative = next((o for o in param.secondary_opts if o.startswith("--")), None)
+            info = getattr(getattr(param, "type_descriptor", None), "parameter_info", None)
             options[long[0][2:]] = OptionSpec(flag=long[0], is_flag=param.is_flag, negative=negative,
-                                              multiple=param.multiple)
+                                              multiple=param.multiple,
+                                              writes=getattr(getattr(info, "parser", None), "writes", False))
         return CommandSpec(options=options, positional=positional)
 
     def invoke(self, command: list[str], argv: list[str], *, quiet: bool) -> Invocation:
@@ -126,7 +135,7 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Re-run every stage even when unchanged.")] = False,
         wait: Annotated[bool, typer.Option("--wait", help="Wait for a concurrent run to finish instead of exit 3.")] = False,
         wait_timeout: Annotated[Optional[float], typer.Option(
-            "--wait-timeout", min=0.0, help="With --wait: give up (exit 3) after this many seconds.")] = None,
+            "--wait-timeout", parser=number(float, 0.0), help="With --wait: give up (exit 3) after this many seconds.")] = None,
         quiet: Quiet = False,
         json_mode: Json = False,
     ) -> None:

@@ -10,8 +10,30 @@ from .. import io
 from ..errors import InputError
 from ..models.reward import parse_rm_spec
 from ..report import Timer, check_accounting
-from ..stages.vote import ACTIONS, BucketThresholds, VoteParams, report_tables, thresholds_from_calibration, vote
-from .common import CacheDir, Device, Input, Json, Output, Quiet, Seed, handle_errors, parse_kv, reporter, side_path, write_stage
+from ..stages.vote import (
+    ACTIONS,
+    BucketThresholds,
+    VoteParams,
+    report_tables,
+    thresholds_from_calibration,
+    vote,
+)
+from .common import (
+    OUTPUT_PATH,
+    CacheDir,
+    Device,
+    Input,
+    Json,
+    Output,
+    Quiet,
+    Seed,
+    handle_errors,
+    number,
+    parse_kv,
+    plan_stage,
+    reporter,
+    write_stage,
+)
 
 ORDER = 40
 
@@ -40,14 +62,14 @@ def vote_command(
                              "[,ambiguous_std=X]; overrides --calibration.")] = None,
     calibration: Annotated[Optional[str], typer.Option(
         "--calibration", help="calib.json written by `prefcli calibrate` (thresholds from human review).")] = None,
-    max_length: Annotated[int, typer.Option("--max-length", help="hf: token limit per (prompt, response); "
+    max_length: Annotated[int, typer.Option("--max-length", parser=number(int, 1), help="hf: token limit per (prompt, response); "
                                             "longer inputs keep their last tokens and are counted.")] = 4096,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="hf: sequences per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", parser=number(int, 1), help="hf: sequences per forward pass.")] = 8,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the score cache.")] = False,
     set_aside: Annotated[Optional[str], typer.Option(
-        "--set-aside", help="Where --action drop writes its rows (default OUT.rejects.parquet).")] = None,
+        "--set-aside", parser=OUTPUT_PATH, help="Where --action drop writes its rows (default OUT.rejects.parquet).")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="hf: allow the model repository's own Python code (off by default).")] = False,
     quiet: Quiet = False,
@@ -56,6 +78,7 @@ def vote_command(
 ) -> None:
     """Score every pair with one or more reward models and flag incorrect / ambiguous labels."""
     rep = reporter(quiet, json_mode, output)
+    plan, side = plan_stage(input, output, "--set-aside", set_aside, "vote", reads=(calibration,))
     params = VoteParams(action=action, thresholds=build_thresholds(thresholds, calibration), seed=seed)
     models = [parse_rm_spec(spec, device=device, max_length=max_length, batch_size=batch_size,
                             trust_remote_code=trust_remote_code, cache_dir=cache_dir, use_cache=not no_cache)
@@ -66,7 +89,7 @@ def vote_command(
     with Timer() as timer:
         result = vote(table, models, params)
     check_accounting(table.num_rows, result)
-    write_stage(result, output, side_path(output, set_aside, "vote"))
+    write_stage(plan, result, output, side)
     stats = dict(result.stats, seconds=round(timer.seconds, 2),
                  pairs_per_s=round(table.num_rows / max(timer.seconds, 1e-9), 1))
     rep.summary("vote", stats, report_tables(stats))

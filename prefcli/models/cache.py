@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,6 +60,7 @@ class VectorStore:
         self._shards: list[Path] = []
         self._values: dict[int, np.ndarray] = {}
         self._loaded = False
+        self._warned = False
         self.hits = 0
         self.misses = 0
 
@@ -133,9 +135,16 @@ class VectorStore:
         if not fresh:
             return
         raw, values = raw[fresh], values[fresh]
-        self.path.mkdir(parents=True, exist_ok=True)
         name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
-        self._write_shard(self.path / name, raw, values)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self._write_shard(self.path / name, raw, values)
+        except OSError as exc:  # a cache that cannot be written costs a recompute later, never the result
+            if not self._warned:
+                sys.stderr.write(f"prefcli: warning: {self.path}: cache not written ({exc.strerror or exc}); "
+                                 f"results are unaffected\n")
+                self._warned = True
+            return
         shard_no = len(self._shards)
         self._shards.append(self.path / name)
         self._values[shard_no] = values

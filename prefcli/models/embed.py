@@ -45,8 +45,10 @@ def default_model_path() -> str:
 class SentenceTransformerEmbedder:
     """sentence-transformers model: length-sorted batches (done by encode), fp16 on CUDA."""
 
-    def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 64):
+    def __init__(self, model: str | None = None, *, device: str = "auto", batch_size: int = 64,
+                 trust_remote_code: bool = False):
         self.model_id = model or DEFAULT_MODEL
+        self.trust_remote_code = trust_remote_code  # also the only way to load pickle (.bin) weights
         self._source = default_model_path() if model in (None, DEFAULT_MODEL) else model
         # "auto" is resolved only when the model loads, so a run served wholly from the cache never imports torch
         self._device = None if device == "auto" else resolve_device(device)
@@ -65,10 +67,17 @@ class SentenceTransformerEmbedder:
             from sentence_transformers import SentenceTransformer
 
             quiet_hf()
+            # Safetensors only: pickle weights (pytorch_model.bin) can run code when loaded.
+            safe = {} if self.trust_remote_code else {"model_kwargs": {"use_safetensors": True}}
             try:
-                self._model = SentenceTransformer(self._source, device=self.device)
+                self._model = SentenceTransformer(self._source, device=self.device,
+                                                  trust_remote_code=self.trust_remote_code, **safe)
             except Exception as exc:  # OSError, ValueError, hub errors: all "cannot load this model"
-                raise InputError(f"--model {self.model_id}: cannot load ({str(exc).splitlines()[0][:160]})") from None
+                text = str(exc).splitlines()[0][:160] if str(exc).strip() else type(exc).__name__
+                if not self.trust_remote_code and "safetensors" in str(exc).lower():
+                    text = ("no safetensors weights; prefcli loads pickle weights (pytorch_model.bin) only with "
+                            "--trust-remote-code, since loading them can run code")
+                raise InputError(f"--model {self.model_id}: cannot load ({text})") from None
             if self.device == "cuda":
                 self._model.half()
         return self._model
@@ -164,8 +173,9 @@ class CachedEmbedder:
 
 
 def build_embedder(model: str | None = None, *, device: str = "auto", cache_dir: str | None = None,
-                   use_cache: bool = True, batch_size: int = 64) -> CachedEmbedder:
+                   use_cache: bool = True, batch_size: int = 64, trust_remote_code: bool = False) -> CachedEmbedder:
     """The embedder every stage uses: sentence-transformers behind the shared cache."""
-    base = SentenceTransformerEmbedder(model, device=device, batch_size=batch_size)
+    base = SentenceTransformerEmbedder(model, device=device, batch_size=batch_size,
+                                       trust_remote_code=trust_remote_code)
     store = VectorStore(cache_dir, f"embed/{base.model_id}", base.dim) if use_cache else None
     return CachedEmbedder(base, store)

@@ -31,15 +31,46 @@ SHAPE = {"trl": "standard", "openrlhf": "standard", "trl-conversational": "conve
          "hf-dataset": "conversational", "parquet": "conversational", "jsonl": "all"}
 
 
+# Words that start a query or name a table; a row filter needs none of them. Checked before polars parses the
+# expression, because polars runs table functions such as read_csv('/path') while it parses a subquery.
+_QUERY_WORDS = {"select", "from", "with", "values", "table", "union", "intersect", "except", "join", "lateral",
+                "unnest", "into", "copy", "attach", "pragma", "execute", "call"}
+_SQL_TOKENS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"|([A-Za-z_][A-Za-z0-9_]*)\s*(\()?|(;)")
+
+
+def check_where(expression: str | None) -> None:
+    """Refuse anything but a filter over the table's own columns: no subqueries, table functions or
+    statements. Runs before any data is read; one-line InputError naming the offending word."""
+    if not expression:
+        return
+    quotes = expression.count("'") - 2 * expression.count("''")
+    if quotes % 2:
+        raise InputError(f"--where: unterminated string in '{expression}'")
+    for match in _SQL_TOKENS.finditer(expression):
+        word, call, semicolon = match.groups()
+        if semicolon:
+            raise InputError("--where: ';' is not allowed; give one filter expression over the table's columns")
+        if word and word.lower() in _QUERY_WORDS:
+            raise InputError(f"--where: '{word}' is not allowed; give a filter over the table's own columns "
+                             f"(no subqueries or table functions)")
+        if word and call and word.lower().startswith(("read_", "scan_")):
+            raise InputError(f"--where: '{word}(' is not allowed; --where reads no files")
+
+
 def filter_where(table: pa.Table, expression: str | None) -> pa.Table:
     """Rows where a polars SQL expression is true (null counts as false); one-line error otherwise."""
     if not expression:
         return table
     import polars as pl
 
+    check_where(expression)
     try:
         frame = pl.from_arrow(table)
-        mask = frame.select(pl.sql_expr(expression).alias("__where__")).to_series()
+        parsed = pl.sql_expr(expression)
+        unknown = [name for name in parsed.meta.root_names() if name not in frame.columns]
+        if unknown:
+            raise InputError(f"--where: unknown column '{unknown[0]}' in '{expression}'")
+        mask = frame.select(parsed.alias("__where__")).to_series()
     except pl.exceptions.ColumnNotFoundError as exc:
         found = re.search(r'column "([^"]+)"', str(exc))
         name = found.group(1) if found else _first_line(exc).split(";")[0]

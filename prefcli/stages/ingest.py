@@ -45,20 +45,32 @@ class SourceIngest:
     def run(self, batches: Iterable[RawBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
         """Yield (pairs, rejects) per batch, then once more for rows grouped across batches."""
         for batch in batches:
-            if self.adapter is None:
-                self.adapter = make_adapter(self.fmt, self.options, batch.records, batch.file)
             self.records += len(batch.records)
-            self.adapter.convert(batch, self.collector)
+            if batch.problems:  # records the reader already knows are bad (e.g. a repeated key)
+                for index, reason in batch.problems.items():
+                    self.collector.reject(batch.records[index], batch.lines[index], reason)
+                keep = [i for i in range(len(batch.records)) if i not in batch.problems]
+                batch = RawBatch(batch.source, batch.file, [batch.records[i] for i in keep],
+                                 [batch.lines[i] for i in keep])
+            if batch.records:
+                if self.adapter is None:
+                    self.adapter = make_adapter(self.fmt, self.options, batch.records, batch.file)
+                self.adapter.convert(batch, self.collector)
             yield self.collector.drain()
-        if self.adapter is None:
+        if self.adapter is None and not self.collector.read:
             raise InputError(f"{self.file}: no records (empty input)")
+        if self.adapter is None:  # every record was set aside before conversion
+            yield self.collector.drain()
+            self._check()
+            return
         self.adapter.finish(self.collector)
         yield self.collector.drain()
         self._check()
 
     def _check(self) -> None:
         c = self.collector
-        if c.read != c.written + c.set_aside or (not self.adapter.expands and c.read != self.records):
+        expands = self.adapter is not None and self.adapter.expands
+        if c.read != c.written + c.set_aside or (not expands and c.read != self.records):
             raise AssertionError(f"{self.file}: row accounting broken: records {self.records}, read {c.read}, "
                                  f"written {c.written}, set aside {c.set_aside}")
 
