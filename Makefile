@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	# torch first, pinned: the CPU wheel; a bare `torch` would pull CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q -e ".[$(FAISS),dev]"
+	# the static embedding model (model2vec distillation of the packaged MiniLM), built once, offline
+	$(BIN)/python -m prefcli.models.embed
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -33,6 +33,7 @@ STDIO = "-"
 BATCH_ROWS = 4096
 ROW_GROUP_ROWS = 64 * 1024
 ROW_GROUP_BYTES = 64 * 1024 * 1024  # ParquetSink also flushes at this much buffered data (long texts)
+OUTPUT_MARKER = ".prefcli-output.json"  # marks a directory prefcli wrote; not part of its content
 RAW_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv", ".csv.gz")
 
 
@@ -45,9 +46,10 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     Works for files and directories (e.g. `datasets.save_to_disk`).
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-    os.close(fd)
+    with writing(target):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
+        os.close(fd)
     tmp = Path(tmp_name)
     tmp.unlink()
     try:
@@ -67,6 +69,17 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         remove_path(tmp)
         raise
+
+
+@contextlib.contextmanager
+def writing(path: str | os.PathLike) -> Iterator[None]:
+    """An OSError while writing `path` becomes a one-line error naming it (exit 73 or 74)."""
+    try:
+        yield
+    except OSError as exc:
+        from .errors import os_failure
+
+        raise os_failure(exc, path) from None
 
 
 def remove_path(path: Path) -> None:
@@ -92,7 +105,7 @@ def write_bytes(data: bytes, path: str | os.PathLike) -> None:
         sys.stdout.buffer.write(data)
         sys.stdout.buffer.flush()
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         tmp.write_bytes(data)
 
 
@@ -119,7 +132,7 @@ def write_jsonl(rows: Iterator[dict] | list[dict], path: str | os.PathLike) -> i
             count += 1
         sys.stdout.flush()
         return count
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, writing(path), open(tmp, "w", encoding="utf-8") as fh:
         for line in jsonl_lines(rows):
             fh.write(line)
             count += 1
@@ -146,7 +159,7 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
         pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
         write_bytes(buffer.getvalue(), STDIO)
         return
-    with atomic_path(path) as tmp:
+    with atomic_path(path) as tmp, writing(path):
         pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
 
 
@@ -671,7 +684,7 @@ def list_files(directory: str | os.PathLike) -> list[str]:
     """Relative paths of the plain files under `directory`, sorted; temp files of atomic writes left out."""
     root = Path(directory)
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.is_file() and not p.name.endswith(".tmp"))
+                  if p.is_file() and not p.name.endswith(".tmp") and p.name != OUTPUT_MARKER)
 
 
 def read_json(path: str | os.PathLike) -> Any:
@@ -696,13 +709,16 @@ def parquet_columns(path: str | os.PathLike) -> list[str]:
         return []
 
 
-def recover_interrupted(directory: str | os.PathLike) -> None:
-    """Undo what a kill in the middle of `atomic_path` leaves behind: stray temps, a swapped-out dir."""
+def recover_interrupted(directory: str | os.PathLike, names: Sequence[str]) -> None:
+    """Undo what a kill in the middle of `atomic_path` leaves behind for the entries `names`: stray temps
+    and a swapped-out dir. Hidden files of other names are not prefcli's and are left alone."""
     root = Path(directory)
     if not root.is_dir():
         return
     for entry in root.iterdir():
         name = entry.name
+        if not any(name.startswith(f".{own}.") for own in names):
+            continue
         if name.startswith(".") and name.endswith(".old"):
             target = root / name[1:-len(".old")]
             if not target.exists():

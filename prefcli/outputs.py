@@ -27,7 +27,7 @@ import pyarrow as pa
 from . import io
 from .errors import CannotCreate, InputError, os_failure
 
-DIR_MARKER = ".prefcli-output.json"  # written into every directory prefcli creates as an output
+DIR_MARKER = io.OUTPUT_MARKER  # written into every directory prefcli creates as an output
 
 
 @dataclass

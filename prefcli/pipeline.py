@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any, Callable, Protocol
 
 from . import io
-from .errors import InputError, PrefcliError, os_failure
+from .errors import CannotCreate, InputError, IOFailure, PrefcliError, os_failure
+from .outputs import DIR_MARKER
 
 MANIFEST = "manifest.json"
 LOCK = "run.lock"
@@ -327,6 +328,27 @@ class Runner:
                     inside_stage_dir(value, f"{self.pipeline.path}: stage '{stage.name}': {option.flag}")
             self.specs[stage.name] = spec
 
+    def check_workdir(self) -> None:
+        """A workdir may hold anything else, but prefcli replaces only what it wrote there: a manifest.json
+        that is not a run manifest, or a stage-named folder the manifest does not record, is refused."""
+        manifest_path = self.workdir / MANIFEST
+        recorded: dict = {}
+        if manifest_path.exists():
+            try:
+                found = io.read_json(manifest_path)
+            except InputError:
+                found = None
+            if not isinstance(found, dict) or found.get("format") != MANIFEST_FORMAT:
+                raise CannotCreate(f"{manifest_path}: exists and is not a prefcli run manifest; choose another "
+                                   f"--workdir (prefcli never replaces files it did not write)")
+            recorded = found.get("stages", {})
+        for stage in self.pipeline.stages:
+            folder = self.stage_dir(stage.name)
+            ours = stage.name in recorded or (folder / DIR_MARKER).is_file()
+            if folder.exists() and not ours and (not folder.is_dir() or any(folder.iterdir())):
+                raise CannotCreate(f"{folder}: exists and was not written by this pipeline; choose another "
+                                   f"--workdir or move it (prefcli never replaces files it did not write)")
+
     def stage_dir(self, name: str) -> Path:
         return self.workdir / name
 
@@ -432,9 +454,11 @@ class Runner:
         if first > last:
             raise InputError(f"--from {start} comes after --until {until}")
         self.check_commands(self.pipeline.stages[: last + 1])
+        self.check_workdir()
         self.workdir.mkdir(parents=True, exist_ok=True)
         with io.exclusive_lock(self.workdir / LOCK, wait=wait, timeout=wait_timeout):
-            io.recover_interrupted(self.workdir)
+            io.recover_interrupted(self.workdir, [MANIFEST, *(s.name for s in self.pipeline.stages)])
+            self.check_workdir()  # again under the lock: another run may have changed it
             outcomes = self._run_locked(first, last, force, first if start else None)
         final = next((o.output for o in reversed(outcomes) if o.output and o.status in ("ran", "skipped")), None)
         return RunResult(str(self.pipeline.path), str(self.workdir), outcomes, final, time.perf_counter() - began)
@@ -473,8 +497,8 @@ class Runner:
                 try:
                     try:
                         record = self._execute(stage, key, used, inputs, versions, fingerprint, previous)
-                    except OSError as exc:  # the runner's own writes for this stage: say which stage
-                        error = os_failure(exc)
+                    except (OSError, CannotCreate, IOFailure) as exc:  # the runner's own writes: say which stage
+                        error = os_failure(exc) if isinstance(exc, OSError) else exc
                         raise StageFailed(f"stage '{stage.name}' (prefcli {label}): {error}", error.exit_code) from None
                 except StageFailed:
                     outcomes.append(StageOutcome(stage.name, label, "failed"))
@@ -493,6 +517,7 @@ class Runner:
         label = f"prefcli {' '.join(stage.command)}"
         with io.atomic_path(final_dir) as work:
             work.mkdir(parents=True)
+            io.write_json({"written_by": "prefcli run", "stage": stage.name}, work / DIR_MARKER)
             argv, _, _ = self.build_argv(stage, previous, fingerprint, work)
             spec = self.specs[stage.name]  # reporting flags and the cache dir stay out of the key
             argv += [f"--{flag}" for flag in ("json", "quiet") if spec.has(flag) and (flag == "json" or self.quiet)]

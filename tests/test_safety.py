@@ -23,7 +23,7 @@ import pytest
 from conftest import SAMPLE_DATA, assert_one_line_error
 from ingest_helpers import assert_one_line_error_result, cli
 from prefcli import io
-from prefcli.errors import EXIT_IO
+from prefcli.errors import EXIT_CANT_CREATE, EXIT_IO
 from prefcli.outputs import OutputPlan
 from prefcli.pairs import build_pairs
 
@@ -393,3 +393,39 @@ def test_valid_roles_pass(tmp_path):
     result = cli("stats", tmp_path / "ok.parquet", "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout)["rows"] == 12
+
+
+def _ingest_pipeline(tmp_path: Path) -> Path:
+    toml = tmp_path / "p.toml"
+    toml.write_text(f'[[stage]]\nname = "raw"\ncommand = "ingest"\ninputs = ["{SAMPLE_DATA / "trl_standard.jsonl"}"]\n')
+    return toml
+
+
+def test_run_never_replaces_what_it_did_not_write(tmp_path):
+    """--workdir may be a folder with other things in it: a foreign manifest.json or a folder named like a
+    stage is refused (exit 73, untouched), and hidden files of other names survive the crash recovery."""
+    toml = _ingest_pipeline(tmp_path)
+    work = tmp_path / "work"
+    (work / "raw").mkdir(parents=True)
+    (work / "raw" / "mine.txt").write_text("a user's folder that happens to share the stage's name")
+    (work / ".notes.tmp").write_text("hidden, not prefcli's")
+    before = snapshot(tmp_path)
+    assert_one_line_error_result(cli("run", toml, "--workdir", work), str(work / "raw"), "not written by this "
+                                 "pipeline", code=EXIT_CANT_CREATE)
+    assert snapshot(tmp_path) == before
+    (work / "raw" / "mine.txt").unlink()
+    (work / "raw").rmdir()
+    (work / "manifest.json").write_text('{"my": "own manifest"}')
+    before = snapshot(tmp_path)
+    assert_one_line_error_result(cli("run", toml, "--workdir", work), "manifest.json", "not a prefcli run manifest",
+                                 code=EXIT_CANT_CREATE)
+    assert snapshot(tmp_path) == before
+    (work / "manifest.json").unlink()
+    result = cli("run", toml, "--workdir", work, "-q")
+    assert result.exit_code == 0, result.stderr
+    assert (work / ".notes.tmp").read_text() == "hidden, not prefcli's"
+    # a stage folder prefcli wrote is recognised even when the manifest lost its record (a kill between the two)
+    (work / "manifest.json").unlink()
+    result = cli("run", toml, "--workdir", work, "--json")
+    assert result.exit_code == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stages_run"] == 1

@@ -11,13 +11,7 @@ import typer
 from ..errors import InputError
 from ..ingest_cache import DIR as INGEST_DIR
 from ..ingest_cache import IngestCache
-from ..models.cache import (
-    STALE_TEMP_SECONDS,
-    VectorStore,
-    default_cache_dir,
-    list_namespaces,
-    remove_stale_temps,
-)
+from ..models.cache import STALE_TEMP_SECONDS, VectorStore, default_cache_dir, list_namespaces, remove_stale_temps
 from ..report import Table
 from .common import CacheDir, Json, Quiet, handle_errors, number, reporter
 from .dedup import GRAPH_DIR
@@ -84,7 +78,8 @@ def info(cache_dir: CacheDir = None, quiet: Quiet = False, json_mode: Json = Fal
 @handle_errors
 def prune(cache_dir: CacheDir = None,
           older_than: Annotated[Optional[float], typer.Option(
-              "--older-than", parser=number(float, 0.0), help="Drop vector shards, graphs and ingest entries not used for this many days.")] = None,
+              "--older-than", parser=number(float, 0.0),
+                  help="Drop vector shards, graphs and ingest entries not used for this many days.")] = None,
           quiet: Quiet = False, json_mode: Json = False) -> None:
     """Drop entries unused for --older-than days, merge each namespace's shards into one, remove stale temps.
 

@@ -12,16 +12,7 @@ from .. import io
 from ..outputs import OutputPlan
 from ..report import Table
 from ..stages.calibrate import REQUIRES, calibrate, coverage_plot, coverage_summary
-from .common import (
-    OUTPUT_PATH,
-    Input,
-    Json,
-    Quiet,
-    Seed,
-    handle_errors,
-    number,
-    reporter,
-)
+from .common import OUTPUT_PATH, Input, Json, Quiet, Seed, handle_errors, number, reporter
 
 ORDER = 75
 
@@ -36,12 +27,16 @@ def png_path(output: str) -> str:
 @handle_errors
 def calibrate_command(
     input: Input,
-    output: Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH, help="calib.json to write, or - for stdout.")],
-    target: Annotated[float, typer.Option("--target", parser=number(float, 0.0, 1.0), help="Agreement with humans the kept (and flipped) AI "
+    output: Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH,
+                                        help="calib.json to write, or - for stdout.")],
+    target: Annotated[float, typer.Option("--target", parser=number(float, 0.0, 1.0),
+                                          help="Agreement with humans the kept (and flipped) AI "
                                           "labels must reach.")] = 0.9,
-    bins: Annotated[Optional[int], typer.Option("--bins", parser=number(int, 2), help="pref_mean bins of the agreement report "
+    bins: Annotated[Optional[int], typer.Option("--bins", parser=number(int, 2),
+                                                help="pref_mean bins of the agreement report "
                                                 "(default: reviewed/25, within 4..20).")] = None,
-    min_reviewed: Annotated[int, typer.Option("--min-reviewed", parser=number(int, 1), help="Fewest human-verified pairs to "
+    min_reviewed: Annotated[int, typer.Option("--min-reviewed", parser=number(int, 1),
+                                              help="Fewest human-verified pairs to "
                                               "calibrate on.")] = 20,
     png: Annotated[bool, typer.Option("--png", help="Also write the coverage/agreement plot beside the JSON "
                                       "(calib.png).")] = False,

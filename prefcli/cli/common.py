@@ -13,16 +13,8 @@ from typing import Annotated, Callable, Optional
 import typer
 
 from .. import io
-from ..errors import (
-    EXIT_BAD_INPUT,
-    EXIT_CANT_CREATE,
-    EXIT_IO,
-    EXIT_SOFTWARE,
-    InputError,
-    PrefcliError,
-    ProblemsReported,
-    os_failure,
-)
+from ..errors import (EXIT_BAD_INPUT, EXIT_CANT_CREATE, EXIT_IO, EXIT_SOFTWARE, InputError, PrefcliError,
+                      ProblemsReported, os_failure)
 from ..outputs import OutputPlan
 from ..report import Reporter, StageResult
 
@@ -74,7 +66,8 @@ OUTPUT_PATH = OutputPath()
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success (for cron).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary.")]
-Seed = Annotated[int, typer.Option("--seed", parser=number(int, 0), help="Random seed; same seed and input give the same output.")]
+Seed = Annotated[int, typer.Option("--seed", parser=number(int, 0),
+                                   help="Random seed; same seed and input give the same output.")]
 Output = Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH,
                                      help="Output Parquet file, or - for stdout.")]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Allow replacing an existing directory that prefcli "

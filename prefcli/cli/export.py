@@ -9,24 +9,8 @@ import typer
 from .. import io
 from ..errors import InputError
 from ..outputs import OutputPlan
-from ..stages.export import (
-    FORMATS,
-    JSONL_FORMATS,
-    check_where,
-    export_pairs,
-    iter_rows,
-    to_hf_dataset,
-)
-from .common import (
-    OUTPUT_PATH,
-    Input,
-    Json,
-    Overwrite,
-    Quiet,
-    Seed,
-    handle_errors,
-    reporter,
-)
+from ..stages.export import FORMATS, JSONL_FORMATS, check_where, export_pairs, iter_rows, to_hf_dataset
+from .common import OUTPUT_PATH, Input, Json, Overwrite, Quiet, Seed, handle_errors, reporter
 
 ORDER = 90
 
@@ -35,7 +19,8 @@ ORDER = 90
 def export_command(
     input: Input,
     to: Annotated[str, typer.Option("--to", help=f"{'|'.join(FORMATS)}.")],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", parser=OUTPUT_PATH, help="File (directory for hf-dataset), or - "
+    output: Annotated[Optional[str], typer.Option("--output", "-o", parser=OUTPUT_PATH,
+                                                  help="File (directory for hf-dataset), or - "
                                                   "for stdout (JSONL formats and parquet).")] = None,
     where: Annotated[Optional[str], typer.Option("--where", help="Keep rows where this polars SQL expression is "
                                                  "true, e.g. \"pref_bucket != 'incorrect' AND dedup_is_rep\".")] = None,

@@ -7,33 +7,15 @@ from typing import Annotated, Optional
 import typer
 
 from .. import io
-from ..formats import (
-    FORMAT_NAMES,
-    REJECTS_SCHEMA,
-    IngestOptions,
-    check_format,
-    parse_mapping,
-)
+from ..formats import FORMAT_NAMES, REJECTS_SCHEMA, IngestOptions, check_format, parse_mapping
 from ..formats.base import LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS
 from ..ingest_cache import CachedSource, IngestCache
 from ..outputs import OutputPlan
 from ..report import Table
 from ..schema import pair_schema
 from ..stages.ingest import SourceIngest, source_label
-from .common import (
-    OUTPUT_PATH,
-    Json,
-    MaxRejectRate,
-    Output,
-    Quiet,
-    Seed,
-    enforce_reject_rate,
-    handle_errors,
-    number,
-    parse_kv,
-    reporter,
-    side_path,
-)
+from .common import (OUTPUT_PATH, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, number,
+                     parse_kv, reporter, side_path)
 
 ORDER = 10
 
@@ -50,7 +32,8 @@ def ingest(
                       "rejected, first, second, label, votes (A+B+C), responses, response, score, group, "
                       "chosen_score, rejected_score, first_score, second_score, agreement.")] = None,
     pairing: Annotated[str, typer.Option(help=f"Multi-response/oasst expansion: {'|'.join(PAIRINGS)}.")] = "all",
-    min_margin: Annotated[float, typer.Option("--min-margin", parser=number(float, 0.0), help="Set aside expanded pairs whose score gap is "
+    min_margin: Annotated[float, typer.Option("--min-margin", parser=number(float, 0.0),
+                                              help="Set aside expanded pairs whose score gap is "
                                                                    "below this (equal scores are ties).")] = 0.0,
     keep_ties: Annotated[bool, typer.Option("--keep-ties", help="Write ties with tie=True instead of "
                                                                 "setting them aside.")] = False,
@@ -59,7 +42,8 @@ def ingest(
     label_scheme: Annotated[str, typer.Option("--label-scheme", help=f"Numeric pairwise labels: "
                                               f"{'|'.join(LABEL_SCHEMES)}; index = 1/2 (AlpacaEval floats in 1..2), "
                                               "signed = negative means first better.")] = "auto",
-    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH, help="Rejects file (default OUT.rejects.parquet).")
+    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH,
+                                                   help="Rejects file (default OUT.rejects.parquet).")
                        ] = None,
     max_reject_rate: MaxRejectRate = None,
     source_name: Annotated[Optional[str], typer.Option("--source-name", help="Value of `source` for every pair "

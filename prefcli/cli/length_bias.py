@@ -13,21 +13,8 @@ from ..outputs import OutputPlan
 from ..report import Table, check_accounting
 from ..stages import length_bias as lb
 from ..stages.vote import BucketThresholds
-from .common import (
-    OUTPUT_PATH,
-    Input,
-    Json,
-    MaxRejectRate,
-    Output,
-    Quiet,
-    Seed,
-    enforce_reject_rate,
-    handle_errors,
-    parse_kv,
-    plan_stage,
-    reporter,
-    write_stage,
-)
+from .common import (OUTPUT_PATH, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors,
+                     parse_kv, plan_stage, reporter, write_stage)
 
 ORDER = 60
 
@@ -104,7 +91,8 @@ def fit_cmd(
     thresholds: Annotated[Optional[str], typer.Option(
         "--thresholds", help="Vote bucket thresholds for len_pref_bucket, e.g. incorrect=-0.5,strong=1.5.")] = None,
     table_out: Annotated[Optional[str], typer.Option(
-        "--table", parser=OUTPUT_PATH, help="Also write the input with the fit-time debiased len_ columns to this Parquet file.")] = None,
+        "--table", parser=OUTPUT_PATH,
+            help="Also write the input with the fit-time debiased len_ columns to this Parquet file.")] = None,
     glm_groups: GlmGroups = None,
     quiet: Quiet = False, json_mode: Json = False, seed: Seed = 0,
 ) -> None:

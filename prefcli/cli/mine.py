@@ -12,23 +12,8 @@ from ..models.embed import build_embedder
 from ..models.reward import parse_rm_spec
 from ..report import Table, Timer, check_accounting
 from ..stages.mine import MODES, SELECTIONS, STRATEGIES, MineParams, mine
-from .common import (
-    OUTPUT_PATH,
-    TrustRemoteCode,
-    CacheDir,
-    Device,
-    EmbedModel,
-    Input,
-    Json,
-    Output,
-    Quiet,
-    Seed,
-    handle_errors,
-    number,
-    plan_stage,
-    reporter,
-    write_stage,
-)
+from .common import (OUTPUT_PATH, TrustRemoteCode, CacheDir, Device, EmbedModel, Input, Json, Output, Quiet, Seed,
+                     handle_errors, number, plan_stage, reporter, write_stage)
 
 ORDER = 45
 
@@ -45,28 +30,36 @@ def mine_command(
     strategy: Annotated[str, typer.Option("--strategy", help=f"Candidate pool: {'|'.join(STRATEGIES)}. same-prompt: "
                                           "other responses to the prompt (or its dedup cluster); neighbor-prompts: "
                                           "responses to the --neighbors nearest prompts.")] = "same-prompt",
-    per_pair: Annotated[int, typer.Option("--per-pair", parser=number(int, 1), help="Mined negatives per source pair (mode add).")] = 1,
+    per_pair: Annotated[int, typer.Option("--per-pair", parser=number(int, 1),
+                                          help="Mined negatives per source pair (mode add).")] = 1,
     mode: Annotated[str, typer.Option("--mode", help=f"{'|'.join(MODES)}: append mined pairs, or swap the rejected "
                                       "of `strong` (easy) pairs for a harder one (needs `prefcli vote` columns).")
                     ] = "add",
     rm: Annotated[Optional[list[str]], typer.Option(
         "--rm", help="Reward model spec, repeatable, as for `prefcli vote` (scores: specs cannot score new "
                      f"responses). Default: {' '.join(DEFAULT_RMS)}.")] = None,
-    min_margin: Annotated[float, typer.Option("--min-margin", parser=number(float), help="Guard: consensus margin chosen - candidate, in "
+    min_margin: Annotated[float, typer.Option("--min-margin", parser=number(float),
+                                              help="Guard: consensus margin chosen - candidate, in "
                                               "pref_mean units, at least this.")] = 0.25,
-    min_agree: Annotated[float, typer.Option("--min-agree", parser=number(float, 0.0, 1.0), help="Guard: weighted share of reward models that put "
+    min_agree: Annotated[float, typer.Option("--min-agree", parser=number(float, 0.0, 1.0),
+                                             help="Guard: weighted share of reward models that put "
                                              "the candidate below the chosen, at least this.")] = 0.8,
-    perc_pos: Annotated[float, typer.Option("--perc-pos", parser=number(float, 0.0), help="Guard (TopK-PercPos): sim(candidate, prompt) < "
+    perc_pos: Annotated[float, typer.Option("--perc-pos", parser=number(float, 0.0),
+                                            help="Guard (TopK-PercPos): sim(candidate, prompt) < "
                                             "this x sim(chosen, prompt).")] = 0.95,
-    dup_threshold: Annotated[float, typer.Option("--dup-threshold", parser=number(float, 0.0, 1.0), help="Guard: cosine to the chosen at or above "
+    dup_threshold: Annotated[float, typer.Option("--dup-threshold", parser=number(float, 0.0, 1.0),
+                                                 help="Guard: cosine to the chosen at or above "
                                                  "this = near-duplicate, never mined.")] = 0.92,
-    neighbors: Annotated[int, typer.Option("--neighbors", parser=number(int, 1), help="neighbor-prompts: nearest prompts searched.")] = 5,
+    neighbors: Annotated[int, typer.Option("--neighbors", parser=number(int, 1),
+                                           help="neighbor-prompts: nearest prompts searched.")] = 5,
     selection: Annotated[str, typer.Option("--selection", help=f"{'|'.join(SELECTIONS)}: highest hardness, or the "
                                            "reward closest to mu - 2 sigma of the prompt's scored responses.")
                          ] = "hardest",
-    max_candidates: Annotated[int, typer.Option("--max-candidates", parser=number(int, 1), help="Candidates per pair scored by the reward "
+    max_candidates: Annotated[int, typer.Option("--max-candidates", parser=number(int, 1),
+                                                help="Candidates per pair scored by the reward "
                                                 "models (the most similar to the chosen).")] = 32,
-    margin_weight: Annotated[float, typer.Option("--margin-weight", parser=number(float, 0.0), help="hardness = sim(candidate, chosen) - this x "
+    margin_weight: Annotated[float, typer.Option("--margin-weight", parser=number(float, 0.0),
+                                                 help="hardness = sim(candidate, chosen) - this x "
                                                  "margin.")] = 0.1,
     no_guard: Annotated[bool, typer.Option("--no-guard", help="Switch the perc-pos, near-duplicate, margin and "
                                            "agreement guards off (exact duplicates and existing pairs stay out).")
@@ -74,7 +67,8 @@ def mine_command(
     pool: Annotated[Optional[str], typer.Option("--pool", help="Extra unlabelled candidates: a pairs Parquet file "
                                                 "whose chosen and rejected responses join the pool.")] = None,
     set_aside: Annotated[Optional[str], typer.Option(
-        "--set-aside", parser=OUTPUT_PATH, help="replace-easy: where the replaced original rows go (default OUT.rejects.parquet).")
+        "--set-aside", parser=OUTPUT_PATH,
+            help="replace-easy: where the replaced original rows go (default OUT.rejects.parquet).")
                          ] = None,
     model: EmbedModel = None,
     trust_remote_code: TrustRemoteCode = False,

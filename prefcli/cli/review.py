@@ -12,26 +12,9 @@ from ..outputs import OutputPlan
 from ..report import Table, check_accounting
 from ..schema import validate
 from ..stages import review as stage
-from .common import (
-    OUTPUT_PATH,
-    TrustRemoteCode,
-    CacheDir,
-    Device,
-    EmbedModel,
-    Input,
-    Json,
-    MaxRejectRate,
-    Output,
-    Overwrite,
-    Quiet,
-    Seed,
-    enforce_reject_rate,
-    handle_errors,
-    number,
-    plan_stage,
-    reporter,
-    write_stage,
-)
+from .common import (OUTPUT_PATH, TrustRemoteCode, CacheDir, Device, EmbedModel, Input, Json, MaxRejectRate, Output,
+                     Overwrite, Quiet, Seed, enforce_reject_rate, handle_errors, number, plan_stage, reporter,
+                     write_stage)
 
 ORDER = 70
 EXPORT_MARKER = "prefcli-review.json"
@@ -48,14 +31,17 @@ def select_command(
     input: Input,
     output: Output,
     budget: Annotated[int, typer.Option("--budget", parser=number(int, 1), help="Number of pairs to review.")],
-    audit_share: Annotated[float, typer.Option("--audit-share", parser=number(float, 0.0, 1.0), help="Share of the budget picked uniformly at "
+    audit_share: Annotated[float, typer.Option("--audit-share", parser=number(float, 0.0, 1.0),
+                                               help="Share of the budget picked uniformly at "
                                                "random, so calibration sees an unbiased sample.")] = 0.1,
     gold: Annotated[Optional[str], typer.Option("--gold", help="Earlier `review import` output: its pairs the AI "
                                                 "got wrong pull in their embedding neighbours.")] = None,
     groups: Annotated[str, typer.Option("--groups", help="Diversity groups for round-robin picks: auto (k-means "
                                         "on embeddings), kmeans, dedup (dedup_cluster) or none.")] = "auto",
-    neighbours: Annotated[int, typer.Option("--neighbours", parser=number(int, 1), help="Neighbours retrieved per gold error.")] = 10,
-    min_similarity: Annotated[float, typer.Option("--min-similarity", parser=number(float, -1.0, 1.0), help="Cosine similarity a neighbour of "
+    neighbours: Annotated[int, typer.Option("--neighbours", parser=number(int, 1),
+                                            help="Neighbours retrieved per gold error.")] = 10,
+    min_similarity: Annotated[float, typer.Option("--min-similarity", parser=number(float, -1.0, 1.0),
+                                                  help="Cosine similarity a neighbour of "
                                                   "a gold error needs.")] = 0.5,
     on: Annotated[str, typer.Option("--on", help="Text embedded for groups and retrieval: prompt or pair.")] = "prompt",
     model: EmbedModel = None,
@@ -135,7 +121,8 @@ def import_command(
     queue: Annotated[str, typer.Option("--queue", help="The review queue Parquet (holds the left/right "
                                        "mapping).")],
     fmt: Annotated[str, typer.Option("--format", help="auto, label-studio, argilla or csv.")] = "auto",
-    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH, help="Where ties and both-bad pairs go "
+    rejects: Annotated[Optional[str], typer.Option("--rejects", parser=OUTPUT_PATH,
+                                                   help="Where ties and both-bad pairs go "
                                                    "(default OUT.rejects.parquet).")] = None,
     max_reject_rate: MaxRejectRate = None,
     quiet: Quiet = False,

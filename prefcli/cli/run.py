@@ -13,14 +13,7 @@ from typing import Annotated, Optional
 import typer
 from typer.exceptions import TyperException
 
-from ..pipeline import (
-    OUTCOME_COLUMNS,
-    CommandSpec,
-    Invocation,
-    OptionSpec,
-    Runner,
-    load_pipeline,
-)
+from ..pipeline import OUTCOME_COLUMNS, CommandSpec, Invocation, OptionSpec, Runner, load_pipeline
 from ..report import Table
 from .common import Json, Quiet, handle_errors, number, reporter
 
@@ -135,7 +128,8 @@ def register(app: typer.Typer) -> None:
         force: Annotated[bool, typer.Option("--force", help="Re-run every stage even when unchanged.")] = False,
         wait: Annotated[bool, typer.Option("--wait", help="Wait for a concurrent run to finish instead of exit 3.")] = False,
         wait_timeout: Annotated[Optional[float], typer.Option(
-            "--wait-timeout", parser=number(float, 0.0), help="With --wait: give up (exit 3) after this many seconds.")] = None,
+            "--wait-timeout", parser=number(float, 0.0),
+                help="With --wait: give up (exit 3) after this many seconds.")] = None,
         quiet: Quiet = False,
         json_mode: Json = False,
     ) -> None:

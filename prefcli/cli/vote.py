@@ -10,30 +10,9 @@ from .. import io
 from ..errors import InputError
 from ..models.reward import parse_rm_spec
 from ..report import Timer, check_accounting
-from ..stages.vote import (
-    ACTIONS,
-    BucketThresholds,
-    VoteParams,
-    report_tables,
-    thresholds_from_calibration,
-    vote,
-)
-from .common import (
-    OUTPUT_PATH,
-    CacheDir,
-    Device,
-    Input,
-    Json,
-    Output,
-    Quiet,
-    Seed,
-    handle_errors,
-    number,
-    parse_kv,
-    plan_stage,
-    reporter,
-    write_stage,
-)
+from ..stages.vote import ACTIONS, BucketThresholds, VoteParams, report_tables, thresholds_from_calibration, vote
+from .common import (OUTPUT_PATH, CacheDir, Device, Input, Json, Output, Quiet, Seed, handle_errors, number, parse_kv,
+                     plan_stage, reporter, write_stage)
 
 ORDER = 40
 
@@ -62,14 +41,17 @@ def vote_command(
                              "[,ambiguous_std=X]; overrides --calibration.")] = None,
     calibration: Annotated[Optional[str], typer.Option(
         "--calibration", help="calib.json written by `prefcli calibrate` (thresholds from human review).")] = None,
-    max_length: Annotated[int, typer.Option("--max-length", parser=number(int, 1), help="hf: token limit per (prompt, response); "
+    max_length: Annotated[int, typer.Option("--max-length", parser=number(int, 1),
+                                            help="hf: token limit per (prompt, response); "
                                             "longer inputs keep their last tokens and are counted.")] = 4096,
-    batch_size: Annotated[int, typer.Option("--batch-size", parser=number(int, 1), help="hf: sequences per forward pass.")] = 8,
+    batch_size: Annotated[int, typer.Option("--batch-size", parser=number(int, 1),
+                                            help="hf: sequences per forward pass.")] = 8,
     device: Device = "auto",
     cache_dir: CacheDir = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Neither read nor write the score cache.")] = False,
     set_aside: Annotated[Optional[str], typer.Option(
-        "--set-aside", parser=OUTPUT_PATH, help="Where --action drop writes its rows (default OUT.rejects.parquet).")] = None,
+        "--set-aside", parser=OUTPUT_PATH,
+            help="Where --action drop writes its rows (default OUT.rejects.parquet).")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="hf: allow the model repository's own Python code (off by default).")] = False,
     quiet: Quiet = False,

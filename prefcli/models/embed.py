@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
 from typing import Protocol, Sequence
 
 import numpy as np
 
 from ..errors import InputError
+from ..io import remove_path
 from ..text import digest, normalize
 from .cache import VectorStore
 
@@ -172,10 +176,113 @@ class CachedEmbedder:
         return self.store.get([digest(normalize(t)) for t in texts])
 
 
+# --------------------------------------------------------------------------- static tier
+
+STATIC = "static"  # --model static: the packaged MiniLM distilled to a static (model2vec) model
+MINILM = "minilm"  # --model minilm: the packaged all-MiniLM-L6-v2 encoder
+STATIC_DIMS = 256
+
+
+def models_dir() -> Path:
+    """Where built models live: $PREFCLI_MODELS_DIR, else `models` in the user cache dir. A model is built
+    once per machine, not per run or per --cache-dir (those hold vectors, scores and graphs)."""
+    env = os.environ.get("PREFCLI_MODELS_DIR")
+    if env:
+        return Path(env)
+    from platformdirs import user_cache_dir
+
+    return Path(user_cache_dir("prefcli")) / "models"
+
+
+def static_model_dir(root: str | os.PathLike | None = None) -> Path:
+    """The distilled model's folder: keyed by the model2vec version and the PCA width, so an upgrade that
+    could change the vectors builds a new one."""
+    from importlib.metadata import version
+
+    return Path(root or models_dir()) / f"static-all-MiniLM-L6-v2-m2v{version('model2vec')}-pca{STATIC_DIMS}"
+
+
+def ensure_static_model(root: str | os.PathLike | None = None) -> Path:
+    """The static model, distilled from the packaged MiniLM on first use (offline, about 100 s on two cores)
+    and reused afterwards. Concurrent first uses build it once (a file lock)."""
+    target = static_model_dir(root)
+    if (target / "config.json").is_file():
+        return target
+    from filelock import FileLock
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(target) + ".lock"):
+        if (target / "config.json").is_file():
+            return target
+        sys.stderr.write(f"prefcli: building the static embedding model once (model2vec distillation of "
+                         f"all-MiniLM-L6-v2, about 100 s on two cores) into {target}\n")
+        try:
+            from model2vec.distill import distill
+        except ImportError:
+            raise InputError("--model static needs model2vec's distiller: pip install 'model2vec[distill]'") from None
+        quiet_hf()
+        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        remove_path(staging)
+        progress = os.environ.get("TQDM_DISABLE")
+        if not sys.stderr.isatty():
+            os.environ["TQDM_DISABLE"] = "1"  # model2vec's progress bar only on a terminal
+        try:
+            model = distill(model_name=default_model_path(), pca_dims=STATIC_DIMS, device="cpu")
+            model.save_pretrained(str(staging))
+            os.replace(staging, target)
+        finally:
+            remove_path(staging)
+            if progress is None:
+                os.environ.pop("TQDM_DISABLE", None)
+            else:
+                os.environ["TQDM_DISABLE"] = progress
+    return target
+
+
+class StaticEmbedder:
+    """A model2vec static model: a token-embedding lookup and a mean, ~100x faster than the encoder on CPU.
+    The right first pass for neighbour search; dedup verifies its candidates with the encoder."""
+
+    def __init__(self, path: str | os.PathLike, model_id: str = f"{STATIC}:all-MiniLM-L6-v2-m2v-{STATIC_DIMS}"):
+        self.path = str(path)
+        self.model_id = model_id
+        self._model = None
+
+    @property
+    def model(self):
+        if self._model is None:
+            from model2vec import StaticModel
+
+            self._model = StaticModel.from_pretrained(self.path)
+        return self._model
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.dim)
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        if not len(texts):
+            return np.zeros((0, self.dim), dtype=np.float32)
+        vectors = np.asarray(self.model.encode(list(texts), show_progress_bar=False), dtype=np.float32)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
+
+
 def build_embedder(model: str | None = None, *, device: str = "auto", cache_dir: str | None = None,
                    use_cache: bool = True, batch_size: int = 64, trust_remote_code: bool = False) -> CachedEmbedder:
-    """The embedder every stage uses: sentence-transformers behind the shared cache."""
-    base = SentenceTransformerEmbedder(model, device=device, batch_size=batch_size,
+    """The embedder a stage uses, behind the shared vector cache.
+
+    `model`: None or `minilm` (the packaged all-MiniLM-L6-v2), `static` (its model2vec distillation,
+    built on first use), or any sentence-transformers path or hub id. Static vectors cost less to
+    compute than to look up, so they are never cached.
+    """
+    if model == STATIC:
+        return CachedEmbedder(StaticEmbedder(ensure_static_model()), None)
+    base = SentenceTransformerEmbedder(None if model == MINILM else model, device=device, batch_size=batch_size,
                                        trust_remote_code=trust_remote_code)
     store = VectorStore(cache_dir, f"embed/{base.model_id}", base.dim) if use_cache else None
     return CachedEmbedder(base, store)
+
+
+if __name__ == "__main__":  # `python -m prefcli.models.embed`: build the static model now (make install does)
+    print(ensure_static_model())

@@ -38,6 +38,10 @@ GRAPH_FLOOR = 0.5  # edges below this cosine are not kept: thresholds below it n
 MIN_EDITS = 2
 EDIT_RATIO = 0.03
 EXPLAIN_THRESHOLDS = (0.8, 0.85, 0.9, 0.92, 0.95, 0.98)
+# Cascade: the static model proposes neighbours at this cosine (its own scale: generous, so that the
+# encoder's duplicates are all among the candidates); the verifier embeds only the candidates' texts.
+DEFAULT_PROPOSE = 0.7
+STATIC_TYPO_FLOOR = 0.3  # a swapped pair of letters can take a short prompt's static cosine below 0.5
 REASONS = ("exact", "semantic", "contaminated")
 
 
@@ -53,6 +57,7 @@ class DedupOptions:
     lexical: bool = True
     k: int = GRAPH_K
     floor: float = GRAPH_FLOOR
+    propose: float = DEFAULT_PROPOSE  # cascade only: static cosine at which a pair becomes a candidate
 
     def check(self) -> None:
         if self.on not in TEXT_VIEWS:
@@ -64,6 +69,8 @@ class DedupOptions:
                 raise InputError(f"{name}: expected a cosine similarity in (0, 1], got {value}")
         if self.threshold < self.floor:
             raise InputError(f"--threshold {self.threshold}: below the neighbour-graph floor {self.floor}")
+        if not 0.0 < self.propose <= 1.0:
+            raise InputError(f"--propose-threshold: expected a cosine similarity in (0, 1], got {self.propose}")
 
 
 # --------------------------------------------------------------------------- exact pass
@@ -238,8 +245,11 @@ class Contamination:
 
 
 def contamination(table: pa.Table, eval_prompts: Sequence[str], embedder, *, threshold: float,
-                  device: str = "auto") -> Contamination:
-    """Rows whose prompt matches an eval prompt: exactly (whole prompt or any user turn) or at cosine >= threshold."""
+                  device: str = "auto", proposer=None, propose: float = DEFAULT_PROPOSE) -> Contamination:
+    """Rows whose prompt matches an eval prompt: exactly (whole prompt or any user turn) or at cosine >= threshold.
+
+    With a `proposer` (cascade) only prompts whose proposer cosine to an eval prompt reaches `propose` are
+    embedded by `embedder`; the others keep the proposer's cosine in dedup_against_sim."""
     n = table.num_rows
     eval_prompts = [p for p in eval_prompts if p.strip()]
     if not eval_prompts:
@@ -253,13 +263,23 @@ def contamination(table: pa.Table, eval_prompts: Sequence[str], embedder, *, thr
                            for turns in prompts], dtype=bool)
     exact = node_exact[groups.node_of_row] | turn_exact
     node_texts = [rendered[i] for i in groups.first_row]
-    vectors = embedder.encode(node_texts)
-    eval_vectors = embedder.encode(eval_prompts)
-    sims, _ = NeighbourIndex(eval_vectors, device=device).search(vectors, 1)
-    best = np.clip(sims[:, 0], -1.0, 1.0).astype(np.float64)[groups.node_of_row]
+    if proposer is None:
+        node_best = best_match(embedder, node_texts, eval_prompts, device)
+    else:
+        node_best = best_match(proposer, node_texts, eval_prompts, device)
+        candidates = np.flatnonzero(node_best >= propose)
+        if len(candidates):
+            node_best[candidates] = best_match(embedder, [node_texts[i] for i in candidates], eval_prompts, device)
+    best = node_best[groups.node_of_row]
     semantic = (best >= threshold) & ~exact
     best[exact] = 1.0
     return Contamination(exact | semantic, best, int(exact.sum()), int(semantic.sum()))
+
+
+def best_match(embedder, texts: Sequence[str], eval_prompts: Sequence[str], device: str) -> np.ndarray:
+    """Each text's highest cosine to any eval prompt."""
+    sims, _ = NeighbourIndex(embedder.encode(eval_prompts), device=device).search(embedder.encode(texts), 1)
+    return np.clip(sims[:, 0], -1.0, 1.0).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- keep policy and columns
@@ -371,37 +391,88 @@ def stage_texts(table: pa.Table, on: str) -> list[str]:
 
 
 def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence[str] = (),
-          graph_source: Callable[[str], pa.Table | None] | None = None) -> DedupRun:
+          graph_source: Callable[[str], pa.Table | None] | None = None, verifier=None) -> DedupRun:
     """Flag (or with options.drop set aside) duplicate and contaminated rows.
 
     `embedder` is a CachedEmbedder-like object (.encode, .lookup, .model_id, .computed).
+    With a `verifier` (another such object) the search is a cascade: `embedder` (the static model)
+    proposes the neighbours at cosine >= options.propose, and only their texts are embedded by the
+    verifier, whose cosine decides at options.threshold (the typo rescue applies to the candidates).
     `graph_source(fingerprint)` may return a stored neighbour graph; one whose fingerprint matches
-    this input's texts, model, text view and kNN settings is used with no embedding and no search.
+    this input's texts, models, text view and kNN settings is used with no embedding and no search.
     """
     options.check()
-    computed_before = embedder.computed
+    models = [m for m in (embedder, verifier) if m is not None]
+    computed_before = [m.computed for m in models]
     texts = stage_texts(table, options.on)
     priority = keep_priority(table, texts, options.keep, options.seed)  # before any embedding: fails fast
     groups = exact_groups(text_keys(texts))
-    fingerprint = graph_fingerprint(groups, model_id=embedder.model_id, on=options.on, k=options.k,
-                                    floor=options.floor)
+    model_id = embedder.model_id if verifier is None else cascade_id(embedder, verifier, options.propose)
+    fingerprint = graph_fingerprint(groups, model_id=model_id, on=options.on, k=options.k, floor=options.floor)
     graph_table = graph_source(fingerprint) if graph_source is not None else None
     reused = graph_table is not None and _table_fingerprint(graph_table) == fingerprint
     graph = NeighbourGraph.from_table(graph_table, groups) if reused else None
     node_texts = [texts[i] for i in groups.first_row]
     if graph is None:
-        vectors = embedder.encode(node_texts)
-        graph = build_graph(vectors, node_texts, k=options.k, floor=options.floor, device=options.device)
+        if verifier is None:
+            vectors = embedder.encode(node_texts)
+            graph = build_graph(vectors, node_texts, k=options.k, floor=options.floor, device=options.device)
+        else:
+            graph, vectors = cascade_graph(node_texts, embedder, verifier, options)
         graph.fingerprint = fingerprint
-        graph.meta = {"model": embedder.model_id, "on": options.on, "k": options.k, "floor": options.floor}
-    else:
-        found, vectors = embedder.lookup(node_texts)  # exact similarities to reps when the cache has them
-        vectors = vectors if found.all() else None
-    contam = contamination(table, against, embedder, threshold=options.against_threshold,
-                           device=options.device) if against else None
+        graph.meta = {**graph.meta, "model": model_id, "on": options.on, "k": options.k, "floor": options.floor}
+    else:  # exact similarities to representatives when the cache has every clustered text's vector
+        vectors = cached_vectors(verifier or embedder, node_texts, graph)
+    contam = contamination(table, against, verifier or embedder, threshold=options.against_threshold,
+                           device=options.device, proposer=embedder if verifier is not None else None,
+                           propose=options.propose) if against else None
     result = label_rows(table, groups, graph, vectors, options, contam, priority)
-    result.stats.update(embedded=embedder.computed - computed_before, graph_reused=reused)
+    embedded = [m.computed - before for m, before in zip(models, computed_before)]
+    result.stats.update(embedded=embedded[-1], graph_reused=reused)
+    if verifier is not None:
+        result.stats.update(proposer=embedder.model_id, verifier=verifier.model_id, propose_threshold=options.propose,
+                            proposed_edges=int(graph.meta.get("proposed_edges", len(graph.sim))),
+                            verified_texts=int(graph.meta.get("verified_texts", 0)))
     return DedupRun(result, graph, groups, texts, vectors)
+
+
+def cascade_id(proposer, verifier, propose: float) -> str:
+    return f"{proposer.model_id}>{verifier.model_id}@{propose:g}"
+
+
+def cascade_graph(texts: Sequence[str], proposer, verifier, options: DedupOptions
+                  ) -> tuple[NeighbourGraph, np.ndarray]:
+    """Static kNN proposes edges at cosine >= options.propose, plus typo-sized neighbours down to
+    STATIC_TYPO_FLOOR (a typo breaks the static model's tokens); the verifier re-scores them on its own vectors.
+
+    Returns the graph (verifier cosines, edit distances for the typo rescue) and verifier vectors for
+    the texts that have an edge (zeros elsewhere: no other text is ever compared)."""
+    knn = build_graph(proposer.encode(texts), texts, k=options.k, floor=min(STATIC_TYPO_FLOOR, options.propose),
+                      device=options.device)
+    keep = (knn.sim >= options.propose) | (knn.edits <= edit_allowance(knn.length))
+    proposed = NeighbourGraph(knn.src[keep], knn.dst[keep], knn.sim[keep], knn.edits[keep], knn.length[keep],
+                              index_kind=knn.index_kind)
+    nodes = np.unique(np.concatenate([proposed.src, proposed.dst]))
+    vectors = np.zeros((len(texts), verifier.dim), dtype=np.float32)
+    if len(nodes):
+        vectors[nodes] = verifier.encode([texts[i] for i in nodes])
+    sim = np.clip(np.einsum("ij,ij->i", vectors[proposed.src], vectors[proposed.dst]), -1.0, 1.0)
+    kept = sim >= options.floor  # the same graph floor as a single-model search, on the verifier's cosine
+    graph = NeighbourGraph(proposed.src[kept], proposed.dst[kept], sim[kept].astype(np.float32),
+                           proposed.edits[kept], proposed.length[kept], index_kind=proposed.index_kind,
+                           meta={"proposed_edges": len(sim), "verified_texts": len(nodes)})
+    return graph, vectors
+
+
+def cached_vectors(embedder, texts: Sequence[str], graph: NeighbourGraph) -> np.ndarray | None:
+    """Vectors of every text with an edge, from the cache alone (no embedding), or None if any is missing."""
+    nodes = np.unique(np.concatenate([graph.src, graph.dst]))
+    found, vectors = embedder.lookup([texts[i] for i in nodes])
+    if not found.all():
+        return None
+    out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
+    out[nodes] = vectors
+    return out
 
 
 def label_rows(table: pa.Table, groups: ExactGroups, graph: NeighbourGraph, vectors: np.ndarray | None,
@@ -551,7 +622,17 @@ def explain(run: DedupRun, *, thresholds: Sequence[float] = EXPLAIN_THRESHOLDS, 
                          "text": _clip(texts[groups.first_row[graph.src[e]]]),
                          "neighbour": _clip(texts[groups.first_row[graph.dst[e]]])} for e in sorted(picks)],
         })
-    return {"histogram": histogram, "thresholds": rows}
+    out = {"histogram": histogram, "thresholds": rows}
+    if "proposed_edges" in graph.meta:  # a cascade: what each stage did
+        proposer, _, rest = str(graph.meta.get("model", "")).partition(">")
+        verifier, _, propose = rest.partition("@")
+        out["cascade"] = [
+            {"stage": "propose", "model": proposer, "threshold": float(propose or "nan"), "texts": groups.nodes,
+             "pairs": int(graph.meta["proposed_edges"])},
+            {"stage": "verify", "model": verifier, "threshold": None, "texts": int(graph.meta["verified_texts"]),
+             "pairs": int(graph.meta["proposed_edges"])},  # every candidate re-scored; thresholds table below
+        ]
+    return out
 
 
 def graph_floor(graph: NeighbourGraph) -> float:

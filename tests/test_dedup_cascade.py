@@ -1,0 +1,110 @@
+"""The static embedding tier and cascade dedup (static model proposes, MiniLM verifies) on real prompts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
+from ingest_helpers import cli
+from prefcli import io
+from prefcli.models.embed import STATIC, build_embedder, ensure_static_model, static_model_dir
+from prefcli.stages.dedup import DedupOptions, dedup, text_keys
+
+PROBES = ["How do I sort a list in Python?", "how do i sort a list in python", "What is the capital of France?",
+          "Write a haiku about autumn leaves."]
+
+
+@pytest.fixture(scope="module")
+def static():
+    return build_embedder(STATIC)
+
+
+@pytest.fixture(scope="module")
+def real_table(shared_data):
+    prompts = alpaca_instructions(shared_data)[:250] + hh_first_prompts(shared_data, 250)
+    seen, base = set(), []
+    for p, key in zip(prompts, text_keys(prompts)):
+        if key not in seen:
+            seen.add(key)
+            base.append(p)
+    variants = variants_of(base, seed=11)
+    return prompt_pairs(base + [v for _, _, v in variants]), len(base), variants
+
+
+class Counting:
+    """Counts the texts a verifier is asked to embed."""
+
+    def __init__(self, inner):
+        self.inner, self.model_id, self.dim, self.computed = inner, inner.model_id, inner.dim, 0
+
+    def encode(self, texts):
+        self.computed += len(texts)
+        return self.inner.encode(texts)
+
+    def lookup(self, texts):
+        return self.inner.lookup(texts)
+
+
+def test_static_model_is_reused_and_its_vectors_are_deterministic(static):
+    path = ensure_static_model()
+    stamp = (path / "model.safetensors").stat().st_mtime_ns
+    assert ensure_static_model() == path == static_model_dir()
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # found, not rebuilt
+    first = static.encode(PROBES)
+    again = build_embedder(STATIC).encode(PROBES)
+    assert first.shape == (len(PROBES), 256) and first.dtype == np.float32
+    np.testing.assert_array_equal(first, again)
+    np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, rtol=1e-5)
+    assert first[0] @ first[1] > 0.95 > first[0] @ first[2]  # case-only variant close, another question far
+    assert static.store is None  # static vectors cost less to compute than to look up: never cached
+
+
+@pytest.mark.slow
+def test_static_model_builds_offline_from_the_packaged_minilm(tmp_path, static):
+    """A fresh build (HF_HUB_OFFLINE is set for the whole suite) reproduces the shared model's vectors."""
+    built = ensure_static_model(tmp_path)
+    assert built.parent == tmp_path and (built / "model.safetensors").is_file()
+    from prefcli.models.embed import StaticEmbedder
+
+    np.testing.assert_array_equal(StaticEmbedder(built).encode(PROBES), static.encode(PROBES))
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cascade_finds_the_near_duplicates_minilm_finds(real_table, static, embedder):
+    table, n_base, variants = real_table
+    minilm = dedup(table, embedder, DedupOptions()).result.out
+    verifier = Counting(embedder)
+    run = dedup(table, static, DedupOptions(), verifier=verifier)
+    cascade = run.result.out
+    alone = np.array(minilm.column("dedup_cluster").to_pylist(), dtype=object)
+    both = np.array(cascade.column("dedup_cluster").to_pylist(), dtype=object)
+    found_alone = [alone[n_base + i] == alone[i] for i, _, _ in variants]
+    found_both = [both[n_base + i] == both[i] for i, _, _ in variants]
+    assert sum(found_alone) >= 0.9 * len(variants)
+    missed = [variants[j] for j, (a, b) in enumerate(zip(found_alone, found_both)) if a and not b]
+    assert not missed, missed[:3]
+    assert minilm.column("dedup_is_rep").to_pylist() == cascade.column("dedup_is_rep").to_pylist()
+    stats = run.result.stats
+    unique = stats["unique_texts"]
+    assert 0 < verifier.computed == stats["verified_texts"] < unique  # only candidates reach the encoder
+    assert stats["proposer"].startswith("static:") and stats["proposed_edges"] > 0
+
+
+def test_cascade_cli_explain_verify_none_and_graph_reuse(tmp_path, session_cache):
+    prompts = [p for p in PROBES] + ["How can I sort a list in Python?", "Write a haiku about autumn leaves!"]
+    io.write_table(prompt_pairs(prompts * 2), tmp_path / "in.parquet")
+    result = cli("dedup", tmp_path / "in.parquet", "-o", tmp_path / "o.parquet", "--explain", "--json")
+    assert result.exit_code == 0, result.stderr
+    stats = json.loads(result.stdout)
+    assert [s["stage"] for s in stats["explain"]["cascade"]] == ["propose", "verify"]
+    assert stats["explain"]["cascade"][0]["threshold"] == 0.7 and stats["graph_reused"] is False
+    again = json.loads(cli("dedup", tmp_path / "in.parquet", "-o", tmp_path / "o2.parquet", "--json").stdout)
+    assert again["graph_reused"] is True and again["embedded"] == 0
+    assert io.read_table(tmp_path / "o.parquet").equals(io.read_table(tmp_path / "o2.parquet"))
+    alone = json.loads(cli("dedup", tmp_path / "in.parquet", "-o", tmp_path / "o3.parquet", "--verify", "none",
+                           "--threshold", "0.95", "--json").stdout)
+    assert "verifier" not in alone and alone["embedded"] == alone["unique_texts"] == 6  # static vectors only
+    assert alone["exact_duplicates"] == stats["exact_duplicates"]
