@@ -25,6 +25,11 @@ def export_command(
     keep: Annotated[Optional[str], typer.Option("--keep", help="Extra columns to carry, comma-separated "
                                                 "(e.g. pair_id,source).")] = None,
     shuffle: Annotated[bool, typer.Option("--shuffle", help="Shuffle rows (with --seed).")] = False,
+    margin_floor: Annotated[float, typer.Option("--margin-floor", help="The written `margin` is at least this "
+                                                "(a reward loss never asks for a negative gap); `margin_signed` "
+                                                "keeps the vote's signed value.")] = 0.0,
+    keep_repeats: Annotated[bool, typer.Option("--keep-repeats", help="Keep exact repeats of (prompt, chosen, "
+                                               "rejected) in the training shapes (left out by default).")] = False,
     push_to_hub: Annotated[Optional[str], typer.Option("--push-to-hub", help="Also push the rows as a Hugging Face "
                                                        "dataset to this repo id (needs a login).")] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create a private repo.")] = False,
@@ -42,7 +47,8 @@ def export_command(
         raise InputError("-o -: hf-dataset is a directory; use --to jsonl or parquet for stdout")
     table = io.read_pairs(input)
     columns = [c.strip() for c in (keep or "").split(",") if c.strip()]
-    result = export_pairs(table, to, where=where, keep=columns, shuffle=shuffle, seed=seed)
+    result = export_pairs(table, to, where=where, keep=columns, shuffle=shuffle, seed=seed,
+                          margin_floor=margin_floor, keep_repeats=keep_repeats)
     if output is not None:
         if to in JSONL_FORMATS:
             io.write_jsonl(iter_rows(result.out), output)
@@ -65,5 +71,5 @@ def push(table, repo: str, private: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export", help="Write curated pairs for training: TRL (standard or conversational), OpenRLHF "
+    app.command("export", help="Write curated pairs for training: TRL (conversational or standard text), OpenRLHF "
                                "JSONL, plain JSONL, HF datasets directory, or Parquet; --where filters.")(export_command)
