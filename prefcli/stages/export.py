@@ -178,6 +178,9 @@ def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: S
         repeats = np.zeros(selected.num_rows, bool) if keep_repeats else repeated_rows(selected)
         stats["repeats_left_out"] = int(repeats.sum())
         selected = selected.filter(pa.array(~repeats))
+        if "dedup_is_rep" in selected.column_names:  # training on non-representatives repeats near-duplicates
+            stats["non_representatives"] = int(pc.sum(pc.invert(pc.fill_null(selected.column("dedup_is_rep"), True))
+                                                      .cast(pa.int64())).as_py() or 0)
     if "margin" in selected.column_names:
         stats["margin_missing"] = selected.column("margin").null_count
     if shuffle:
