@@ -147,3 +147,20 @@ def test_margin_follows_a_human_flip_until_vote_reruns(pairs_file):
                                  pc.if_else(pc.equal(flipped.column("review_task_id"), "t1"),
                                             pa.scalar(0.7), flipped.column("margin")))
     assert export_pairs(revoted, "trl").out.column("margin")[0].as_py() == pytest.approx(0.7)
+
+
+def test_repeats_and_non_representatives_are_counted(pairs_file, tmp_path):
+    _, table = pairs_file
+    kept = table.filter(pc.invert(table.column("tie")))
+    doubled = pa.concat_tables([kept, kept.slice(0, 5)])  # five exact repeats of (prompt, chosen, rejected)
+    io.write_table(doubled, tmp_path / "doubled.parquet")
+    common = ["export", str(tmp_path / "doubled.parquet"), "--to", "trl", "--json"]
+    stats = json.loads(run_cli(*common, "-o", str(tmp_path / "a.jsonl")).stdout)
+    assert stats["repeats_left_out"] == 5 and stats["rows_out"] == kept.num_rows
+    non_reps = int(pc.sum(pc.invert(kept.column("dedup_is_rep")).cast(pa.int64())).as_py())  # rows written
+    assert stats["non_representatives"] == non_reps > 0
+    stats = json.loads(run_cli(*common, "-o", str(tmp_path / "b.jsonl"), "--keep-repeats").stdout)
+    assert stats["repeats_left_out"] == 0 and stats["rows_out"] == doubled.num_rows
+    proc = run_cli("export", str(tmp_path / "doubled.parquet"), "--to", "jsonl", "-o", str(tmp_path / "c.jsonl"),
+                   "--json")
+    assert json.loads(proc.stdout)["rows_out"] == doubled.num_rows  # jsonl writes every row as stored
