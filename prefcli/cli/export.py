@@ -71,5 +71,5 @@ def push(table, repo: str, private: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export", help="Write curated pairs for training: TRL (conversational or standard text), OpenRLHF "
-                               "JSONL, plain JSONL, HF datasets directory, or Parquet; --where filters.")(export_command)
+    app.command("export", help="Write curated pairs for training: TRL (conversational or standard text), OpenRLHF"
+                               " JSONL, plain JSONL, HF datasets directory, or Parquet; --where filters.")(export_command)

@@ -2,13 +2,13 @@
 
 - `trl` (alias `trl-conversational`), `hf-dataset`, `parquet`: conversational rows. `prompt` is the
   message list, `chosen`/`rejected` one assistant message each; the trainer applies the model's chat
-  template (TRL `DPOTrainer`/`RewardTrainer`, OpenRLHF with `--apply_chat_template --data.prompt_key prompt`).
+  template (TRL `DPOTrainer`/`RewardTrainer`; OpenRLHF with `--data.apply_chat_template --data.prompt_key prompt`).
 - `trl-standard`: plain text for models without a chat template. The prompt is rendered with
   `PLAIN_CHAT_TEMPLATE` and ends with `Assistant:`; each response starts with one space, so
   prompt + response (what TRL and OpenRLHF concatenate) is exactly the rendered conversation.
 - `openrlhf`: implicit-prompt conversations: `chosen`/`rejected` are the whole conversation (prompt
   messages + the assistant message), no `prompt` key. OpenRLHF's defaults (`prompt_key` None) with
-  `--apply_chat_template` then see the prompt, for reward models and DPO alike.
+  `--data.apply_chat_template` then see the prompt, for reward models and DPO alike.
 - `jsonl`: every column, one JSON object per line (for a custom training job).
 
 Training shapes leave out ties (`tie = true`) and exact repeats of (prompt, chosen, rejected), both
@@ -132,7 +132,8 @@ def training_table(table: pa.Table, fmt: str, *, keep: Sequence[str] = (), margi
         return table
     columns: dict[str, Any] = {}
     if shape == "standard":
-        columns["prompt"] = pa.array([render_prompt(m) for m in table.column("prompt").to_pylist()], pa.large_string())
+        prompts = [render_prompt(m) for m in table.column("prompt").to_pylist()]
+        columns["prompt"] = pa.array(prompts, pa.large_string())
         for side in ("chosen", "rejected"):  # one space after "Assistant:"
             columns[side] = pc.utf8_replace_slice(table.column(side).cast(pa.large_string()), 0, 0, " ")
     elif shape == "implicit":

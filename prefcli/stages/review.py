@@ -648,7 +648,8 @@ def apply_verdicts(table: pa.Table, outcomes: Sequence[TaskOutcome], *, queue_ta
     counts = Counter(o.verdict for o in outcomes)
     stats = {
         "rows_in": table.num_rows, "rows_out": table.num_rows - aside.num_rows, "set_aside": aside.num_rows,
-        "tasks_reviewed": len(outcomes), "already_applied": already_applied, "not_in_input": len(lost), "rows_reviewed": int(pc.sum(hit.cast(pa.int64())).as_py() or 0),
+        "tasks_reviewed": len(outcomes), "already_applied": already_applied, "not_in_input": len(lost),
+        "rows_reviewed": int(pc.sum(hit.cast(pa.int64())).as_py() or 0),
         "keep": counts.get("keep", 0), "flip": counts.get("flip", 0), "tie": counts.get("tie", 0),
         "both_bad": counts.get("both-bad", 0), "split": sum(o.split for o in outcomes),
         "mean_agreement": round(float(np.mean([o.agreement for o in outcomes])), 4) if outcomes else None,
