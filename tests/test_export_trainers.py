@@ -193,9 +193,10 @@ def openrlhf_preprocess(data: dict, tokenizer, *, apply_chat_template: bool, pro
     """OpenRLHF's reward/DPO loading contract: (prompt, chosen, rejected) text as it tokenises them.
 
     Restated from OpenRLHF `openrlhf/datasets/reward_dataset.py` (`preprocess_data` and
-    `RewardDataset.__getitem__`, commit 0008ea1a8bc6dae5bdb2369db53a06170d81323c of main) and the
-    defaults of `openrlhf/cli/train_rm.py` / `train_dpo.py`: `prompt_key` None, `chosen_key` "chosen",
-    `rejected_key` "rejected" (`--data.prompt_key` etc. since v0.10). Nothing of OpenRLHF is imported.
+    `RewardDataset.__getitem__`, commit 0008ea1a8bc6dae5bdb2369db53a06170d81323c) and the defaults of
+    `openrlhf/cli/train_rm.py` / `train_dpo.py`: `prompt_key` None, `chosen_key` "chosen", `rejected_key`
+    "rejected" (spelled `--data.prompt_key`, `--data.apply_chat_template`, ... in the dotted CLI of v0.10
+    and later). Nothing of OpenRLHF is imported or vendored.
     """
     template = tokenizer.apply_chat_template if apply_chat_template else None
     if template:
