@@ -43,20 +43,31 @@ def _export(root, *args):
     return result
 
 
-@pytest.mark.parametrize("fmt", ["trl", "openrlhf"])
-def test_standard_jsonl_loads_with_text_fields(pairs_file, tmp_path, fmt):
+def test_standard_jsonl_loads_with_text_fields(pairs_file, tmp_path):
     root, table = pairs_file
-    _export(root, "--to", fmt, "-o", str(tmp_path / "out.jsonl"))
+    _export(root, "--to", "trl-standard", "-o", str(tmp_path / "out.jsonl"))
     ds = datasets.load_dataset("json", data_files=str(tmp_path / "out.jsonl"), split="train",
                                cache_dir=str(tmp_path / "hf"))
-    assert ds.column_names == ["prompt", "chosen", "rejected", "margin"]
+    assert ds.column_names == ["prompt", "chosen", "rejected", "margin", "margin_signed"]
     assert ds.num_rows == table.num_rows - N_TIES
     assert all(ds.features[c].dtype in ("string", "large_string") for c in ("prompt", "chosen", "rejected"))
     assert ds.features["margin"].dtype == "float64"
     kept = table.filter(pc.invert(table.column("tie")))
-    assert ds[0]["chosen"] == kept.column("chosen")[0].as_py()
-    assert ds[0]["prompt"] == kept.column("prompt")[0].as_py()[0]["content"]
-    assert ds[0]["margin"] == pytest.approx(kept.column("margin")[0].as_py())
+    assert ds[0]["chosen"] == " " + kept.column("chosen")[0].as_py()
+    assert ds[0]["prompt"] == f"User: {kept.column('prompt')[0].as_py()[0]['content']}\n\nAssistant:"
+    assert ds[0]["margin_signed"] == pytest.approx(kept.column("margin")[0].as_py())
+    assert ds["margin"] == [max(m, 0.0) for m in ds["margin_signed"]] and min(ds["margin_signed"]) < 0
+
+
+def test_openrlhf_rows_are_whole_conversations(pairs_file, tmp_path):
+    root, table = pairs_file
+    _export(root, "--to", "openrlhf", "-o", str(tmp_path / "out.jsonl"))
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    kept = table.filter(pc.invert(table.column("tie")))
+    assert len(rows) == kept.num_rows and set(rows[0]) == {"chosen", "rejected", "margin", "margin_signed"}
+    prompt = kept.column("prompt")[0].as_py()
+    assert rows[0]["chosen"] == prompt + [{"role": "assistant", "content": kept.column("chosen")[0].as_py()}]
+    assert rows[0]["rejected"][:-1] == prompt and rows[0]["rejected"][-1]["role"] == "assistant"
 
 
 def test_conversational_formats_load_as_message_lists(pairs_file, tmp_path):
@@ -64,6 +75,7 @@ def test_conversational_formats_load_as_message_lists(pairs_file, tmp_path):
     _export(root, "--to", "trl-conversational", "-o", str(tmp_path / "conv.jsonl"))
     _export(root, "--to", "hf-dataset", "-o", str(tmp_path / "ds"), "--keep", "pair_id")
     _export(root, "--to", "parquet", "-o", str(tmp_path / "conv.parquet"))
+    _export(root, "--to", "trl", "-o", str(tmp_path / "trl.jsonl"))  # conversational is TRL's default
     loaded = [
         datasets.load_dataset("json", data_files=str(tmp_path / "conv.jsonl"), split="train",
                               cache_dir=str(tmp_path / "hf")),
@@ -71,6 +83,8 @@ def test_conversational_formats_load_as_message_lists(pairs_file, tmp_path):
         datasets.load_dataset("parquet", data_files=str(tmp_path / "conv.parquet"), split="train",
                               cache_dir=str(tmp_path / "hf")),
     ]
+    loaded.append(datasets.load_dataset("json", data_files=str(tmp_path / "trl.jsonl"), split="train",
+                                        cache_dir=str(tmp_path / "hf")))
     for ds in loaded:
         assert ds.num_rows == table.num_rows - N_TIES
         row = ds[0]
@@ -78,7 +92,7 @@ def test_conversational_formats_load_as_message_lists(pairs_file, tmp_path):
         assert row["chosen"] == [{"role": "assistant", "content": row["chosen"][0]["content"]}]
         assert row["rejected"][0]["role"] == "assistant"
         assert isinstance(row["margin"], float)
-    assert loaded[1].column_names == ["prompt", "chosen", "rejected", "margin", "pair_id"]
+    assert loaded[1].column_names == ["prompt", "chosen", "rejected", "margin", "margin_signed", "pair_id"]
 
 
 def test_where_filters_with_polars_sql(pairs_file, tmp_path):
@@ -98,8 +112,8 @@ def test_jsonl_to_stdout_and_bad_where(pairs_file, tmp_path):
     proc = run_cli("export", str(root / "pairs.parquet"), "--to", "openrlhf", "-o", "-", "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     lines = proc.stdout.decode().splitlines()
-    assert len(lines) == table.num_rows - N_TIES and set(json.loads(lines[0])) == {"prompt", "chosen", "rejected",
-                                                                                  "margin"}
+    assert len(lines) == table.num_rows - N_TIES and set(json.loads(lines[0])) == {"chosen", "rejected", "margin",
+                                                                                  "margin_signed"}
     assert json.loads(proc.stderr)["rows_out"] == len(lines)  # the summary stays off the data stream
     out = tmp_path / "never.jsonl"
     proc = run_cli("export", str(root / "pairs.parquet"), "--to", "trl", "-o", str(out), "--where", "nosuch > 1")
@@ -123,10 +137,30 @@ def test_margin_follows_a_human_flip_until_vote_reruns(pairs_file):
     outcome = review.TaskOutcome(table.column("pair_id")[row].as_py(), "t1", "flip", 1.0, 1, "{}", "", False)
     flipped = review.apply_verdicts(table, [outcome]).out
     before = table.column("margin")[row].as_py()
-    out = export_pairs(flipped, "trl").out
-    assert out.column("chosen")[0].as_py() == table.column("rejected")[row].as_py()
-    assert out.column("margin")[0].as_py() == pytest.approx(-before)
+    out = export_pairs(flipped, "trl-standard").out
+    assert out.column("chosen")[0].as_py() == " " + table.column("rejected")[row].as_py()
+    assert before > 0 and out.column("margin_signed")[0].as_py() == pytest.approx(-before)
+    assert out.column("margin")[0].as_py() == 0.0  # a reward loss never asks for a negative gap
+    floored = export_pairs(flipped, "trl", margin_floor=-1.0)
+    assert floored.out.column("margin")[0].as_py() == pytest.approx(max(-before, -1.0))
     revoted = flipped.set_column(flipped.column_names.index("margin"), "margin",
                                  pc.if_else(pc.equal(flipped.column("review_task_id"), "t1"),
                                             pa.scalar(0.7), flipped.column("margin")))
     assert export_pairs(revoted, "trl").out.column("margin")[0].as_py() == pytest.approx(0.7)
+
+
+def test_repeats_and_non_representatives_are_counted(pairs_file, tmp_path):
+    _, table = pairs_file
+    kept = table.filter(pc.invert(table.column("tie")))
+    doubled = pa.concat_tables([kept, kept.slice(0, 5)])  # five exact repeats of (prompt, chosen, rejected)
+    io.write_table(doubled, tmp_path / "doubled.parquet")
+    common = ["export", str(tmp_path / "doubled.parquet"), "--to", "trl", "--json"]
+    stats = json.loads(run_cli(*common, "-o", str(tmp_path / "a.jsonl")).stdout)
+    assert stats["repeats_left_out"] == 5 and stats["rows_out"] == kept.num_rows
+    non_reps = int(pc.sum(pc.invert(kept.column("dedup_is_rep")).cast(pa.int64())).as_py())  # rows written
+    assert stats["non_representatives"] == non_reps > 0
+    stats = json.loads(run_cli(*common, "-o", str(tmp_path / "b.jsonl"), "--keep-repeats").stdout)
+    assert stats["repeats_left_out"] == 0 and stats["rows_out"] == doubled.num_rows
+    proc = run_cli("export", str(tmp_path / "doubled.parquet"), "--to", "jsonl", "-o", str(tmp_path / "c.jsonl"),
+                   "--json")
+    assert json.loads(proc.stdout)["rows_out"] == doubled.num_rows  # jsonl writes every row as stored

@@ -285,3 +285,138 @@ def test_reimport_and_gold_retrieval(pairs, queue, files, embedder):
     similarity = embedder.encode(texts_for(near, "prompt")) @ embedder.encode(
         texts_for(reviewed.take(pa.array(errors)), "prompt")).T
     assert (similarity.max(axis=1) >= 0.4 - 1e-5).all()
+
+
+# --------------------------------------------------------------------------- later rounds, real export shapes
+
+def _ls_annotation(task_number: int, k: int, click: str, *, cancelled: bool = False) -> dict:
+    """One annotation as Label Studio 1.x's JSON export writes it (completed_by is the user's integer id)."""
+    if cancelled:  # "Skip" in the labeling UI
+        result = []
+    elif click == "tie":
+        result = [{"id": f"j{task_number}{k}", "from_name": "judgement", "to_name": "prompt", "type": "choices",
+                   "origin": "manual", "value": {"choices": ["tie"]}}]
+    else:
+        result = [{"id": f"p{task_number}{k}", "from_name": "preference", "to_name": "left", "type": "pairwise",
+                   "origin": "manual", "value": {"selected": click}}]
+    return {"id": task_number * 10 + k, "completed_by": k + 1, "result": result, "was_cancelled": cancelled,
+            "ground_truth": False, "created_at": "2026-11-30T10:00:00Z", "updated_at": "2026-11-30T10:00:00Z",
+            "draft_created_at": None, "lead_time": 8.5, "prediction": {}, "result_count": len(result),
+            "unique_id": f"u{task_number}{k}", "import_id": None, "last_action": None, "bulk_created": False,
+            "task": task_number, "project": 1, "updated_by": k + 1, "parent_prediction": None,
+            "parent_annotation": None, "last_created_by": None}
+
+
+def _ls_task(number: int, data: dict, annotations: list[dict]) -> dict:
+    return {"id": number, "annotations": annotations, "file_upload": "tasks.json", "drafts": [], "predictions": [],
+            "data": data, "meta": {}, "created_at": "2026-11-30T09:00:00Z", "updated_at": "2026-11-30T10:00:00Z",
+            "inner_id": number, "total_annotations": sum(not a["was_cancelled"] for a in annotations),
+            "cancelled_annotations": sum(a["was_cancelled"] for a in annotations), "total_predictions": 0,
+            "comment_count": 0, "unresolved_comment_count": 0, "last_comment_updated_at": None, "project": 1,
+            "updated_by": 1, "comment_authors": []}
+
+
+def test_label_studio_second_round_imports_the_cumulative_export(pairs, queue, files):
+    """Round 1 annotates half the tasks (one skipped); round 2's export repeats them and adds the rest."""
+    tasks = [t["data"] for t in review.label_studio_project(review.tasks_from_queue(queue))["tasks.json"]]
+    truth = _truth_for_task(queue, pairs[1])
+    first, skipped = range(0, BUDGET // 2), BUDGET // 2 - 1  # the last round-1 task is skipped by its annotator
+
+    def annotations(i, rounds):
+        out = []
+        if 1 in rounds:
+            if i == skipped:
+                out.append(_ls_annotation(i + 1, 0, "", cancelled=True))
+            elif i in first:
+                out += [_ls_annotation(i + 1, k, simulated_choice(truth[tasks[i]["task_id"]], k, tasks[i]["left"]))
+                        for k in range(3)]
+        if 2 in rounds and (i not in first or i == skipped):
+            out += [_ls_annotation(i + 1, k, simulated_choice(truth[tasks[i]["task_id"]], k, tasks[i]["left"]))
+                    for k in range(3) if not (i == skipped and k == 0)]
+        return out
+
+    for name, rounds in (("round1.json", {1}), ("round2.json", {1, 2})):
+        (files / name).write_text(json.dumps([_ls_task(i + 1, tasks[i], annotations(i, rounds))
+                                              for i in range(BUDGET)]))
+    common = ["--queue", str(files / "queue.parquet"), "--json"]
+    proc = run_cli("review", "import", str(files / "round1.json"), "--into", str(files / "in.parquet"),
+                   "-o", str(files / "r1.parquet"), *common)
+    assert proc.returncode == 0, proc.stderr.decode()
+    one = json.loads(proc.stdout)
+    assert one["tasks_reviewed"] == BUDGET // 2 - 1 and one["already_applied"] == 0 and one["tie"] > 0
+    proc = run_cli("review", "import", str(files / "round2.json"), "--into", str(files / "r1.parquet"),
+                   "-o", str(files / "r2.parquet"), *common)
+    assert proc.returncode == 0, proc.stderr.decode()
+    two = json.loads(proc.stdout)
+    assert two["already_applied"] == one["tasks_reviewed"] - one["tie"] - one["both_bad"]
+    assert two["not_in_input"] == one["set_aside"]  # round 1's ties went to its rejects file
+    assert two["tasks_reviewed"] == BUDGET - BUDGET // 2 + 1 and two["rows_in"] == one["rows_out"]
+    assert "not in --into" in proc.stderr.decode()
+    # Both rounds together: every task applied once, every row accounted for.
+    r1, r2 = io.read_pairs(files / "r1.parquet"), io.read_pairs(files / "r2.parquet")
+    aside = [io.read_table(files / f"r{k}.rejects.parquet") for k in (1, 2)]
+    assert r2.num_rows + sum(a.num_rows for a in aside) == pairs[0].num_rows
+    done = [t for t in r2.column("review_task_id").to_pylist() if t] + \
+        [t for a in aside for t in a.column("review_task_id").to_pylist()]
+    assert sorted(done) == sorted(queue.column("review_task_id").to_pylist())
+    before = dict(zip(r1.column("pair_id").to_pylist(), r1.column("chosen").to_pylist()))
+    for pair_id, chosen, task in zip(r2.column("pair_id").to_pylist(), r2.column("chosen").to_pylist(),
+                                     r2.column("review_task_id").to_pylist()):
+        if task in {tasks[i]["task_id"] for i in first if i != skipped}:
+            assert chosen == before[pair_id]  # applied in round 1: not flipped twice
+    both = pa.concat_tables([t.select(["review_task_id", "review_annotators"]) for t in (r2, aside[1])])
+    annotators = dict(zip(both.column("review_task_id").to_pylist(), both.column("review_annotators").to_pylist()))
+    assert annotators[tasks[skipped]["task_id"]] == 2  # round 1's skip is not a verdict; round 2's two are
+    # The same cumulative export once more: nothing new, nothing changed.
+    proc = run_cli("review", "import", str(files / "round2.json"), "--into", str(files / "r2.parquet"),
+                   "-o", str(files / "r3.parquet"), *common)
+    assert proc.returncode == 0, proc.stderr.decode()
+    three = json.loads(proc.stdout)
+    assert three["tasks_reviewed"] == 0 and three["rows_out"] == r2.num_rows
+    assert io.read_pairs(files / "r3.parquet").column("chosen").to_pylist() == r2.column("chosen").to_pylist()
+
+
+def test_a_pair_missing_from_an_unrelated_input_still_fails(pairs, queue, files):
+    table, _ = pairs
+    outcome = review.TaskOutcome("not-a-pair", queue.column("review_task_id")[0].as_py(), "keep", 1.0, 1, "{}", "",
+                                 False)
+    with pytest.raises(InputError, match="holds no earlier verdicts of this queue"):
+        review.apply_verdicts(table, [outcome], queue_task_ids=queue.column("review_task_id").to_pylist())
+
+
+def test_argilla_drafts_never_count_in_either_export_form(pairs, queue, files):
+    tasks = review.tasks_from_queue(queue)[:6]
+    truth = _truth_for_task(queue, pairs[1])
+    flat, nested = [], []
+    for t in tasks:
+        submitted = [simulated_choice(truth[t.task_id], k, t.left) for k in range(2)]
+        draft = "right" if submitted[0] == "left" else "left"  # a draft that would change the majority
+        values, users = submitted + [draft], ["u0", "u1", "u-draft"]
+        # records.to_list(flatten=True): one list per question, users and status aligned
+        flat.append({"id": t.task_id, "status": "completed", "_server_id": "0000", "prompt": t.prompt, "left": t.left,
+                     "right": t.right, "preference.responses": values, "preference.responses.users": users,
+                     "preference.responses.status": ["submitted", "submitted", "draft"],
+                     "preference.suggestion": "left", "preference.suggestion.score": 0.7,
+                     "preference.suggestion.agent": "prefcli-vote"})
+        # Dataset.to_disk / records.to_json: Record.to_dict, whose responses carry no status
+        nested.append({"id": t.task_id, "fields": {"prompt": t.prompt, "left": t.left, "right": t.right},
+                       "metadata": {}, "suggestions": {}, "vectors": {}, "_server_id": "0000",
+                       "responses": {"preference": [{"value": v, "user_id": u} for v, u in zip(values, users)]}})
+    (files / "flat.json").write_text(json.dumps(flat))
+    judgements = review.parse_verdicts(flat, "flat.json")
+    assert len(judgements) == 2 * len(tasks) and {j.annotator for j in judgements} == {"u0", "u1"}
+    (files / "nested").mkdir(exist_ok=True)
+    (files / "nested" / "records.json").write_text(json.dumps(nested))
+    out = files / "nested_out.parquet"
+    proc = run_cli("review", "import", str(files / "nested"), "--into", str(files / "in.parquet"),
+                   "--queue", str(files / "queue.parquet"), "-o", str(out))
+    assert_one_line_error(proc, "nested: record 1 response 1", "no status", "to_list(flatten=True)")
+    assert not out.exists()
+    proc = run_cli("review", "import", str(files / "flat.json"), "--into", str(files / "in.parquet"),
+                   "--queue", str(files / "queue.parquet"), "-o", str(files / "flat_out.parquet"), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert json.loads(proc.stdout)["tasks_reviewed"] == len(tasks)
+    # A flattened export without the status column is refused the same way.
+    bare = [{k: v for k, v in r.items() if k != "preference.responses.status"} for r in flat]
+    with pytest.raises(InputError, match="no status"):
+        review.parse_verdicts(bare, "bare.json")

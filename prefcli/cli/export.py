@@ -10,7 +10,7 @@ from .. import io
 from ..errors import InputError
 from ..outputs import OutputPlan
 from ..stages.export import FORMATS, JSONL_FORMATS, check_where, export_pairs, iter_rows, to_hf_dataset
-from .common import OUTPUT_PATH, Input, Json, Overwrite, Quiet, Seed, handle_errors, reporter
+from .common import OUTPUT_PATH, Input, Json, Overwrite, Quiet, Seed, handle_errors, number, reporter
 
 ORDER = 90
 
@@ -27,6 +27,12 @@ def export_command(
     keep: Annotated[Optional[str], typer.Option("--keep", help="Extra columns to carry, comma-separated "
                                                 "(e.g. pair_id,source).")] = None,
     shuffle: Annotated[bool, typer.Option("--shuffle", help="Shuffle rows (with --seed).")] = False,
+    margin_floor: Annotated[float, typer.Option("--margin-floor", parser=number(float),
+                                                help="The written `margin` is at least this "
+                                                "(a reward loss never asks for a negative gap); `margin_signed` "
+                                                "keeps the vote's signed value.")] = 0.0,
+    keep_repeats: Annotated[bool, typer.Option("--keep-repeats", help="Keep exact repeats of (prompt, chosen, "
+                                               "rejected) in the training shapes (left out by default).")] = False,
     push_to_hub: Annotated[Optional[str], typer.Option("--push-to-hub", help="Also push the rows as a Hugging Face "
                                                        "dataset to this repo id (needs a login).")] = None,
     private: Annotated[bool, typer.Option("--private", help="With --push-to-hub: create a private repo.")] = False,
@@ -48,7 +54,8 @@ def export_command(
     check_where(where)
     table = io.read_pairs(input)
     columns = [c.strip() for c in (keep or "").split(",") if c.strip()]
-    result = export_pairs(table, to, where=where, keep=columns, shuffle=shuffle, seed=seed)
+    result = export_pairs(table, to, where=where, keep=columns, shuffle=shuffle, seed=seed,
+                          margin_floor=margin_floor, keep_repeats=keep_repeats)
     if output is not None:
         with plan:
             if to in JSONL_FORMATS and output == io.STDIO:
@@ -76,5 +83,5 @@ def push(table, repo: str, private: bool) -> None:
 
 
 def register(app: typer.Typer) -> None:
-    app.command("export", help="Write curated pairs for training: TRL (standard or conversational), OpenRLHF "
-                               "JSONL, plain JSONL, HF datasets directory, or Parquet; --where filters.")(export_command)
+    app.command("export", help="Write curated pairs for training: TRL (conversational or standard text), OpenRLHF"
+                               " JSONL, plain JSONL, HF datasets directory, or Parquet; --where filters.")(export_command)

@@ -111,7 +111,8 @@ def export_command(
 
 
 @app.command("import", help="Apply human verdicts (Label Studio export JSON, Argilla records, or the CSV) to "
-                            "the pairs: flips swap chosen/rejected, ties and both-bad are set aside.")
+                            "the pairs: flips swap chosen/rejected, ties and both-bad are set aside. Tasks an "
+                            "earlier import applied are skipped, so a cumulative export can be imported again.")
 @handle_errors
 def import_command(
     verdicts: Annotated[list[str], typer.Argument(help="Verdict files (several annotators may be in one file "
@@ -140,8 +141,15 @@ def import_command(
         judgements.extend(stage.parse_verdicts(records, path, fmt=fmt, lines=lines))
     if not judgements:
         raise InputError(f"{', '.join(verdicts)}: no verdicts found (no annotations, or all unfilled)")
-    result = stage.apply_verdicts(table, stage.aggregate(judgements, queue_table))
+    # Label Studio exports are cumulative: tasks an earlier import applied are skipped and counted.
+    judgements, already = stage.skip_applied(judgements, stage.applied_task_ids(table))
+    queue_ids = queue_table.column("review_task_id").to_pylist()
+    result = stage.apply_verdicts(table, stage.aggregate(judgements, queue_table), queue_task_ids=queue_ids,
+                                  already_applied=already)
     check_accounting(table.num_rows, result)
+    if result.stats["not_in_input"]:
+        rep.warn(f"{result.stats['not_in_input']} reviewed pairs are not in --into (set aside or removed after an "
+                 "earlier import of this queue); their verdicts were skipped")
     write_stage(plan, result, output, side)
     if result.stats["flip"] and "margin" in table.column_names:
         rep.warn(f"{result.stats['flip']} flipped pairs keep their vote columns as scored before the flip; "

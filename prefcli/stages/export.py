@@ -1,14 +1,20 @@
 """Training exports: the curated pairs in the shapes trainers read.
 
-- `trl`: TRL standard preference rows {prompt, chosen, rejected} as text (+ margin).
-- `trl-conversational`: TRL conversational rows: prompt = message list, chosen/rejected = one
-  assistant message each (+ margin). `hf-dataset` and `parquet` use this shape too.
-- `openrlhf`: OpenRLHF reward/DPO JSONL: `prompt`, `chosen`, `rejected` text and `margin`
-  (its default --prompt_key/--chosen_key/--rejected_key; margin is read with --margin_loss).
-- `jsonl`: every column, one JSON object per line (for piping into a custom training job).
+- `trl` (alias `trl-conversational`), `hf-dataset`, `parquet`: conversational rows. `prompt` is the
+  message list, `chosen`/`rejected` one assistant message each; the trainer applies the model's chat
+  template (TRL `DPOTrainer`/`RewardTrainer`; OpenRLHF with `--data.apply_chat_template --data.prompt_key prompt`).
+- `trl-standard`: plain text for models without a chat template. The prompt is rendered with
+  `PLAIN_CHAT_TEMPLATE` and ends with `Assistant:`; each response starts with one space, so
+  prompt + response (what TRL and OpenRLHF concatenate) is exactly the rendered conversation.
+- `openrlhf`: implicit-prompt conversations: `chosen`/`rejected` are the whole conversation (prompt
+  messages + the assistant message), no `prompt` key. OpenRLHF's defaults (`prompt_key` None) with
+  `--data.apply_chat_template` then see the prompt, for reward models and DPO alike.
+- `jsonl`: every column, one JSON object per line (for a custom training job).
 
-`margin` comes from the vote stage when present. Tie rows (`tie = true`) carry no preference and
-are left out of the training shapes (not of `jsonl`).
+Training shapes leave out ties (`tie = true`) and exact repeats of (prompt, chosen, rejected), both
+counted in the summary. `margin` is the vote's margin for the stored orientation, raised to
+`margin_floor` (default 0: a reward loss never asks for a negative gap); `margin_signed` keeps the
+signed value.
 """
 
 from __future__ import annotations
@@ -25,10 +31,18 @@ from ..report import StageResult
 from ..schema import MESSAGE_TYPE
 from ..text import texts_for
 
-FORMATS = ("trl", "trl-conversational", "openrlhf", "jsonl", "hf-dataset", "parquet")
-JSONL_FORMATS = ("trl", "trl-conversational", "openrlhf", "jsonl")
-SHAPE = {"trl": "standard", "openrlhf": "standard", "trl-conversational": "conversational",
-         "hf-dataset": "conversational", "parquet": "conversational", "jsonl": "all"}
+FORMATS = ("trl", "trl-conversational", "trl-standard", "openrlhf", "jsonl", "hf-dataset", "parquet")
+JSONL_FORMATS = ("trl", "trl-conversational", "trl-standard", "openrlhf", "jsonl")
+SHAPE = {"trl": "conversational", "trl-conversational": "conversational", "trl-standard": "standard",
+         "openrlhf": "implicit", "hf-dataset": "conversational", "parquet": "conversational", "jsonl": "all"}
+# The text rendering of `trl-standard` as a chat template (set it as a base model's tokenizer.chat_template
+# to render prompts the same way at inference). A prompt ends with "Assistant:", a response starts with " ".
+PLAIN_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if not loop.first %}{{ '\\n\\n' }}{% endif %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] }}"
+    "{% else %}{{ m['role'] | capitalize }}: {{ m['content'] }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '\\n\\nAssistant:' }}{% endif %}"
+)
 
 
 # Words that start a query or name a table; a row filter needs none of them. Checked before polars parses the
@@ -98,8 +112,32 @@ def assistant_messages(texts: pa.ChunkedArray | pa.Array) -> pa.Array:
     return pa.LargeListArray.from_arrays(pa.array(np.arange(n + 1), pa.int64()), structs)
 
 
+def render_prompt(messages: Sequence[dict]) -> str:
+    """A prompt as `PLAIN_CHAT_TEMPLATE` renders it with the generation prompt: ends with "Assistant:"."""
+    turns = [m["content"] if m["role"] == "system" else f"{m['role'].capitalize()}: {m['content']}" for m in messages]
+    return "\n\n".join(turns + ["Assistant:"])
+
+
+def conversations(prompts: pa.ChunkedArray, responses: pa.ChunkedArray) -> pa.Array:
+    """Each prompt's message list followed by the response as one assistant message (vectorised)."""
+    prompts = prompts.combine_chunks() if isinstance(prompts, pa.ChunkedArray) else prompts
+    answers = assistant_messages(responses)
+    n = len(prompts)
+    lengths = pc.fill_null(pc.list_value_length(prompts), 0).to_numpy(zero_copy_only=False).astype(np.int64)
+    offsets = np.zeros(n + 1, np.int64)
+    np.cumsum(lengths + 1, out=offsets[1:])
+    order = np.empty(int(offsets[-1]), np.int64)  # where each flattened message comes from
+    prompt_values = pc.list_flatten(prompts).cast(answers.type.value_type)
+    for_prompt = np.ones(len(order), bool)
+    for_prompt[offsets[1:] - 1] = False
+    order[for_prompt] = np.arange(len(prompt_values))
+    order[~for_prompt] = len(prompt_values) + np.arange(n)
+    values = pa.concat_arrays([prompt_values, answers.values]).take(pa.array(order))
+    return pa.LargeListArray.from_arrays(pa.array(offsets), values)
+
+
 def oriented_margin(table: pa.Table) -> pa.ChunkedArray:
-    """`margin` for the stored orientation (missing -> 0).
+    """`margin` for the stored orientation (missing -> 0), signed.
 
     A pair humans flipped in `review import` after the vote still carries the vote's margin for the
     old orientation (the review stage may not rewrite vote columns); it is negated here until
@@ -113,8 +151,8 @@ def oriented_margin(table: pa.Table) -> pa.ChunkedArray:
     return margin
 
 
-def training_table(table: pa.Table, fmt: str, *, keep: Sequence[str] = ()) -> pa.Table:
-    """The rows in `fmt`'s shape, plus `margin` when present and any `keep` columns."""
+def training_table(table: pa.Table, fmt: str, *, keep: Sequence[str] = (), margin_floor: float = 0.0) -> pa.Table:
+    """The rows in `fmt`'s shape, plus `margin` (floored) and `margin_signed` when present, and `keep` columns."""
     if fmt not in FORMATS:
         raise InputError(f"--to: expected one of {', '.join(FORMATS)}, got '{fmt}'")
     missing = [c for c in keep if c not in table.column_names]
@@ -125,23 +163,43 @@ def training_table(table: pa.Table, fmt: str, *, keep: Sequence[str] = ()) -> pa
         return table
     columns: dict[str, Any] = {}
     if shape == "standard":
-        columns["prompt"] = pa.array(texts_for(table, "prompt"), pa.large_string())
-        columns["chosen"] = table.column("chosen")
-        columns["rejected"] = table.column("rejected")
+        prompts = [render_prompt(m) for m in table.column("prompt").to_pylist()]
+        columns["prompt"] = pa.array(prompts, pa.large_string())
+        for side in ("chosen", "rejected"):  # one space after "Assistant:"
+            columns[side] = pc.utf8_replace_slice(table.column(side).cast(pa.large_string()), 0, 0, " ")
+    elif shape == "implicit":
+        columns["chosen"] = conversations(table.column("prompt"), table.column("chosen"))
+        columns["rejected"] = conversations(table.column("prompt"), table.column("rejected"))
     else:
         columns["prompt"] = table.column("prompt")
         columns["chosen"] = assistant_messages(table.column("chosen"))
         columns["rejected"] = assistant_messages(table.column("rejected"))
     if "margin" in table.column_names:
-        columns["margin"] = oriented_margin(table)
+        signed = oriented_margin(table)
+        columns["margin"] = pc.max_element_wise(signed, pa.scalar(float(margin_floor)))
+        columns["margin_signed"] = signed
     for name in keep:
         columns.setdefault(name, table.column(name))
     return pa.table(columns)
 
 
+def repeated_rows(table: pa.Table) -> np.ndarray:
+    """True for every row whose (prompt, chosen, rejected) already appeared earlier in the table."""
+    import polars as pl
+
+    if table.num_rows == 0:
+        return np.zeros(0, bool)
+    frame = pl.DataFrame({"prompt": texts_for(table, "prompt"),
+                          "prompt_roles": [tuple(m["role"] for m in p) for p in table.column("prompt").to_pylist()],
+                          "chosen": table.column("chosen").to_pylist(),
+                          "rejected": table.column("rejected").to_pylist()})
+    return ~frame.select(pl.struct(pl.all()).is_first_distinct()).to_series().to_numpy()
+
+
 def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: Sequence[str] = (),
-                 shuffle: bool = False, seed: int = 0) -> StageResult:
-    """Filter (--where), drop ties from training shapes, optionally shuffle, and reshape."""
+                 shuffle: bool = False, seed: int = 0, margin_floor: float = 0.0,
+                 keep_repeats: bool = False) -> StageResult:
+    """Filter (--where), drop ties and exact repeats from training shapes, optionally shuffle, reshape."""
     rows_in = table.num_rows
     selected = filter_where(table, where)
     stats: dict[str, Any] = {"rows_in": rows_in, "filtered_out": rows_in - selected.num_rows, "format": fmt}
@@ -149,13 +207,23 @@ def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: S
         ties = pc.fill_null(selected.column("tie"), False)
         stats["ties_left_out"] = int(pc.sum(ties.cast(pa.int64())).as_py() or 0)
         selected = selected.filter(pc.invert(ties))
+        repeats = np.zeros(selected.num_rows, bool) if keep_repeats else repeated_rows(selected)
+        stats["repeats_left_out"] = int(repeats.sum())
+        selected = selected.filter(pa.array(~repeats))
+        if "dedup_is_rep" in selected.column_names:  # training on non-representatives repeats near-duplicates
+            stats["non_representatives"] = int(pc.sum(pc.invert(pc.fill_null(selected.column("dedup_is_rep"), True))
+                                                      .cast(pa.int64())).as_py() or 0)
     if "margin" in selected.column_names:
         stats["margin_missing"] = selected.column("margin").null_count
     if shuffle:
         selected = selected.take(pa.array(np.random.default_rng(seed).permutation(selected.num_rows)))
-    out = training_table(selected, fmt, keep=keep)
+    out = training_table(selected, fmt, keep=keep, margin_floor=margin_floor)
     stats["rows_out"] = out.num_rows
     stats["has_margin"] = "margin" in out.column_names
+    if stats["has_margin"] and SHAPE.get(fmt) != "all":
+        stats["margin_floor"] = margin_floor
+        stats["margins_raised"] = int(pc.sum(pc.less(out.column("margin_signed"), margin_floor)
+                                             .cast(pa.int64())).as_py() or 0)
     return StageResult(out=out, stats=stats)
 
 

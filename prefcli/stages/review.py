@@ -458,6 +458,11 @@ def _parse_label_studio(record: dict, where: str) -> list[Judgement]:
     return out
 
 
+ARGILLA_NO_STATUS = ("the Argilla response has no status (the nested records.json of `Dataset.to_disk` or "
+                     "`records.to_json` drops it), so a draft cannot be told from a submitted answer; export with "
+                     "`json.dump(dataset.records.to_list(flatten=True), f)` and import that file")
+
+
 def _parse_argilla(record: dict, where: str) -> list[Judgement]:
     tid = str(_require(record, "id", where, (str, int)))
     responses = record.get("responses")
@@ -478,7 +483,9 @@ def _parse_argilla(record: dict, where: str) -> list[Judgement]:
         at = f"{where} response {n}"
         if not isinstance(answer, dict) or "value" not in answer:
             raise InputError(f"{at}: expected an object with 'value'")
-        if answer.get("status") not in (None, "submitted"):
+        if answer.get("status") is None:
+            raise InputError(f"{at}: {ARGILLA_NO_STATUS}")
+        if answer["status"] != "submitted":
             continue  # drafts and discarded responses are not verdicts
         who = answer.get("user_id")
         if who is None:
@@ -496,6 +503,22 @@ def _parse_csv(record: dict, where: str) -> list[Judgement]:
         return []  # not reviewed yet
     who = record.get("annotator") or "csv"
     return [Judgement(str(tid), str(who), _choice(verdict, where), str(record.get("justification") or ""), where)]
+
+
+def applied_task_ids(table: pa.Table) -> set[str]:
+    """Task ids whose verdicts `table` already carries (an earlier `review import` output)."""
+    if "review_task_id" not in table.column_names:
+        return set()
+    return set(pc.drop_null(table.column("review_task_id")).to_pylist())
+
+
+def skip_applied(judgements: Sequence[Judgement], applied: set[str]) -> tuple[list[Judgement], int]:
+    """Judgements of tasks not applied yet, and how many tasks were skipped as already applied.
+
+    Label Studio's export holds every annotation so far: a later round's export repeats the earlier tasks.
+    """
+    fresh = [j for j in judgements if j.task_id not in applied]
+    return fresh, len({j.task_id for j in judgements if j.task_id in applied})
 
 
 def _verdict(choice: str, left_is_chosen: bool) -> str:
@@ -546,19 +569,29 @@ def aggregate(judgements: Iterable[Judgement], queue: pa.Table) -> list[TaskOutc
     return outcomes
 
 
-def apply_verdicts(table: pa.Table, outcomes: Sequence[TaskOutcome]) -> StageResult:
+def apply_verdicts(table: pa.Table, outcomes: Sequence[TaskOutcome], *, queue_task_ids: Iterable[str] = (),
+                   already_applied: int = 0) -> StageResult:
     """Apply human verdicts: flips swap chosen/rejected, ties and both-bad are set aside with a reason.
 
     Rows not reviewed this round keep any `review_*` values from earlier rounds (the gold set grows).
-    Every reviewed pair must be in `table`; otherwise nothing is applied.
+    Every reviewed pair must be in `table`, unless `table` is an earlier import of the same queue
+    (`queue_task_ids`): then a missing pair was set aside (tie, both-bad) or removed since, and its
+    verdict is skipped and counted (`not_in_input`). Otherwise nothing is applied.
     """
+    applied = applied_task_ids(table)
+    same_queue = bool(applied & (set(queue_task_ids) | {o.task_id for o in outcomes}))
     reviewed_ids = [o.pair_id for o in outcomes]
     position = pc.index_in(table.column("pair_id"), value_set=pa.array(reviewed_ids, pa.large_string()))
     found = set(pc.unique(pc.drop_null(position)).to_pylist()) if table.num_rows else set()
-    if len(found) < len(outcomes):
-        lost = next(o for i, o in enumerate(outcomes) if i not in found)
-        raise InputError(f"--into: reviewed pair '{lost.pair_id}' (task '{lost.task_id}') is not in the input; "
-                         "was the queue selected from a different file?")
+    lost = [o for i, o in enumerate(outcomes) if i not in found]
+    if lost and not same_queue:
+        raise InputError(f"--into: reviewed pair '{lost[0].pair_id}' (task '{lost[0].task_id}') is not in the "
+                         "input, which holds no earlier verdicts of this queue; was the queue selected from a "
+                         "different file?")
+    if lost:  # keep the outcomes that have a row; positions index the kept list
+        outcomes = [o for i, o in enumerate(outcomes) if i in found]
+        position = pc.index_in(table.column("pair_id"),
+                               value_set=pa.array([o.pair_id for o in outcomes], pa.large_string()))
     hit = pc.is_valid(position)
 
     def per_row(values: list, arrow_type: pa.DataType) -> pa.ChunkedArray:
@@ -615,7 +648,8 @@ def apply_verdicts(table: pa.Table, outcomes: Sequence[TaskOutcome]) -> StageRes
     counts = Counter(o.verdict for o in outcomes)
     stats = {
         "rows_in": table.num_rows, "rows_out": table.num_rows - aside.num_rows, "set_aside": aside.num_rows,
-        "tasks_reviewed": len(outcomes), "rows_reviewed": int(pc.sum(hit.cast(pa.int64())).as_py() or 0),
+        "tasks_reviewed": len(outcomes), "already_applied": already_applied, "not_in_input": len(lost),
+        "rows_reviewed": int(pc.sum(hit.cast(pa.int64())).as_py() or 0),
         "keep": counts.get("keep", 0), "flip": counts.get("flip", 0), "tie": counts.get("tie", 0),
         "both_bad": counts.get("both-bad", 0), "split": sum(o.split for o in outcomes),
         "mean_agreement": round(float(np.mean([o.agreement for o in outcomes])), 4) if outcomes else None,
