@@ -32,6 +32,9 @@ from .vote import BucketThresholds, aggregate_margins, prefixed_columns, robust_
 STAGE = "length_bias"
 MODEL_FORMAT = "prefcli.length_bias.v1"
 METHODS = ("paired", "isotonic", "spline")
+RESIDUALS = ("rank", "none")
+RHO_TARGET = 0.05
+N_QUANTILES = 101
 N_KNOTS = 8
 MIN_PAIRS = 10
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -193,11 +196,59 @@ def eval_curve(curve: dict[str, Any], x: np.ndarray) -> np.ndarray:
     raise InputError(f"length model: unknown curve kind '{curve['kind']}'")
 
 
+# --------------------------------------------------------------------------- residual step on dlen
+
+def rank_dlen(residual: dict[str, Any], len_chosen: np.ndarray, len_rejected: np.ndarray) -> np.ndarray:
+    """u(dlen) = sign(dlen) * F(|dlen|), F the fit-time CDF of |dlen| (stored quantiles): odd, bounded,
+    0 at equal length, and monotone in dlen like the ranks that Spearman rho uses."""
+    d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    q = np.asarray(residual["abs_dlen_quantiles"], np.float64)
+    return np.sign(d) * np.interp(np.abs(d), q, np.linspace(0.0, 1.0, len(q)))
+
+
+def fit_residual(margin: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict[str, Any]:
+    """The step after the fit: beta with Spearman rho(margin - beta * u(dlen), dlen) = 0 on the fitted pairs
+    (bisection; rho falls as beta grows). Whatever rank correlation the fit left (a curve that misses the
+    shape, heteroscedastic margins, extreme pairs) is removed along u; beta = 0 when there is none."""
+    d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    residual: dict[str, Any] = {"kind": "rank_dlen",
+                                "abs_dlen_quantiles": np.quantile(np.abs(d), np.linspace(0, 1, N_QUANTILES)).tolist(),
+                                "beta": 0.0, "rho_before": _rho(margin, d)}
+    u = rank_dlen(residual, len_chosen, len_rejected)
+    if residual["rho_before"] is None or residual["rho_before"] == 0 or np.ptp(u) == 0:
+        return residual
+    sign = math.copysign(1.0, residual["rho_before"])
+
+    def same_side(beta: float) -> bool:
+        rho = _rho(margin - sign * beta * u, d)
+        return rho is not None and rho * sign > 0
+
+    lo, hi = 0.0, float(np.std(margin) / np.std(u)) or 1.0
+    for _ in range(60):
+        if not same_side(hi):
+            break
+        lo, hi = hi, 2 * hi
+    for _ in range(60):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if same_side(mid) else (lo, mid)
+    residual["beta"] = sign * hi
+    return residual
+
+
+def residual_correction(curve: dict[str, Any], len_chosen: np.ndarray, len_rejected: np.ndarray) -> np.ndarray:
+    """The residual step's share of a pair's margin correction (0 without one)."""
+    residual = curve.get("residual")
+    if not residual:
+        return np.zeros(len(len_chosen))
+    return residual["beta"] * rank_dlen(residual, len_chosen, len_rejected)
+
+
 # --------------------------------------------------------------------------- fit / apply
 
 def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.ndarray], *,
-        length_spec: str, method: str = "paired", thresholds: BucketThresholds | None = None,
-        glm: dict | None = None, where: str = "input") -> dict[str, Any]:
+        length_spec: str, method: str = "paired", residual: str = "rank",
+        thresholds: BucketThresholds | None = None, glm: dict | None = None,
+        where: str = "input") -> dict[str, Any]:
     """Fit f(length) -> reward for each score key; returns the JSON-ready model for `apply`.
 
     x = log(1 + length). `rm_<name>`: paired fits f on the pair margins (see `fit_pair_curve`); isotonic
@@ -205,7 +256,12 @@ def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.nd
     over the fitted responses, so debiased scores keep the reward model's level. `pref_mean` is a margin:
     paired fits it like an RM margin; isotonic/spline fit it against the log length ratio and read
     the preference off at ratio 1 (offset = f(0)).
+
+    residual `rank` (default) adds `fit_residual` on each debiased margin, so rho(margin, dlen) is 0 on the
+    fitted pairs; `none` stops after the curve.
     """
+    if residual not in RESIDUALS:
+        raise InputError(f"--residual: expected one of {', '.join(RESIDUALS)}, got '{residual}'")
     if table.num_rows < MIN_PAIRS:
         raise InputError(f"{where}: {table.num_rows} pairs; fitting needs at least {MIN_PAIRS}")
     len_c, len_r = lengths
@@ -223,25 +279,31 @@ def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.nd
         elif key == "pref_mean":
             curve = fit_curve(log_ratio(len_c, len_r), margin, method=method)
             curve.update(x_is="log_length_ratio", offset=float(eval_curve(curve, np.zeros(1))[0]))
-            curves[key] = curve
-            continue
         else:
             curve = fit_curve(np.concatenate([x_c, x_r]), np.concatenate([chosen, rejected]), method=method)
             curve.update(x_is="log1p_length")
-        curve["offset"] = float(eval_curve(curve, np.concatenate([x_c, x_r])).mean())
+        if curve["x_is"] == "log1p_length":
+            curve["offset"] = float(eval_curve(curve, np.concatenate([x_c, x_r])).mean())
+        if residual == "rank":
+            curve["residual"] = fit_residual(margin - correction(curve, len_c, len_r, margin=True), len_c, len_r)
         curves[key] = curve
-    return {"format": MODEL_FORMAT, "length": length_spec, "method": method, "rows": table.num_rows,
+    return {"format": MODEL_FORMAT, "length": length_spec, "method": method, "residual": residual,
+            "rows": table.num_rows,
             "scores": curves, "pref_thresholds": asdict(thresholds) if thresholds else None, "glm": glm}
 
 
 def correction(curve: dict[str, Any], len_chosen: np.ndarray, len_rejected: np.ndarray, *,
                margin: bool = False) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
-    """What debiasing subtracts: per response f(x) - offset, or for a margin column the margin's share."""
+    """What debiasing subtracts: per response f(x) - offset, or for a margin column the margin's share.
+    The residual step's pair correction is split half to each response (chosen -, rejected +)."""
+    extra = residual_correction(curve, len_chosen, len_rejected)
     if curve["x_is"] == "log_length_ratio":
-        return eval_curve(curve, log_ratio(len_chosen, len_rejected)) - curve["offset"]
+        return eval_curve(curve, log_ratio(len_chosen, len_rejected)) - curve["offset"] + extra
     on_chosen = eval_curve(curve, np.log1p(len_chosen)) - curve["offset"]
     on_rejected = eval_curve(curve, np.log1p(len_rejected)) - curve["offset"]
-    return on_chosen - on_rejected if margin else (on_chosen, on_rejected)
+    if margin:
+        return on_chosen - on_rejected + extra
+    return on_chosen + 0.5 * extra, on_rejected - 0.5 * extra
 
 
 def check_model(model: Any, where: str) -> dict[str, Any]:
@@ -256,7 +318,7 @@ def check_model(model: Any, where: str) -> dict[str, Any]:
         if not isinstance(curve, dict) or curve.get("kind") not in need or "offset" not in curve \
                 or curve.get("x_is") not in ("log1p_length", "log_length_ratio") \
                 or (key != "pref_mean" and curve["x_is"] != "log1p_length") \
-                or any(k not in curve for k in need[curve["kind"]]):
+                or any(k not in curve for k in need[curve["kind"]]) or not _residual_ok(curve.get("residual")):
             raise InputError(f"{where}: scores.{key}: malformed curve")
     thresholds = model.get("pref_thresholds")
     if thresholds is not None:
@@ -265,6 +327,15 @@ def check_model(model: Any, where: str) -> dict[str, Any]:
                              f"{', '.join(asdict(BucketThresholds()))}")
         BucketThresholds(**thresholds)
     return model
+
+
+def _residual_ok(residual: Any) -> bool:
+    if residual is None:
+        return True
+    q = residual.get("abs_dlen_quantiles") if isinstance(residual, dict) else None
+    return residual.get("kind") == "rank_dlen" and isinstance(residual.get("beta"), (int, float)) \
+        and isinstance(q, list) and len(q) >= 2 and all(isinstance(v, (int, float)) for v in q) \
+        and all(b >= a for a, b in zip(q, q[1:]))
 
 
 def apply(table: pa.Table, model: dict[str, Any], lengths: tuple[np.ndarray, np.ndarray], *,
