@@ -31,8 +31,8 @@ from .vote import BucketThresholds, aggregate_margins, prefixed_columns, robust_
 
 STAGE = "length_bias"
 MODEL_FORMAT = "prefcli.length_bias.v1"
-METHODS = ("paired", "isotonic", "spline")
-RESIDUALS = ("rank", "none")
+METHODS = ("paired", "isotonic", "spline", "dlen")
+RESIDUALS = ("balanced", "rank", "none")
 RHO_TARGET = 0.05
 N_QUANTILES = 101
 N_KNOTS = 8
@@ -184,6 +184,8 @@ def _spline_curve(spline, ridge, x: np.ndarray) -> dict[str, Any]:
 
 def eval_curve(curve: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """f(x) from the JSON form: the one evaluation used at fit time and by `apply`, so both agree exactly."""
+    if curve["kind"] == "zero":
+        return np.zeros(len(x))
     if curve["kind"] == "isotonic":
         xs, ys = np.asarray(curve["x"], np.float64), np.asarray(curve["y"], np.float64)
         return np.interp(np.clip(x, xs[0], xs[-1]), xs, ys)
@@ -206,32 +208,80 @@ def rank_dlen(residual: dict[str, Any], len_chosen: np.ndarray, len_rejected: np
     return np.sign(d) * np.interp(np.abs(d), q, np.linspace(0.0, 1.0, len(q)))
 
 
-def fit_residual(margin: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray) -> dict[str, Any]:
-    """The step after the fit: beta with Spearman rho(margin - beta * u(dlen), dlen) = 0 on the fitted pairs
-    (bisection; rho falls as beta grows). Whatever rank correlation the fit left (a curve that misses the
-    shape, heteroscedastic margins, extreme pairs) is removed along u; beta = 0 when there is none."""
+def _accuracy_gap(margin: np.ndarray, d: np.ndarray) -> float | None:
+    """Accuracy on chosen-longer minus on chosen-shorter pairs (ties = a coin); None without both kinds."""
+    longer, shorter = d > 0, d < 0
+    if not longer.any() or not shorter.any():
+        return None
+    correct = (margin > 0) + 0.5 * (margin == 0)
+    return float(correct[longer].mean() - correct[shorter].mean())
+
+
+def _centred_ranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    r = rankdata(x)
+    return r - r.mean()
+
+
+def _root(side, start: float, steps: int = 40) -> float:
+    """Smallest b >= 0 (to bisection precision) where side(b) turns False; side(0) is True."""
+    lo, hi = 0.0, start or 1.0
+    for _ in range(60):
+        if not side(hi):
+            break
+        lo, hi = hi, 2 * hi
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if side(mid) else (lo, mid)
+    return hi
+
+
+def fit_residual(margin: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray, *,
+                 balance: bool = False) -> dict[str, Any]:
+    """The step after the fit. rank: beta with Spearman rho(margin - beta * u(dlen), dlen) = 0 on the fitted
+    pairs (bisection; rho falls as beta grows), so whatever rank correlation the fit left (a curve that misses
+    the shape, heteroscedastic margins, extreme pairs) goes along u. balance: also a shift s * sign(dlen),
+    so that accuracy on chosen-longer and chosen-shorter pairs is equal, with beta re-solved for each s."""
     d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
     residual: dict[str, Any] = {"kind": "rank_dlen",
                                 "abs_dlen_quantiles": np.quantile(np.abs(d), np.linspace(0, 1, N_QUANTILES)).tolist(),
-                                "beta": 0.0, "rho_before": _rho(margin, d)}
-    u = rank_dlen(residual, len_chosen, len_rejected)
-    if residual["rho_before"] is None or residual["rho_before"] == 0 or np.ptp(u) == 0:
-        return residual
-    sign = math.copysign(1.0, residual["rho_before"])
+                                "beta": 0.0, "shift": 0.0, "rho_before": _rho(margin, d),
+                                "gap_before": _accuracy_gap(margin, d)}
+    u, sign_d = rank_dlen(residual, len_chosen, len_rejected), np.sign(d)
+    rank_d = _centred_ranks(d)
 
-    def same_side(beta: float) -> bool:
-        rho = _rho(margin - sign * beta * u, d)
-        return rho is not None and rho * sign > 0
+    def rho(m: np.ndarray) -> float:  # Spearman rho with dlen, without scipy's per-call overhead
+        r = _centred_ranks(m)
+        norm = math.sqrt(float(r @ r) * float(rank_d @ rank_d))
+        return float(r @ rank_d) / norm if norm else 0.0
 
-    lo, hi = 0.0, float(np.std(margin) / np.std(u)) or 1.0
-    for _ in range(60):
-        if not same_side(hi):
-            break
-        lo, hi = hi, 2 * hi
-    for _ in range(60):
-        mid = 0.5 * (lo + hi)
-        lo, hi = (mid, hi) if same_side(mid) else (lo, mid)
-    residual["beta"] = sign * hi
+    def beta_for(m: np.ndarray) -> float:
+        if np.ptp(u) == 0 or not rho(m):
+            return 0.0
+        sign = math.copysign(1.0, rho(m))
+
+        def same_side(beta: float) -> bool:
+            return rho(m - sign * beta * u) * sign > 0
+
+        return sign * _root(same_side, float(np.std(m) / np.std(u)))
+
+    def debiased(shift: float) -> np.ndarray:
+        m = margin - shift * sign_d
+        return m - beta_for(m) * u
+
+    shift = 0.0
+    gap = _accuracy_gap(debiased(0.0), d) if balance else None
+    if gap:
+        direction = math.copysign(1.0, gap)
+
+        def gap_same_side(s: float) -> bool:
+            after = _accuracy_gap(debiased(direction * s), d)
+            return after is not None and after * direction > 0
+
+        shift = direction * _root(gap_same_side, 0.1 * float(np.std(margin)), steps=30)
+    residual["shift"] = shift
+    residual["beta"] = beta_for(margin - shift * sign_d)
     return residual
 
 
@@ -240,13 +290,14 @@ def residual_correction(curve: dict[str, Any], len_chosen: np.ndarray, len_rejec
     residual = curve.get("residual")
     if not residual:
         return np.zeros(len(len_chosen))
-    return residual["beta"] * rank_dlen(residual, len_chosen, len_rejected)
+    d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    return residual["beta"] * rank_dlen(residual, len_chosen, len_rejected) + residual["shift"] * np.sign(d)
 
 
 # --------------------------------------------------------------------------- fit / apply
 
 def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.ndarray], *,
-        length_spec: str, method: str = "paired", residual: str = "rank",
+        length_spec: str, method: str = "paired", residual: str = "balanced",
         thresholds: BucketThresholds | None = None, glm: dict | None = None,
         where: str = "input") -> dict[str, Any]:
     """Fit f(length) -> reward for each score key; returns the JSON-ready model for `apply`.
@@ -255,11 +306,14 @@ def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.nd
     and spline fit the pooled (x, score) points of chosen and rejected responses. The offset is mean f
     over the fitted responses, so debiased scores keep the reward model's level. `pref_mean` is a margin:
     paired fits it like an RM margin; isotonic/spline fit it against the log length ratio and read
-    the preference off at ratio 1 (offset = f(0)).
+    the preference off at ratio 1 (offset = f(0)). dlen fits no curve (f = 0): the residual step alone.
 
-    residual `rank` (default) adds `fit_residual` on each debiased margin, so rho(margin, dlen) is 0 on the
-    fitted pairs; `none` stops after the curve.
+    residual (see `fit_residual`), on each margin after the curve: `balanced` (default) makes rho(margin, dlen)
+    0 and the chosen-longer/-shorter accuracy gap 0 on the fitted pairs; `rank` only the first; `none`
+    stops after the curve.
     """
+    if method not in METHODS:
+        raise InputError(f"--method: expected one of {', '.join(METHODS)}, got '{method}'")
     if residual not in RESIDUALS:
         raise InputError(f"--residual: expected one of {', '.join(RESIDUALS)}, got '{residual}'")
     if table.num_rows < MIN_PAIRS:
@@ -276,6 +330,8 @@ def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.nd
         if method == "paired":
             curve = fit_pair_curve(x_c, x_r, margin)
             curve.update(x_is="log1p_length")
+        elif method == "dlen":
+            curve = {"kind": "zero", "x_is": "log1p_length"}
         elif key == "pref_mean":
             curve = fit_curve(log_ratio(len_c, len_r), margin, method=method)
             curve.update(x_is="log_length_ratio", offset=float(eval_curve(curve, np.zeros(1))[0]))
@@ -284,8 +340,9 @@ def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.nd
             curve.update(x_is="log1p_length")
         if curve["x_is"] == "log1p_length":
             curve["offset"] = float(eval_curve(curve, np.concatenate([x_c, x_r])).mean())
-        if residual == "rank":
-            curve["residual"] = fit_residual(margin - correction(curve, len_c, len_r, margin=True), len_c, len_r)
+        if residual != "none":
+            curve["residual"] = fit_residual(margin - correction(curve, len_c, len_r, margin=True), len_c, len_r,
+                                             balance=residual == "balanced")
         curves[key] = curve
     return {"format": MODEL_FORMAT, "length": length_spec, "method": method, "residual": residual,
             "rows": table.num_rows,
@@ -314,7 +371,7 @@ def check_model(model: Any, where: str) -> dict[str, Any]:
     if not isinstance(curves, dict) or not curves or not isinstance(model.get("length"), str):
         raise InputError(f"{where}: model has no fitted scores or no length measure")
     for key, curve in curves.items():
-        need = {"isotonic": ("x", "y"), "spline": ("knots", "coefs", "degree", "intercept", "x_min", "x_max")}
+        need = {"zero": (), "isotonic": ("x", "y"), "spline": ("knots", "coefs", "degree", "intercept", "x_min", "x_max")}
         if not isinstance(curve, dict) or curve.get("kind") not in need or "offset" not in curve \
                 or curve.get("x_is") not in ("log1p_length", "log_length_ratio") \
                 or (key != "pref_mean" and curve["x_is"] != "log1p_length") \
@@ -333,7 +390,8 @@ def _residual_ok(residual: Any) -> bool:
     if residual is None:
         return True
     q = residual.get("abs_dlen_quantiles") if isinstance(residual, dict) else None
-    return residual.get("kind") == "rank_dlen" and isinstance(residual.get("beta"), (int, float)) \
+    return residual.get("kind") == "rank_dlen" \
+        and all(isinstance(residual.get(k), (int, float)) for k in ("beta", "shift")) \
         and isinstance(q, list) and len(q) >= 2 and all(isinstance(v, (int, float)) for v in q) \
         and all(b >= a for a, b in zip(q, q[1:]))
 
