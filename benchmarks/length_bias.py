@@ -53,7 +53,7 @@ GENERATORS = tuple(f"{f}{v}" for f in FAMILIES for v in ("", "_verbose", "_conci
 MAX_PAIRS = 3000
 RHO_GOAL, ACC_GOAL, GAP_GOAL = 0.05, 0.01, 0.05
 LENGTH_DRIVEN = ("alpacaeval", "hh-harmless")  # accuracy loss reported, not bounded
-OLD, NEW = ("paired", "none"), ("paired", "balanced")
+OLD, NEW = ("paired", "none"), ("dlen", "balanced")
 
 
 def alpaca_variants(data: Path = real_pairs.DATA):

@@ -101,9 +101,9 @@ def fit_cmd(
     output: Annotated[str, typer.Option("--output", "-o", help="Model JSON to write (- for stdout).")],
     score: Annotated[str, typer.Option("--score", help="all, pref_mean or rm_<name>.")] = "all",
     length: Length = "chars",
-    method: Annotated[str, typer.Option("--method", help="paired (spline + ridge on pair margins, default), "
-                                        "isotonic (monotone, pooled responses), spline (pooled) or dlen (no "
-                                        "curve: the residual step alone).")] = "paired",
+    method: Annotated[str, typer.Option("--method", help="dlen (default: no curve, the residual step alone), "
+                                        "paired (spline + ridge on pair margins), isotonic (monotone, pooled "
+                                        "responses) or spline (pooled).")] = "dlen",
     residual: Annotated[str, typer.Option("--residual", help="Step after the curve: balanced (default: "
                                           "rho(margin, dlen) = 0 and equal accuracy on chosen-longer and "
                                           "chosen-shorter pairs, on the fitted pairs), rank (rho only) or "

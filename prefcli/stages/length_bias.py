@@ -297,7 +297,7 @@ def residual_correction(curve: dict[str, Any], len_chosen: np.ndarray, len_rejec
 # --------------------------------------------------------------------------- fit / apply
 
 def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.ndarray], *,
-        length_spec: str, method: str = "paired", residual: str = "balanced",
+        length_spec: str, method: str = "dlen", residual: str = "balanced",
         thresholds: BucketThresholds | None = None, glm: dict | None = None,
         where: str = "input") -> dict[str, Any]:
     """Fit f(length) -> reward for each score key; returns the JSON-ready model for `apply`.
