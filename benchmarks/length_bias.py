@@ -171,18 +171,79 @@ def lodo_pick(results: dict, held_out: str, score: str) -> tuple[str, str]:
 def summary_table(results: dict, score: str) -> None:
     print(f"\n### --score {score}: before -> old default ({OLD[0]}, residual {OLD[1]}) | new default ({NEW[0]}, residual {NEW[1]})"
           f" | leave-one-dataset-out pick\n")
-    print("| set | pairs | P(chosen longer) | rho before | rho old | rho new | rho LODO | acc before | acc old | "
-          "acc new | acc LODO | gap before | gap old | gap new | gap LODO | LODO pick | new misses |")
-    print("|" + "---|" * 17)
+    print("| set | pairs | P(chosen longer) | rho before | rho old | rho new | rho LODO | acc before | "
+          "balanced acc before | acc old | acc new | acc LODO | gap before | gap old | gap new | gap LODO | LODO pick "
+          "| new misses |")
+    print("|" + "---|" * 18)
     for name, res in results.items():
         pick = lodo_pick(results, name, score)
         cols = [res["before"], res[score][OLD], res[score][NEW], res[score][pick]]
         missed = misses(name, res["before"], res[score][NEW])
         print(f"| {name} | {res['pairs']} | {res['p_longer']:.3f} | "
               + " | ".join(f"{c['rho']:+.3f}" for c in cols) + " | "
-              + " | ".join(f"{c['acc']:.3f}" for c in cols) + " | "
+              + f"{cols[0]['acc']:.3f} | {res['balanced_before']:.3f} | "
+              + " | ".join(f"{c['acc']:.3f}" for c in cols[1:]) + " | "
               + " | ".join(f"{100 * c['gap']:+.1f}" for c in cols)
               + f" | {pick[0]}, {pick[1]} | {', '.join(missed) or '-'} |")
+
+
+def why_row(name: str, scored, lengths) -> dict:
+    """Where the old default's (paired, residual none) leftover rho on --score pref_mean comes from: linear vs
+    rank correlation, the score's scale, ridge shrinkage, extreme pairs, absolute lengths."""
+    from scipy.stats import spearmanr
+
+    len_c, len_r = lengths
+    d, ratio = len_c - len_r, lb.log_ratio(len_c, len_r)
+    margin = scored["pref_mean"].to_numpy()
+
+    def old(m, rows=slice(None), alphas=None):
+        saved = lb.RIDGE_ALPHAS
+        lb.RIDGE_ALPHAS = alphas if alphas is not None else saved
+        try:
+            model = lb.fit(pa.table({"pref_mean": m[rows]}), ["pref_mean"], (len_c[rows], len_r[rows]),
+                           length_spec="chars", method=OLD[0], residual=OLD[1])
+        finally:
+            lb.RIDGE_ALPHAS = saved
+        curve = model["scores"]["pref_mean"]
+        return m - lb.correction(curve, len_c, len_r, margin=True), curve
+
+    def rho(a, b):
+        return float(spearmanr(a, b).statistic)
+
+    resid, curve = old(margin)
+    error = np.abs(resid - curve["label_margin"])
+    typical = error <= np.quantile(error, 0.98)
+    long_pairs = np.log1p(len_c) + np.log1p(len_r) > np.median(np.log1p(len_c) + np.log1p(len_r))
+    return {"set": name, "rho old": rho(resid, d), "rho(resid, log ratio)": rho(resid, ratio),
+            "pearson(resid, log ratio)": float(np.corrcoef(resid, ratio)[0, 1]),
+            "margin x10": rho(old(10 * margin)[0], d),
+            "least squares (no ridge)": rho(old(margin, alphas=np.array([1e-8]))[0], d),
+            "fit without 2% extreme pairs": rho(old(margin, rows=np.flatnonzero(typical))[0], d),
+            "shorter half of pairs": rho(resid[~long_pairs], d[~long_pairs]),
+            "longer half of pairs": rho(resid[long_pairs], d[long_pairs])}
+
+
+def held_out_rows(name: str, scored) -> list[dict]:
+    """Fit on the pairs of one half of the prompts, apply to the other half (and the other way round):
+    --score pref_mean, old and new default; metrics on the half the fit did not see."""
+    import hashlib
+
+    half = np.array([hashlib.sha256(p.encode()).digest()[0] % 2 == 0 for p in scored["prompt_id"].to_pylist()])
+    parts = scored.filter(pa.array(half)), scored.filter(pa.array(~half))
+    rows = []
+    for k, (seen, unseen) in enumerate((parts, parts[::-1])):
+        fit_len = lb.response_lengths(seen, LengthMeasure("chars"))
+        lengths = lb.response_lengths(unseen, LengthMeasure("chars"))
+        row = {"set": f"{name} ({'AB'[k]} -> {'BA'[k]})", "fit pairs": seen.num_rows, "unseen pairs": unseen.num_rows}
+        before = metrics(unseen["pref_mean"].to_numpy(), *lengths)
+        row.update({"rho before": before["rho"]})
+        for label, (method, residual) in (("old", OLD), ("new", NEW)):
+            model = lb.fit(seen, ["pref_mean"], fit_len, length_spec="chars", method=method, residual=residual)
+            after = metrics(lb.apply(unseen, model, lengths).out["len_pref_mean"].to_numpy(), *lengths)
+            row.update({f"rho {label}": after["rho"], f"acc {label}": after["acc"], f"gap {label}": after["gap"]})
+        row["acc before"] = before["acc"]
+        rows.append(row)
+    return rows
 
 
 def run(name: str, seed: int, rm_spec: str, voted_dir: Path) -> dict:
@@ -190,7 +251,9 @@ def run(name: str, seed: int, rm_spec: str, voted_dir: Path) -> dict:
     lengths = lb.response_lengths(scored, LengthMeasure("chars"))
     label = lb.label_bias(*lengths)
     before = metrics(scored["pref_mean"].to_numpy(), *lengths)
-    res = {"pairs": scored.num_rows, "p_longer": label["p_chosen_longer"], "before": before}
+    res = {"pairs": scored.num_rows, "p_longer": label["p_chosen_longer"], "before": before,
+           "why": why_row(name, scored, lengths), "held_out": held_out_rows(name, scored),
+           "balanced_before": (before["acc_longer"] + before["acc_shorter"]) / 2}
     for score in ("pref_mean", "all"):
         res[score] = {}
         for method in lb.METHODS:
@@ -232,13 +295,22 @@ def oracle_rows(glm: dict, groups: tuple, lengths: tuple) -> list[dict]:
     return rows
 
 
+def _cell(key: str, value) -> str:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or float(value).is_integer() and "pairs" in key:
+        return str(int(value))
+    signed = key in ("rho", "gap") or key.startswith(("rho", "gap", "pearson", "margin x10", "least", "fit without",
+                                                      "shorter half", "longer half"))
+    return f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
 def print_table(rows: list[dict]) -> None:
     cols = list(rows[0])
     print("\n| " + " | ".join(cols) + " |")
     print("|" + "---|" * len(cols))
     for row in rows:
-        print("| " + " | ".join(f"{v:+.3f}" if k in ("rho", "gap") else f"{v:.3f}" if isinstance(v, float) else str(v)
-                                for k, v in row.items()) + " |")
+        print("| " + " | ".join(_cell(k, v) for k, v in row.items()) + " |")
 
 
 def main() -> None:
@@ -254,6 +326,11 @@ def main() -> None:
     results = {name: run(name, args.seed, args.rm, Path(args.voted_dir)) for name in args.datasets.split(",")}
     for score in ("pref_mean", "all"):
         summary_table(results, score)
+    print("\n### Where the old default's leftover rho comes from (--score pref_mean; Spearman rho with dlen "
+          "unless named)\n")
+    print_table([res["why"] for res in results.values()])
+    print("\n### Fit on the pairs of half the prompts, apply to the other half (--score pref_mean, unseen half)\n")
+    print_table([row for res in results.values() for row in res["held_out"]])
     print(f"\n{time.perf_counter() - start:.0f}s in all")
 
 
