@@ -314,7 +314,8 @@ def test_models_without_a_residual_step_still_apply_and_bad_ones_fail(planted):
     assert lb.apply(planted, lb.check_model(old, "m.json"), lengths).out.equals(lb.apply(planted, plain, lengths).out)
     for bad in ({"kind": "rank_dlen", "beta": 1.0, "shift": 0.0, "abs_dlen_quantiles": [3.0, 1.0]},
                 {"kind": "other", "beta": 1.0, "shift": 0.0, "abs_dlen_quantiles": [0.0, 1.0]},
-                {"kind": "rank_dlen", "beta": "1", "shift": 0.0, "abs_dlen_quantiles": [0.0, 1.0]}):
+                {"kind": "rank_dlen", "beta": "1", "shift": 0.0, "abs_dlen_quantiles": [0.0, 1.0]},
+                "not an object"):
         broken = json.loads(json.dumps(new))
         broken["scores"]["rm_a"]["residual"] = bad
         with pytest.raises(lb.InputError, match="malformed curve"):

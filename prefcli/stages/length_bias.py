@@ -6,7 +6,8 @@ Pure functions over Arrow tables (no I/O, no printing). Lengths come from a `Len
 Columns written (prefix `len_`; vote's `rm_*`/`pref_*` columns are never touched):
 - `len_chosen`, `len_rejected`: response lengths in the model's unit.
 - `len_rm_<name>_chosen/_rejected`: debiased scores, score - f(length) + offset (the issue's
-  `rm_<name>_debiased`; `rm_` belongs to vote, so the debiased copy lives under `len_`).
+  `rm_<name>_debiased`; `rm_` belongs to vote, so the debiased copy lives under `len_`), each minus half of
+  the residual step's pair correction g(dlen) (chosen -, rejected +; see `fit_residual`).
 - `len_rm_<name>_margin`: debiased chosen - rejected over vote's robust per-RM scale (like `rm_<name>_margin`).
 - `len_pref_mean/_std/_agree/_wco/_uwo/_bucket/_margin/_label_prob`: vote's `aggregate_margins` on the
   debiased margins (vote's `pref_mean`, ..., `margin`, `label_prob` stay as they were).
@@ -389,7 +390,9 @@ def check_model(model: Any, where: str) -> dict[str, Any]:
 def _residual_ok(residual: Any) -> bool:
     if residual is None:
         return True
-    q = residual.get("abs_dlen_quantiles") if isinstance(residual, dict) else None
+    if not isinstance(residual, dict):
+        return False
+    q = residual.get("abs_dlen_quantiles")
     return residual.get("kind") == "rank_dlen" \
         and all(isinstance(residual.get(k), (int, float)) for k in ("beta", "shift")) \
         and isinstance(q, list) and len(q) >= 2 and all(isinstance(v, (int, float)) for v in q) \
