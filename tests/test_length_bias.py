@@ -231,6 +231,7 @@ def test_bad_options_give_one_line_errors(planted, tmp_path):
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--length", "bytes"), "--length"),
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--score", "rm_zzz"), "rm_zzz"),
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--method", "cubic"), "--method"),
+        (("fit", str(src), "-o", str(tmp_path / "m.json"), "--residual", "cubic"), "--residual"),
         (("fit", str(bare), "-o", str(tmp_path / "m.json")), "prefcli vote"),
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--length", "tokens:/no/such/dir"), "tokens:/no/such/dir"),
         (("apply", str(src), "--model", str(bad_model), "-o", str(out)), "bad.json"),
