@@ -672,7 +672,7 @@ def figure(table: pa.Table, model: dict[str, Any] | None, debiased: pa.Table | N
         ax.scatter(x[pick], y[pick], s=4, alpha=0.25, color="tab:blue", label="score")
         if after is not None:
             ax.scatter(x[pick], after[pick], s=4, alpha=0.25, color="tab:orange", label="debiased")
-        if key != "pref_mean" or curve["x_is"] == "log_length_ratio":
+        if curve["kind"] != "zero" and (key != "pref_mean" or curve["x_is"] == "log_length_ratio"):
             grid = np.linspace(x.min(), x.max(), 300)
             level = y.mean() - curve["offset"] if curve["x_is"] == "log1p_length" else 0.0  # overlay the cloud
             ax.plot(grid, eval_curve(curve, grid) + level, color="black", lw=2, label=f"fit f ({curve['kind']})")
