@@ -4,7 +4,9 @@ reproduce fit-time columns exactly, rebalancing hits 0.5 per bucket, the plot is
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
+import sys
 
 import numpy as np
 import pyarrow as pa
@@ -12,13 +14,16 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli
 from prefcli import io
 from prefcli.models.embed import default_model_path
 from prefcli.models.length import LengthMeasure
 from prefcli.pairs import build_pairs, user_prompt
 from prefcli.stages import length_bias as lb
 from prefcli.stages.vote import aggregate_margins, prefixed_columns
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import real_pairs  # noqa: E402
 
 GENERATORS = ("gpt-3.5-turbo-1106", "gpt-3.5-turbo-1106_verbose", "gpt-3.5-turbo-1106_concise")
 ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
@@ -79,7 +84,7 @@ def rho(a, b) -> float:
     return float(spearmanr(a, b).statistic)
 
 
-@pytest.mark.parametrize("method", lb.METHODS)
+@pytest.mark.parametrize("method", ["paired", "isotonic", "spline"])
 def test_fit_recovers_planted_nonlinear_length_effect(planted, method):
     lengths = lb.response_lengths(planted, LengthMeasure("chars"))
     table = planted
@@ -103,7 +108,7 @@ def test_fit_recovers_planted_nonlinear_length_effect(planted, method):
 def test_paired_fit_keeps_the_label_quality_gap(planted):
     """Debiased accuracy is close to what the planted quality gap alone allows, on longer and shorter chosen."""
     lengths = lb.response_lengths(planted, LengthMeasure("chars"))
-    model = lb.fit(planted, ["rm_a"], lengths, length_spec="chars")
+    model = lb.fit(planted, ["rm_a"], lengths, length_spec="chars", method="paired")
     assert abs(model["scores"]["rm_a"]["label_margin"] - 0.3) < 0.1
     diag = lb.diagnose(planted, lengths, debiased=lb.apply(planted, model, lengths).out)["scores"]["rm_a"]
     oracle = 0.5 * (1 + __import__("math").erf(0.3 / (0.4 * 2)))  # P(0.3 + N(0, 2*0.4^2) > 0)
@@ -226,6 +231,7 @@ def test_bad_options_give_one_line_errors(planted, tmp_path):
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--length", "bytes"), "--length"),
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--score", "rm_zzz"), "rm_zzz"),
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--method", "cubic"), "--method"),
+        (("fit", str(src), "-o", str(tmp_path / "m.json"), "--residual", "cubic"), "--residual"),
         (("fit", str(bare), "-o", str(tmp_path / "m.json")), "prefcli vote"),
         (("fit", str(src), "-o", str(tmp_path / "m.json"), "--length", "tokens:/no/such/dir"), "tokens:/no/such/dir"),
         (("apply", str(src), "--model", str(bad_model), "-o", str(out)), "bad.json"),
@@ -239,8 +245,10 @@ def test_bad_options_give_one_line_errors(planted, tmp_path):
 
 def test_ensemble_lex_member_keeps_content_after_debiasing(alpaca):
     """Real judge labels that mostly pick the longer response: the offline ensemble's `lex` member must rank
-    by content, not length, so that removing length leaves a real signal. On these 1,200 pairs it keeps
-    0.69 after debiasing; with the length/format scalars it used to have, it kept 0.47 (worse than a coin)."""
+    by content, not length, so that removing length leaves a real signal. On these 1,200 pairs the paired
+    curve alone keeps 0.69; with the length/format scalars it used to have, it kept 0.47 (worse than a coin).
+    The default (dlen, balanced) also equalises chosen-longer and chosen-shorter accuracy: both stay above a
+    coin, which on 93% chosen-longer labels costs overall accuracy."""
     from prefcli.models.reward import parse_rm_spec
     from prefcli.stages.vote import VoteParams, vote
 
@@ -250,10 +258,122 @@ def test_ensemble_lex_member_keeps_content_after_debiasing(alpaca):
     scored = vote(table, [parse_rm_spec("lex=ensemble:views=lex,k=1")], VoteParams(seed=0)).out
     before = lb.score_bias(scored["rm_lex_lex0_chosen"].to_numpy(), scored["rm_lex_lex0_rejected"].to_numpy(),
                            *lengths)
-    model = lb.fit(scored, ["rm_lex_lex0"], lengths, length_spec="chars")
-    after = lb.apply(scored, model, lengths).out
-    bias = lb.score_bias(after["len_rm_lex_lex0_chosen"].to_numpy(), after["len_rm_lex_lex0_rejected"].to_numpy(),
-                         *lengths)
     assert before["accuracy"] > 0.85 and before["rho_margin_dlen"] > 0.5  # it did learn the length-heavy labels
-    assert abs(bias["rho_margin_dlen"]) < 0.05
-    assert bias["accuracy"] > 0.6
+    for method, residual in (("paired", "none"), ("dlen", "balanced")):
+        model = lb.fit(scored, ["rm_lex_lex0"], lengths, length_spec="chars", method=method, residual=residual)
+        after = lb.apply(scored, model, lengths).out
+        bias = lb.score_bias(after["len_rm_lex_lex0_chosen"].to_numpy(), after["len_rm_lex_lex0_rejected"].to_numpy(),
+                             *lengths)
+        assert abs(bias["rho_margin_dlen"]) < 0.05
+        if residual == "none":
+            assert bias["accuracy"] > 0.6
+        else:
+            gap = bias["accuracy_chosen_longer"] - bias["accuracy_chosen_shorter"]
+            assert abs(bias["rho_margin_dlen"]) < 0.005 and abs(gap) < 0.02
+            assert min(bias["accuracy_chosen_longer"], bias["accuracy_chosen_shorter"]) > 0.55, bias
+
+
+def _accuracy_gap(margin, d) -> float:
+    correct = (margin > 0) + 0.5 * (margin == 0)
+    return float(correct[d > 0].mean() - correct[d < 0].mean())
+
+
+def synthetic_margins(n: int = 600, seed: int = 0):
+    """Margins whose length effect is not a function of the log ratio: odd in raw dlen, heavy-tailed noise
+    growing with the pair's length, a few extreme pairs; the labels' quality gap is 0.5."""
+    rng = np.random.default_rng(seed)
+    len_c, len_r = rng.lognormal(6, 0.9, n).round(), rng.lognormal(6, 0.9, n).round()
+    d = len_c - len_r
+    margin = 0.5 + np.tanh(d / 400) + rng.standard_t(3, n) * (0.5 + (len_c + len_r) / 2000)
+    margin[np.argsort(-np.abs(d))[:6]] *= 20
+    return margin, len_c, len_r
+
+
+@pytest.mark.parametrize("method", lb.METHODS)
+@pytest.mark.parametrize("residual", ["balanced", "rank"])
+def test_residual_step_zeroes_rho_and_gap_on_the_fitted_pairs(method, residual):
+    margin, len_c, len_r = synthetic_margins()
+    d = len_c - len_r
+    model = lb.fit(pa.table({"pref_mean": margin}), ["pref_mean"], (len_c, len_r), length_spec="chars",
+                   method=method, residual=residual)
+    model = lb.check_model(json.loads(json.dumps(model)), "m.json")
+    after = margin - lb.correction(model["scores"]["pref_mean"], len_c, len_r, margin=True)
+    assert abs(rho(margin, d)) > 0.2 and abs(rho(after, d)) < 1e-3
+    if residual == "balanced":
+        assert abs(_accuracy_gap(after, d)) < 0.01
+    none = lb.fit(pa.table({"pref_mean": margin}), ["pref_mean"], (len_c, len_r), length_spec="chars",
+                  method=method, residual="none")
+    assert "residual" not in none["scores"]["pref_mean"]
+
+
+def test_models_without_a_residual_step_still_apply_and_bad_ones_fail(planted):
+    lengths = lb.response_lengths(planted, LengthMeasure("chars"))
+    new = lb.fit(planted, ["rm_a"], lengths, length_spec="chars")
+    old = json.loads(json.dumps(new))
+    del old["scores"]["rm_a"]["residual"]  # a model written before the residual step existed
+    plain = lb.fit(planted, ["rm_a"], lengths, length_spec="chars", residual="none")
+    assert lb.apply(planted, lb.check_model(old, "m.json"), lengths).out.equals(lb.apply(planted, plain, lengths).out)
+    for bad in ({"kind": "rank_dlen", "beta": 1.0, "shift": 0.0, "abs_dlen_quantiles": [3.0, 1.0]},
+                {"kind": "other", "beta": 1.0, "shift": 0.0, "abs_dlen_quantiles": [0.0, 1.0]},
+                {"kind": "rank_dlen", "beta": "1", "shift": 0.0, "abs_dlen_quantiles": [0.0, 1.0]},
+                "not an object"):
+        broken = json.loads(json.dumps(new))
+        broken["scores"]["rm_a"]["residual"] = bad
+        with pytest.raises(lb.InputError, match="malformed curve"):
+            lb.check_model(broken, "m.json")
+
+
+@pytest.fixture(scope="module")
+def hh_voted(shared_data) -> pa.Table:
+    """HH-RLHF harmless (labels that lean shorter) voted by one TF-IDF ensemble member (cheap, no embeddings)."""
+    from prefcli.models.reward import parse_rm_spec
+    from prefcli.stages.vote import VoteParams, vote
+
+    return vote(real_pairs.hh_harmless(shared_data), [parse_rm_spec("lex=ensemble:views=lex,k=1")],
+                VoteParams(seed=0)).out
+
+
+def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):
+    """The issue's path (fit --score pref_mean, apply) on real pairs: the model is fitted on one half of the
+    prompts and applied to the other half, both ways round; rho after apply stays within the target there."""
+    digest = [hashlib.sha256(p.encode()).digest()[0] % 2 for p in hh_voted["prompt_id"].to_pylist()]
+    half = np.asarray(digest) == 0
+    halves = hh_voted.filter(pa.array(half)), hh_voted.filter(pa.array(~half))
+    for seen, unseen in (halves, halves[::-1]):
+        src, held, model, out = (tmp_path / n for n in ("fit.parquet", "held.parquet", "m.json", "out.parquet"))
+        io.write_table(seen, src)
+        io.write_table(unseen, held)
+        proc = run_cli("length-bias", "fit", str(src), "-o", str(model), "--score", "pref_mean", "--json")
+        assert proc.returncode == 0, proc.stderr.decode()
+        fitted = json.loads(proc.stdout)
+        assert abs(fitted["rho_after"]) < 0.005 and abs(fitted["rho_before"]) > 0.25
+        proc = run_cli("length-bias", "apply", str(held), "--model", str(model), "-o", str(out), "--json")
+        assert proc.returncode == 0, proc.stderr.decode()
+        assert "warning" not in proc.stderr.decode()
+        applied = pq.read_table(out)
+        d = applied["len_chosen"].to_numpy() - applied["len_rejected"].to_numpy()
+        before, after = applied["pref_mean"].to_numpy(), applied["len_pref_mean"].to_numpy()
+        assert abs(rho(before, d)) > 0.25 and abs(rho(after, d)) <= lb.RHO_TARGET
+        assert abs(json.loads(proc.stdout)["rho_after"] - rho(after, d)) < 1e-9
+        assert abs(_accuracy_gap(after, d)) <= 0.05 < abs(_accuracy_gap(before, d))
+
+
+def test_report_warns_when_rho_after_is_above_the_target(hh_voted, tmp_path):
+    """A model fitted on other pairs (here: with the length effect's sign flipped) leaves rho far from 0."""
+    table = hh_voted.slice(0, 600)
+    lengths = lb.response_lengths(table, LengthMeasure("chars"))
+    model = lb.fit(table, ["pref_mean"], lengths, length_spec="chars")
+    curve = model["scores"]["pref_mean"]
+    curve["residual"]["beta"], curve["residual"]["shift"] = -3 * curve["residual"]["beta"], 0.0
+    src, path = tmp_path / "in.parquet", tmp_path / "m.json"
+    io.write_table(table, src)
+    path.write_text(json.dumps(model))
+    proc = run_cli("length-bias", "report", str(src), "--model", str(path), "--json")
+    assert proc.returncode == 0, proc.stderr.decode()
+    stats = json.loads(proc.stdout)
+    warning = [line for line in proc.stderr.decode().splitlines() if line.startswith("prefcli: warning: pref_mean")]
+    assert abs(stats["rho_after"]) > lb.RHO_TARGET and len(warning) == 1, proc.stderr.decode()
+    assert f"{stats['rho_before']:+.3f} before" in warning[0] and f"{stats['rho_after']:+.3f} after" in warning[0]
+    fitted_here = run_cli("length-bias", "report", str(src), "--score", "pref_mean", "--json")
+    assert fitted_here.returncode == 0 and "warning" not in fitted_here.stderr.decode()
+    assert abs(json.loads(fitted_here.stdout)["rho_after"]) < 0.005

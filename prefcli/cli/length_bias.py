@@ -70,6 +70,22 @@ def _summary_tables(diag: dict[str, Any], glm: dict[str, Any] | None) -> list[Ta
     return tables
 
 
+def _warn_rho(rep, diag: dict[str, Any]) -> None:
+    """One warning per debiased score whose |rho(margin, dlen)| after debiasing is above the target."""
+    for key, v in diag["scores"].items():
+        after = v.get("rho_margin_dlen_debiased")
+        if after is not None and abs(after) > lb.RHO_TARGET:
+            rep.warn(f"{key}: rho(margin, dlen) {v['rho_margin_dlen']:+.3f} before, {after:+.3f} after debiasing "
+                     f"(above the {lb.RHO_TARGET} target: fit with --residual balanced on pairs like these)")
+
+
+def _rho_stats(diag: dict[str, Any]) -> dict[str, Any]:
+    v = diag["scores"].get("pref_mean", {})
+    if "rho_margin_dlen_debiased" not in v:
+        return {}
+    return {"rho_before": v["rho_margin_dlen"], "rho_after": v["rho_margin_dlen_debiased"]}
+
+
 def _headline(diag: dict[str, Any], glm: dict[str, Any] | None) -> dict[str, Any]:
     stats = {"pairs": diag["overall"]["pairs"], "p_chosen_longer": diag["overall"]["p_chosen_longer"],
              "longer_wins_accuracy": diag["overall"]["longer_wins_accuracy"]}
@@ -86,8 +102,13 @@ def fit_cmd(
                                         help="Model JSON to write (- for stdout).")],
     score: Annotated[str, typer.Option("--score", help="all, pref_mean or rm_<name>.")] = "all",
     length: Length = "chars",
-    method: Annotated[str, typer.Option("--method", help="paired (spline + ridge on pair margins, default), "
-                                        "isotonic (monotone, pooled responses) or spline (pooled).")] = "paired",
+    method: Annotated[str, typer.Option("--method", help="dlen (default: no curve, the residual step alone), "
+                                        "paired (spline + ridge on pair margins), isotonic (monotone, pooled "
+                                        "responses) or spline (pooled).")] = "dlen",
+    residual: Annotated[str, typer.Option("--residual", help="Step after the curve: balanced (default: "
+                                          "rho(margin, dlen) = 0 and equal accuracy on chosen-longer and "
+                                          "chosen-shorter pairs, on the fitted pairs), rank (rho only) or "
+                                          "none.")] = "balanced",
     thresholds: Annotated[Optional[str], typer.Option(
         "--thresholds", help="Vote bucket thresholds for len_pref_bucket, e.g. incorrect=-0.5,strong=1.5.")] = None,
     table_out: Annotated[Optional[str], typer.Option(
@@ -108,7 +129,7 @@ def fit_cmd(
     table = io.read_pairs(input)
     keys = lb.select_scores(table, score, where=input)
     lengths = lb.response_lengths(table, measure)
-    model = lb.fit(table, keys, lengths, length_spec=measure.spec, method=method,
+    model = lb.fit(table, keys, lengths, length_spec=measure.spec, method=method, residual=residual,
                    thresholds=bucket_thresholds if thresholds else None, where=input)
     model["glm"] = glm = _glm(table, lengths, glm_groups, input)
     result = lb.apply(table, model, lengths, where=input)
@@ -117,8 +138,10 @@ def fit_cmd(
     plan.write(output, model)
     plan.commit()
     diag = lb.diagnose(table, lengths, debiased=result.out)
-    stats = {"model": output, "scores": keys, "length": measure.spec, "method": method, **_headline(diag, glm)}
+    stats = {"model": output, "scores": keys, "length": measure.spec, "method": method, "residual": residual,
+             **_headline(diag, glm), **_rho_stats(diag)}
     rep.summary("length-bias fit", stats, _summary_tables(diag, glm))
+    _warn_rho(rep, diag)
 
 
 @app.command("apply")
@@ -142,8 +165,9 @@ def apply_cmd(
     write_stage(plan, result, output, None)
     diag = lb.diagnose(table, lengths, debiased=result.out)
     rep.summary("length-bias apply", {"rows_in": table.num_rows, "rows_out": result.out.num_rows,
-                                      "model": model_path, **_headline(diag, None)},
+                                      "model": model_path, **_headline(diag, None), **_rho_stats(diag)},
                 _summary_tables(diag, None)[-1:] if diag["scores"] else [])
+    _warn_rho(rep, diag)
 
 
 @app.command("report")
@@ -182,10 +206,11 @@ def report_cmd(
         fig = lb.figure(table, model, debiased, lengths, edges=edges, seed=seed)
         plan.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plan.commit()
-    stats = {**_headline(diag, glm), "length": measure.spec, **({"png": png} if png else {})}
+    stats = {**_headline(diag, glm), **_rho_stats(diag), "length": measure.spec, **({"png": png} if png else {})}
     if json_mode:
         stats.update(diagnosis=diag, glm=glm)
     rep.summary("length-bias report", stats, _summary_tables(diag, glm))
+    _warn_rho(rep, diag)
 
 
 @app.command("rebalance")

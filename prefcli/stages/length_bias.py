@@ -6,7 +6,8 @@ Pure functions over Arrow tables (no I/O, no printing). Lengths come from a `Len
 Columns written (prefix `len_`; vote's `rm_*`/`pref_*` columns are never touched):
 - `len_chosen`, `len_rejected`: response lengths in the model's unit.
 - `len_rm_<name>_chosen/_rejected`: debiased scores, score - f(length) + offset (the issue's
-  `rm_<name>_debiased`; `rm_` belongs to vote, so the debiased copy lives under `len_`).
+  `rm_<name>_debiased`; `rm_` belongs to vote, so the debiased copy lives under `len_`), each minus half of
+  the residual step's pair correction g(dlen) (chosen -, rejected +; see `fit_residual`).
 - `len_rm_<name>_margin`: debiased chosen - rejected over vote's robust per-RM scale (like `rm_<name>_margin`).
 - `len_pref_mean/_std/_agree/_wco/_uwo/_bucket/_margin/_label_prob`: vote's `aggregate_margins` on the
   debiased margins (vote's `pref_mean`, ..., `margin`, `label_prob` stay as they were).
@@ -31,7 +32,10 @@ from .vote import BucketThresholds, aggregate_margins, prefixed_columns, robust_
 
 STAGE = "length_bias"
 MODEL_FORMAT = "prefcli.length_bias.v1"
-METHODS = ("paired", "isotonic", "spline")
+METHODS = ("paired", "isotonic", "spline", "dlen")
+RESIDUALS = ("balanced", "rank", "none")
+RHO_TARGET = 0.05
+N_QUANTILES = 101
 N_KNOTS = 8
 MIN_PAIRS = 10
 RIDGE_ALPHAS = (0.01, 0.1, 1.0, 10.0, 100.0)
@@ -181,6 +185,8 @@ def _spline_curve(spline, ridge, x: np.ndarray) -> dict[str, Any]:
 
 def eval_curve(curve: dict[str, Any], x: np.ndarray) -> np.ndarray:
     """f(x) from the JSON form: the one evaluation used at fit time and by `apply`, so both agree exactly."""
+    if curve["kind"] == "zero":
+        return np.zeros(len(x))
     if curve["kind"] == "isotonic":
         xs, ys = np.asarray(curve["x"], np.float64), np.asarray(curve["y"], np.float64)
         return np.interp(np.clip(x, xs[0], xs[-1]), xs, ys)
@@ -193,19 +199,124 @@ def eval_curve(curve: dict[str, Any], x: np.ndarray) -> np.ndarray:
     raise InputError(f"length model: unknown curve kind '{curve['kind']}'")
 
 
+# --------------------------------------------------------------------------- residual step on dlen
+
+def rank_dlen(residual: dict[str, Any], len_chosen: np.ndarray, len_rejected: np.ndarray) -> np.ndarray:
+    """u(dlen) = sign(dlen) * F(|dlen|), F the fit-time CDF of |dlen| (stored quantiles): odd, bounded,
+    0 at equal length, and monotone in dlen like the ranks that Spearman rho uses."""
+    d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    q = np.asarray(residual["abs_dlen_quantiles"], np.float64)
+    return np.sign(d) * np.interp(np.abs(d), q, np.linspace(0.0, 1.0, len(q)))
+
+
+def _accuracy_gap(margin: np.ndarray, d: np.ndarray) -> float | None:
+    """Accuracy on chosen-longer minus on chosen-shorter pairs (ties = a coin); None without both kinds."""
+    longer, shorter = d > 0, d < 0
+    if not longer.any() or not shorter.any():
+        return None
+    correct = (margin > 0) + 0.5 * (margin == 0)
+    return float(correct[longer].mean() - correct[shorter].mean())
+
+
+def _centred_ranks(x: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    r = rankdata(x)
+    return r - r.mean()
+
+
+def _root(side, start: float, steps: int = 40) -> float:
+    """Smallest b >= 0 (to bisection precision) where side(b) turns False; side(0) is True."""
+    lo, hi = 0.0, start or 1.0
+    for _ in range(60):
+        if not side(hi):
+            break
+        lo, hi = hi, 2 * hi
+    for _ in range(steps):
+        mid = 0.5 * (lo + hi)
+        lo, hi = (mid, hi) if side(mid) else (lo, mid)
+    return hi
+
+
+def fit_residual(margin: np.ndarray, len_chosen: np.ndarray, len_rejected: np.ndarray, *,
+                 balance: bool = False) -> dict[str, Any]:
+    """The step after the fit. rank: beta with Spearman rho(margin - beta * u(dlen), dlen) = 0 on the fitted
+    pairs (bisection; rho falls as beta grows), so whatever rank correlation the fit left (a curve that misses
+    the shape, heteroscedastic margins, extreme pairs) goes along u. balance: also a shift s * sign(dlen),
+    so that accuracy on chosen-longer and chosen-shorter pairs is equal, with beta re-solved for each s."""
+    d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    residual: dict[str, Any] = {"kind": "rank_dlen",
+                                "abs_dlen_quantiles": np.quantile(np.abs(d), np.linspace(0, 1, N_QUANTILES)).tolist(),
+                                "beta": 0.0, "shift": 0.0, "rho_before": _rho(margin, d),
+                                "gap_before": _accuracy_gap(margin, d)}
+    u, sign_d = rank_dlen(residual, len_chosen, len_rejected), np.sign(d)
+    rank_d = _centred_ranks(d)
+
+    def rho(m: np.ndarray) -> float:  # Spearman rho with dlen, without scipy's per-call overhead
+        r = _centred_ranks(m)
+        norm = math.sqrt(float(r @ r) * float(rank_d @ rank_d))
+        return float(r @ rank_d) / norm if norm else 0.0
+
+    def beta_for(m: np.ndarray) -> float:
+        if np.ptp(u) == 0 or not rho(m):
+            return 0.0
+        sign = math.copysign(1.0, rho(m))
+
+        def same_side(beta: float) -> bool:
+            return rho(m - sign * beta * u) * sign > 0
+
+        return sign * _root(same_side, float(np.std(m) / np.std(u)))
+
+    def debiased(shift: float) -> np.ndarray:
+        m = margin - shift * sign_d
+        return m - beta_for(m) * u
+
+    shift = 0.0
+    gap = _accuracy_gap(debiased(0.0), d) if balance else None
+    if gap:
+        direction = math.copysign(1.0, gap)
+
+        def gap_same_side(s: float) -> bool:
+            after = _accuracy_gap(debiased(direction * s), d)
+            return after is not None and after * direction > 0
+
+        shift = direction * _root(gap_same_side, 0.1 * float(np.std(margin)), steps=30)
+    residual["shift"] = shift
+    residual["beta"] = beta_for(margin - shift * sign_d)
+    return residual
+
+
+def residual_correction(curve: dict[str, Any], len_chosen: np.ndarray, len_rejected: np.ndarray) -> np.ndarray:
+    """The residual step's share of a pair's margin correction (0 without one)."""
+    residual = curve.get("residual")
+    if not residual:
+        return np.zeros(len(len_chosen))
+    d = np.asarray(len_chosen, np.float64) - np.asarray(len_rejected, np.float64)
+    return residual["beta"] * rank_dlen(residual, len_chosen, len_rejected) + residual["shift"] * np.sign(d)
+
+
 # --------------------------------------------------------------------------- fit / apply
 
 def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.ndarray], *,
-        length_spec: str, method: str = "paired", thresholds: BucketThresholds | None = None,
-        glm: dict | None = None, where: str = "input") -> dict[str, Any]:
+        length_spec: str, method: str = "dlen", residual: str = "balanced",
+        thresholds: BucketThresholds | None = None, glm: dict | None = None,
+        where: str = "input") -> dict[str, Any]:
     """Fit f(length) -> reward for each score key; returns the JSON-ready model for `apply`.
 
     x = log(1 + length). `rm_<name>`: paired fits f on the pair margins (see `fit_pair_curve`); isotonic
     and spline fit the pooled (x, score) points of chosen and rejected responses. The offset is mean f
     over the fitted responses, so debiased scores keep the reward model's level. `pref_mean` is a margin:
     paired fits it like an RM margin; isotonic/spline fit it against the log length ratio and read
-    the preference off at ratio 1 (offset = f(0)).
+    the preference off at ratio 1 (offset = f(0)). dlen fits no curve (f = 0): the residual step alone.
+
+    residual (see `fit_residual`), on each margin after the curve: `balanced` (default) makes rho(margin, dlen)
+    0 and the chosen-longer/-shorter accuracy gap 0 on the fitted pairs; `rank` only the first; `none`
+    stops after the curve.
     """
+    if method not in METHODS:
+        raise InputError(f"--method: expected one of {', '.join(METHODS)}, got '{method}'")
+    if residual not in RESIDUALS:
+        raise InputError(f"--residual: expected one of {', '.join(RESIDUALS)}, got '{residual}'")
     if table.num_rows < MIN_PAIRS:
         raise InputError(f"{where}: {table.num_rows} pairs; fitting needs at least {MIN_PAIRS}")
     len_c, len_r = lengths
@@ -220,28 +331,37 @@ def fit(table: pa.Table, scores: Sequence[str], lengths: tuple[np.ndarray, np.nd
         if method == "paired":
             curve = fit_pair_curve(x_c, x_r, margin)
             curve.update(x_is="log1p_length")
+        elif method == "dlen":
+            curve = {"kind": "zero", "x_is": "log1p_length"}
         elif key == "pref_mean":
             curve = fit_curve(log_ratio(len_c, len_r), margin, method=method)
             curve.update(x_is="log_length_ratio", offset=float(eval_curve(curve, np.zeros(1))[0]))
-            curves[key] = curve
-            continue
         else:
             curve = fit_curve(np.concatenate([x_c, x_r]), np.concatenate([chosen, rejected]), method=method)
             curve.update(x_is="log1p_length")
-        curve["offset"] = float(eval_curve(curve, np.concatenate([x_c, x_r])).mean())
+        if curve["x_is"] == "log1p_length":
+            curve["offset"] = float(eval_curve(curve, np.concatenate([x_c, x_r])).mean())
+        if residual != "none":
+            curve["residual"] = fit_residual(margin - correction(curve, len_c, len_r, margin=True), len_c, len_r,
+                                             balance=residual == "balanced")
         curves[key] = curve
-    return {"format": MODEL_FORMAT, "length": length_spec, "method": method, "rows": table.num_rows,
+    return {"format": MODEL_FORMAT, "length": length_spec, "method": method, "residual": residual,
+            "rows": table.num_rows,
             "scores": curves, "pref_thresholds": asdict(thresholds) if thresholds else None, "glm": glm}
 
 
 def correction(curve: dict[str, Any], len_chosen: np.ndarray, len_rejected: np.ndarray, *,
                margin: bool = False) -> tuple[np.ndarray, np.ndarray] | np.ndarray:
-    """What debiasing subtracts: per response f(x) - offset, or for a margin column the margin's share."""
+    """What debiasing subtracts: per response f(x) - offset, or for a margin column the margin's share.
+    The residual step's pair correction is split half to each response (chosen -, rejected +)."""
+    extra = residual_correction(curve, len_chosen, len_rejected)
     if curve["x_is"] == "log_length_ratio":
-        return eval_curve(curve, log_ratio(len_chosen, len_rejected)) - curve["offset"]
+        return eval_curve(curve, log_ratio(len_chosen, len_rejected)) - curve["offset"] + extra
     on_chosen = eval_curve(curve, np.log1p(len_chosen)) - curve["offset"]
     on_rejected = eval_curve(curve, np.log1p(len_rejected)) - curve["offset"]
-    return on_chosen - on_rejected if margin else (on_chosen, on_rejected)
+    if margin:
+        return on_chosen - on_rejected + extra
+    return on_chosen + 0.5 * extra, on_rejected - 0.5 * extra
 
 
 def check_model(model: Any, where: str) -> dict[str, Any]:
@@ -252,11 +372,11 @@ def check_model(model: Any, where: str) -> dict[str, Any]:
     if not isinstance(curves, dict) or not curves or not isinstance(model.get("length"), str):
         raise InputError(f"{where}: model has no fitted scores or no length measure")
     for key, curve in curves.items():
-        need = {"isotonic": ("x", "y"), "spline": ("knots", "coefs", "degree", "intercept", "x_min", "x_max")}
+        need = {"zero": (), "isotonic": ("x", "y"), "spline": ("knots", "coefs", "degree", "intercept", "x_min", "x_max")}
         if not isinstance(curve, dict) or curve.get("kind") not in need or "offset" not in curve \
                 or curve.get("x_is") not in ("log1p_length", "log_length_ratio") \
                 or (key != "pref_mean" and curve["x_is"] != "log1p_length") \
-                or any(k not in curve for k in need[curve["kind"]]):
+                or any(k not in curve for k in need[curve["kind"]]) or not _residual_ok(curve.get("residual")):
             raise InputError(f"{where}: scores.{key}: malformed curve")
     thresholds = model.get("pref_thresholds")
     if thresholds is not None:
@@ -265,6 +385,18 @@ def check_model(model: Any, where: str) -> dict[str, Any]:
                              f"{', '.join(asdict(BucketThresholds()))}")
         BucketThresholds(**thresholds)
     return model
+
+
+def _residual_ok(residual: Any) -> bool:
+    if residual is None:
+        return True
+    if not isinstance(residual, dict):
+        return False
+    q = residual.get("abs_dlen_quantiles")
+    return residual.get("kind") == "rank_dlen" \
+        and all(isinstance(residual.get(k), (int, float)) for k in ("beta", "shift")) \
+        and isinstance(q, list) and len(q) >= 2 and all(isinstance(v, (int, float)) for v in q) \
+        and all(b >= a for a, b in zip(q, q[1:]))
 
 
 def apply(table: pa.Table, model: dict[str, Any], lengths: tuple[np.ndarray, np.ndarray], *,
@@ -540,7 +672,7 @@ def figure(table: pa.Table, model: dict[str, Any] | None, debiased: pa.Table | N
         ax.scatter(x[pick], y[pick], s=4, alpha=0.25, color="tab:blue", label="score")
         if after is not None:
             ax.scatter(x[pick], after[pick], s=4, alpha=0.25, color="tab:orange", label="debiased")
-        if key != "pref_mean" or curve["x_is"] == "log_length_ratio":
+        if curve["kind"] != "zero" and (key != "pref_mean" or curve["x_is"] == "log_length_ratio"):
             grid = np.linspace(x.min(), x.max(), 300)
             level = y.mean() - curve["offset"] if curve["x_is"] == "log1p_length" else 0.0  # overlay the cloud
             ax.plot(grid, eval_curve(curve, grid) + level, color="black", lw=2, label=f"fit f ({curve['kind']})")
