@@ -76,7 +76,8 @@ def _warn_rho(rep, diag: dict[str, Any]) -> None:
         after = v.get("rho_margin_dlen_debiased")
         if after is not None and abs(after) > lb.RHO_TARGET:
             rep.warn(f"{key}: rho(margin, dlen) {v['rho_margin_dlen']:+.3f} before, {after:+.3f} after debiasing "
-                     f"(above the {lb.RHO_TARGET} target: fit with --residual balanced on pairs like these)")
+                     f"(above the {lb.RHO_TARGET} target: refit on pairs like these"
+                     f"{', with --score pref_mean to debias the mean itself' if key == 'pref_mean' else ''})")
 
 
 def _rho_stats(diag: dict[str, Any]) -> dict[str, Any]:
