@@ -7,7 +7,7 @@ FAISS ?= cpu
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test test-fast install bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# everything but the tests marked slow (a fresh static-model build, long real-data runs)
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
 
 clean:
 	rm -rf demo_out .pytest_cache

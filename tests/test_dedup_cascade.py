@@ -11,7 +11,7 @@ from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, vari
 from ingest_helpers import cli
 from prefcli import io
 from prefcli.models.embed import STATIC, build_embedder, ensure_static_model, static_model_dir
-from prefcli.stages.dedup import DedupOptions, dedup, text_keys
+from prefcli.stages.dedup import DEFAULT_PROPOSE, DedupOptions, dedup, text_keys
 
 PROBES = ["How do I sort a list in Python?", "how do i sort a list in python", "What is the capital of France?",
           "Write a haiku about autumn leaves."]
@@ -100,7 +100,7 @@ def test_cascade_cli_explain_verify_none_and_graph_reuse(tmp_path, session_cache
     assert result.exit_code == 0, result.stderr
     stats = json.loads(result.stdout)
     assert [s["stage"] for s in stats["explain"]["cascade"]] == ["propose", "verify"]
-    assert stats["explain"]["cascade"][0]["threshold"] == 0.7 and stats["graph_reused"] is False
+    assert stats["explain"]["cascade"][0]["threshold"] == DEFAULT_PROPOSE and stats["graph_reused"] is False
     again = json.loads(cli("dedup", tmp_path / "in.parquet", "-o", tmp_path / "o2.parquet", "--json").stdout)
     assert again["graph_reused"] is True and again["embedded"] == 0
     assert io.read_table(tmp_path / "o.parquet").equals(io.read_table(tmp_path / "o2.parquet"))

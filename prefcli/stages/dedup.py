@@ -40,7 +40,7 @@ EDIT_RATIO = 0.03
 EXPLAIN_THRESHOLDS = (0.8, 0.85, 0.9, 0.92, 0.95, 0.98)
 # Cascade: the static model proposes neighbours at this cosine (its own scale: generous, so that the
 # encoder's duplicates are all among the candidates); the verifier embeds only the candidates' texts.
-DEFAULT_PROPOSE = 0.7
+DEFAULT_PROPOSE = 0.8
 STATIC_TYPO_FLOOR = 0.3  # a swapped pair of letters can take a short prompt's static cosine below 0.5
 REASONS = ("exact", "semantic", "contaminated")
 
