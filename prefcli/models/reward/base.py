@@ -31,6 +31,26 @@ class RewardModel(Protocol):
         """(chosen scores, rejected scores) for every row of a canonical pairs table."""
 
 
+@runtime_checkable
+class PairwiseRewardModel(Protocol):
+    """The pairwise form (an LLM judge comparing two responses): pair -> margin, no score per response.
+
+    Voters that talk to a server set `remote = True`: a NaN then means "no answer" (counted in
+    `failures`), and the stage leaves that voter out for that pair instead of failing.
+    """
+    name: str
+    model_id: str
+    pairwise: bool  # True
+
+    def margin_pairs(self, prompts: Sequence[list[dict]], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        """Margin of `first` over `second` per pair (> 0: first is better); NaN where there is no verdict."""
+
+    def fit(self, pairs: pa.Table, *, seed: int) -> None: ...
+
+    def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(+margin/2, -margin/2): the vote stage reads chosen - rejected = margin like any voter."""
+
+
 def score_keys(prompts: Sequence[list[dict]], responses: Sequence[str]) -> list[str]:
     """Cache key per item: hash of (prompt hash, response hash). Exact text: a score may depend on every byte."""
     return [digest(digest(render_messages(p)) + digest(r)) for p, r in zip(prompts, responses)]
