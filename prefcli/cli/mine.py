@@ -12,6 +12,7 @@ from ..models.embed import build_embedder
 from ..models.reward import parse_rm_spec
 from ..report import Table, Timer, check_accounting
 from ..stages.mine import MODES, SELECTIONS, STRATEGIES, MineParams, mine
+from .vote import MaxFailureRate, enforce_failure_rate
 from .common import (CacheDir, Device, EmbedModel, Input, Json, Output, Quiet, Seed, handle_errors, reporter, side_path,
                      write_stage)
 
@@ -61,6 +62,7 @@ def mine_command(
     set_aside: Annotated[Optional[str], typer.Option(
         "--set-aside", help="replace-easy: where the replaced original rows go (default OUT.rejects.parquet).")
                          ] = None,
+    max_failure_rate: MaxFailureRate = 0.05,
     model: EmbedModel = None,
     device: Device = "auto",
     cache_dir: CacheDir = None,
@@ -89,6 +91,7 @@ def mine_command(
     guard = Table("guard", "candidates removed, by reason", ["reason", "candidates"],
                   [[key, stats[key]] for key in GUARD_COUNTS if key in stats])
     rep.summary("mine", stats, [guard])
+    enforce_failure_rate(stats, max_failure_rate)
 
 
 def register(app: typer.Typer) -> None:

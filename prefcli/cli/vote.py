@@ -30,9 +30,9 @@ def enforce_failure_rate(stats: dict, limit: float) -> None:
     """Remote voters' failures are counted, never silent: past the limit the command exits 1."""
     rate = stats.get("failure_rate")
     if rate is not None and rate > limit:
-        worst = max(stats["remote"].items(), key=lambda kv: kv[1]["pairs_without_answer"])
+        worst = max(stats["remote"].items(), key=lambda kv: kv[1].get("pairs_without_answer", kv[1]["failed"]))
         reasons = ", ".join(f"{k} {v}" for k, v in worst[1]["failed_by_reason"].items()) or "none"
-        raise ProblemsReported(f"--rm {worst[0]}: no usable answer for {rate:.1%} of the pairs, above "
+        raise ProblemsReported(f"--rm {worst[0]}: no usable answer for {rate:.1%} of what it was asked, above "
                                f"--max-failure-rate {limit:.1%} (failed: {reasons})")
 
 

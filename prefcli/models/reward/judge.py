@@ -9,6 +9,8 @@ over the OpenAI chat-completions protocol (vLLM, SGLang, TGI, hosted APIs).
 - pointwise: a 1-10 rating per response, UltraFeedback style, read from `[[N]]`.
 - template=FILE: the user message with {question}, {answer_a}, {answer_b} (pairwise) or {question},
   {answer} (pointwise); lines above a line `---` are the system message.
+- choices=true (vLLM): constrain the answer to the verdicts (`structured_outputs: {"choice": [...]}`), so a
+  small judge always answers in the format and the logprobs are a distribution over the verdicts.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ POINTWISE_USER = ("[User Question]\n{question}\n\n[The Start of Assistant's Answ
 VERDICT = re.compile(r"\[\[\s*([ABC])\s*\]\]")
 RATING = re.compile(r"\[\[\s*(\d+(?:\.\d+)?)\s*\]\]")
 OPTIONS = dict(COMMON_OPTIONS, mode="pairwise", template="", both_orders=True, logprobs=True, top_logprobs=5,
-               max_tokens=512, temperature=0.0, name="")
+               max_tokens=512, temperature=0.0, choices=False, name="")
 CODE = {"A": 1.0, "B": -1.0, "C": 0.0}
 
 
@@ -82,7 +84,8 @@ class JudgeModel:
         self.system, self.user = load_template(opts["template"], self.mode, where)
         self.name = column_safe(name or opts["name"] or f"judge_{Path(self.model.rstrip('/')).name}")
         template = digest(f"{self.system}\x00{self.user}\x00{opts['max_tokens']}\x00{opts['temperature']}")[:12]
-        self.model_id = f"judge:{self.model}|{self.mode}|template={template}|logprobs={opts['logprobs']}"
+        self.model_id = (f"judge:{self.model}|{self.mode}|template={template}|logprobs={opts['logprobs']}"
+                         f"|choices={opts['choices']}")
         self.client = RemoteClient(opts["base_url"], where=where, api_key_env=opts["api_key_env"],
                                    timeout=opts["timeout"], max_retries=opts["max_retries"],
                                    concurrency=opts["concurrency"], max_requests=opts["max_requests"],
@@ -105,6 +108,9 @@ class JudgeModel:
                                    "max_tokens": self.opts["max_tokens"]}
         if self.opts["logprobs"]:
             payload.update(logprobs=True, top_logprobs=self.opts["top_logprobs"])
+        if self.opts["choices"]:  # vLLM structured outputs: the answer can only be one of the verdicts
+            verdicts = ["[[A]]", "[[B]]", "[[C]]"] if self.pairwise else [f"[[{k}]]" for k in range(1, 11)]
+            payload["structured_outputs"] = {"choice": verdicts}
 
         def read(body):
             try:
