@@ -281,3 +281,24 @@ def test_base_url_from_the_environment(tmp_path):
         assert "judge.internal" not in judge.model_id  # the cache does not depend on where the server runs
     finally:
         del os.environ["PREFCLI_TEST_JUDGE_URL"]
+
+
+def test_a_pipeline_takes_the_server_url_from_the_environment(proxies, tmp_path):
+    src = tmp_path / "p.parquet"
+    pq.write_table(pairs(4, "pipe"), src)
+    toml = tmp_path / "p.toml"
+    toml.write_text(f"""
+[pipeline]
+name = "served"
+
+[[stage]]
+command = "vote"
+inputs = ["{src}"]
+rm = ["jd=judge:{proxies['models']['lm']},base_url=${{PREFCLI_TEST_JUDGE_URL}},choices=true,max_tokens=8"]
+""")
+    env = {"PREFCLI_TEST_JUDGE_URL": proxies["judge"].url + "/v1"}
+    proc = run_cli("run", str(toml), "--workdir", str(tmp_path / "work"), env=env)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proxies["judge"].requests == 8
+    manifest = (tmp_path / "work" / "manifest.json").read_text()
+    assert "${PREFCLI_TEST_JUDGE_URL}" in manifest and proxies["judge"].url not in manifest
