@@ -154,10 +154,10 @@ def test_judge_asks_both_orders_and_catches_an_order_biased_judge(proxies, tmp_p
 def test_429_500_timeouts_and_garbage_are_retried_then_counted_without_losing_rows(proxies, tmp_path):
     src = tmp_path / "p.parquet"
     pq.write_table(pairs(6, "f"), src)
-    proxies["judge"].reset(schedule=["429", "500", "timeout", "garbage", "drop"], stall=6.0)
-    proxies["rm"].reset(schedule=["500", "garbage", "timeout"], stall=6.0)
-    proc, stats, out = vote(tmp_path, src, served_spec(proxies, batch=4, timeout=4),
-                            judge_spec(proxies, concurrency=1, timeout=4, max_retries=5))
+    proxies["judge"].reset(schedule=["429", "500", "timeout", "garbage", "drop"], stall=2.5)
+    proxies["rm"].reset(schedule=["500", "garbage", "timeout"], stall=2.5)
+    proc, stats, out = vote(tmp_path, src, served_spec(proxies, batch=4, timeout=1.5),
+                            judge_spec(proxies, concurrency=1, timeout=1.5, max_retries=5))
     assert proc.returncode == 0, proc.stderr.decode()
     assert stats["failed"] == 0 and stats["retries"] == 8
     assert stats["requests"] == (3 + 3) + (12 + 5)  # batches + faults, requests + faults
