@@ -185,6 +185,19 @@ def test_429_500_timeouts_and_garbage_are_retried_then_counted_without_losing_ro
     assert "Traceback" not in proc.stderr.decode()
 
 
+def test_request_budget_is_kept_and_what_it_leaves_unasked_is_counted(proxies, tmp_path):
+    src = tmp_path / "p.parquet"
+    pq.write_table(pairs(6, "b"), src)
+    proc, stats, out = vote(tmp_path, src, judge_spec(proxies, max_requests=5, concurrency=1),
+                            extra=["--max-failure-rate", "1"])
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proxies["judge"].requests == 5
+    assert stats["remote"]["jd"]["failed_by_reason"] == {"budget": 7}
+    kept = pq.read_table(out).num_rows
+    aside = pq.read_table(tmp_path / "out.rejects.parquet").num_rows
+    assert kept + aside == 6 and kept == 2  # 2 pairs got both orders; the others are set aside with the reason
+
+
 def cached_entries(cache: Path) -> int:
     total = 0
     for ns in list_namespaces(cache):

@@ -151,11 +151,14 @@ class JudgeModel:
         orders = [(questions, first, second, qh, fh, sh)]
         if self.opts["both_orders"]:
             orders.append((questions, second, first, qh, sh, fh))
-        keys, items = [], []
-        for q, a, b, hq, ha, hb in orders:
-            keys += [digest(x + y + z) for x, y, z in zip(hq, ha, hb)]
-            items += list(zip(q, a, b))
+        per_order = [([digest(x + y + z) for x, y, z in zip(hq, ha, hb)], list(zip(q, a, b)))
+                     for q, a, b, hq, ha, hb in orders]
+        # both orders of a pair side by side, so a budget cut or a kill leaves whole pairs answered
+        keys = [k for ks in zip(*(o[0] for o in per_order)) for k in ks]
+        items = [it for its in zip(*(o[1] for o in per_order)) for it in its]
+        step = len(per_order)
         answers = self._map(keys, items, self._ask_pair)
+        answers = np.concatenate([answers[i::step] for i in range(step)])
         n = len(first)
         verdict1, lp1 = answers[:n, 0], answers[:n, 1]
         if not self.opts["both_orders"]:

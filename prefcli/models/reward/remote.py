@@ -226,7 +226,8 @@ class RemoteClient:
         pending_i: list[int] = []
         pending_v: list[np.ndarray] = []
         last = time.monotonic()
-        with ThreadPoolExecutor(max_workers=self.concurrency) as pool:
+        pool = ThreadPoolExecutor(max_workers=self.concurrency)
+        try:
             futures = {pool.submit(fn, job): i for i, job in enumerate(jobs)}
             waiting = set(futures)
             while waiting:
@@ -245,6 +246,12 @@ class RemoteClient:
                     on_done(pending_i, pending_v)
                     pending_i, pending_v = [], []
                     last = time.monotonic()
+        except BaseException:  # Ctrl-C, or a cache write failing: keep what arrived, ask nothing more
+            pool.shutdown(wait=False, cancel_futures=True)
+            if pending_i:
+                on_done(pending_i, pending_v)
+            raise
+        pool.shutdown()
         sizes = list(sizes) if sizes is not None else [1] * len(jobs)
         for size, value, reason in zip(sizes, values, reasons):
             if reason is not None:
