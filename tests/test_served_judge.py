@@ -315,3 +315,37 @@ rm = ["jd=judge:{proxies['models']['lm']},base_url=${{PREFCLI_TEST_JUDGE_URL}},c
     assert proxies["judge"].requests == 8
     manifest = (tmp_path / "work" / "manifest.json").read_text()
     assert "${PREFCLI_TEST_JUDGE_URL}" in manifest and proxies["judge"].url not in manifest
+
+
+def test_retry_after_is_honoured():
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    from prefcli.models.reward.remote import RemoteClient
+
+    hits = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            hits.append(time.monotonic())
+            status, body = (429, b"{}") if len(hits) == 1 else (200, b'{"ok": 1}')
+            self.send_response(status)
+            if status == 429:
+                self.send_header("Retry-After", "1")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = RemoteClient(f"http://127.0.0.1:{server.server_address[1]}", where="t", backoff=0.01)
+        assert client.call("/x", {}, lambda body: body) == {"ok": 1}
+        assert hits[1] - hits[0] >= 0.95 and client.stats.retries == 1
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -13,7 +13,7 @@ import re
 from typing import Any, Callable
 
 from ...errors import InputError
-from .base import PointwiseRewardModel, RewardModel, ScoreCache, column_safe
+from .base import PairwiseRewardModel, PointwiseRewardModel, RewardModel, ScoreCache, column_safe
 
 _NAME = re.compile(r"^([A-Za-z0-9_]+)=(?=[a-z]+(:|$))")
 
@@ -80,4 +80,4 @@ def parse_rm_spec(spec: str, **opts: Any) -> RewardModel:
     return BACKENDS[backend](arg, name, opts)
 
 
-__all__ = ["RewardModel", "PointwiseRewardModel", "ScoreCache", "parse_rm_spec", "column_safe", "BACKENDS"]
+__all__ = ["RewardModel", "PairwiseRewardModel", "PointwiseRewardModel", "ScoreCache", "parse_rm_spec", "column_safe", "BACKENDS"]

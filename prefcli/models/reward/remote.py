@@ -3,8 +3,8 @@ a request budget, token accounting, failure counting and a cache written as answ
 
 - Requests go through one `httpx.Client` (connection pool = concurrency) from a thread pool.
 - 429, 5xx, timeouts, connection errors and unparseable answers are retried with exponential
-  backoff and jitter (tenacity); after the last try the item is counted as failed under a reason
-  and gets NaN: the caller turns NaN into "no vote from this voter", never into a score.
+  backoff and jitter (tenacity), or after the server's Retry-After when longer; after the last try
+  the item is counted as failed under a reason and gets NaN: the caller turns NaN into "no vote from this voter", never into a score.
 - `max_requests` caps the HTTP requests sent (retries included); items past it fail as `budget`.
 - Answers go to the VectorStore in small shards as they arrive (at most FLUSH_SECONDS apart), so a
   killed run resumes without re-asking; failures are never cached, so a rerun asks them again.
@@ -42,6 +42,20 @@ class AnswerError(Exception):
 
 class Transient(AnswerError):
     """Worth another try (429, 5xx, timeout, connection error, unparseable answer)."""
+
+    def __init__(self, reason: str, detail: str = "", retry_after: float = 0.0):
+        super().__init__(reason, detail)
+        self.retry_after = retry_after  # the server's Retry-After, seconds (0: none)
+
+
+MAX_RETRY_AFTER = 60.0
+
+
+def _retry_after(value: str | None) -> float:
+    try:
+        return min(max(float(value or 0), 0.0), MAX_RETRY_AFTER)
+    except ValueError:  # an HTTP date: fall back to the backoff
+        return 0.0
 
 
 class BudgetSpent(AnswerError):
@@ -182,7 +196,7 @@ class RemoteClient:
         except httpx.TransportError as exc:
             raise Transient("connection", type(exc).__name__) from None
         if resp.status_code in TRANSIENT_STATUS:
-            raise Transient(f"http_{resp.status_code}")
+            raise Transient(f"http_{resp.status_code}", retry_after=_retry_after(resp.headers.get("Retry-After")))
         if resp.status_code >= 400:  # 400/401/404...: asking again will not help
             raise AnswerError(f"http_{resp.status_code}", resp.text[:200])
         try:
@@ -192,7 +206,7 @@ class RemoteClient:
 
     def call(self, path: str, payload: dict, parse: Callable[[Any], Any]) -> Any:
         """POST and parse; transient failures (parse errors included) are retried with backoff."""
-        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+        from tenacity import Retrying, retry_if_exception_type, stop_after_attempt, wait_exponential, wait_random
 
         def attempt():
             try:
@@ -206,9 +220,14 @@ class RemoteClient:
         def before_sleep(state):
             self._count(retries=1)
 
+        backoff = wait_exponential(multiplier=self.backoff, max=30.0) + wait_random(0, self.backoff)
+
+        def wait(state) -> float:  # exponential backoff, or longer when the server says so (Retry-After)
+            exc = state.outcome.exception() if state.outcome else None
+            return max(backoff(state), getattr(exc, "retry_after", 0.0))
+
         retrying = Retrying(stop=stop_after_attempt(self.max_retries + 1), reraise=True,
-                            retry=retry_if_exception_type(Transient), before_sleep=before_sleep,
-                            wait=wait_exponential_jitter(initial=self.backoff, max=30.0, jitter=self.backoff))
+                            retry=retry_if_exception_type(Transient), before_sleep=before_sleep, wait=wait)
         return retrying(attempt)
 
     def add_usage(self, body: Any) -> None:

@@ -5,7 +5,8 @@ or the plain `role: content` fallback; the tokenizer comes from `tokenizer=PATH`
 name, as a local path or a cached hub id). The raw score (logit) is read:
 
 - api=vllm (`vllm serve M --runner pooling`): POST /classify with `use_activation: false` (vLLM applies
-  a sigmoid to one-label classifiers by default, which squashes rewards), or endpoint=pooling: POST
+  a sigmoid to one-label classifiers by default, which squashes rewards; vLLM releases before the
+  rename call the flag `activation`: activation_field=activation), or endpoint=pooling: POST
   /pooling, whose `data` is the pooler output. max_length=N sends `truncate_prompt_tokens` (keep the last N tokens,
   as hf: does); without it the server's --max-model-len rejects longer inputs (counted as http_400).
 - api=sglang (`--is-embedding`): POST /classify {"text": [...]}, each answer's `embedding[0]` is the reward.
@@ -28,7 +29,7 @@ from .remote import COMMON_OPTIONS, AnswerError, RemoteCache, RemoteClient, Tran
 
 APIS = ("vllm", "sglang", "tei")
 OPTIONS = dict(COMMON_OPTIONS, api="vllm", endpoint="classify", tokenizer="", template="auto", batch=16,
-               max_length=0, name="")
+               max_length=0, activation_field="use_activation", name="")
 
 
 class ServedRewardModel:
@@ -93,7 +94,7 @@ class ServedRewardModel:
         special = not batch[0][1]
         api, endpoint = self.opts["api"], self.opts["endpoint"]
         if api == "vllm":
-            payload: dict[str, Any] = {"model": self.model, "input": texts, "use_activation": False,
+            payload: dict[str, Any] = {"model": self.model, "input": texts, self.opts["activation_field"]: False,
                                        "add_special_tokens": special}
             if self.opts["max_length"]:  # keep the last max_length tokens, as hf: does
                 payload["truncate_prompt_tokens"] = self.opts["max_length"]
