@@ -349,3 +349,81 @@ def test_retry_after_is_honoured():
     finally:
         server.shutdown()
         server.server_close()
+
+
+class _Stub:
+    """A stdlib server answering each POST with `answer(path, body)` (for the SGLang and TEI shapes)."""
+
+    def __init__(self, answer):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from threading import Thread
+
+        self.bodies = []
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                stub.bodies.append((self.path, body))
+                data = json.dumps(answer(self.path, body)).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("api", ["sglang", "tei"])
+def test_sglang_and_tei_answer_shapes(api):
+    from prefcli.models.reward import parse_rm_spec
+
+    def answer(path, body):
+        if api == "sglang":  # SGLang /classify: one object per text, the reward in embedding[0]
+            return [{"embedding": [len(t) / 10], "meta_info": {"prompt_tokens": 7}} for t in body["text"]]
+        return [[{"score": len(t) / 10, "label": "LABEL_0"}] for t in body["inputs"]]  # TEI /predict
+
+    stub = _Stub(answer)
+    try:
+        rm = parse_rm_spec(f"served:m,base_url={stub.url},api={api},template=plain,batch=2", use_cache=False)
+        prompts = [user_prompt(CORPUS[0]), user_prompt(CORPUS[3]), user_prompt(CORPUS[0])]
+        responses = [CORPUS[1], CORPUS[4], CORPUS[2]]
+        scores = rm.score(prompts, responses)
+        texts, _ = rm.render(prompts, responses)
+        np.testing.assert_allclose(scores, [len(t) / 10 for t in texts])
+        assert [p for p, _ in stub.bodies] == (["/classify"] * 2 if api == "sglang" else ["/predict"] * 2)
+        if api == "tei":
+            assert stub.bodies[0][1]["raw_scores"] is True
+        else:
+            assert rm.remote_stats()["prompt_tokens"] == 21
+    finally:
+        stub.close()
+
+
+def test_verdict_logprobs_are_read_at_the_verdict_token():
+    from prefcli.models.reward.judge import _parse_verdict
+
+    def tok(t, lp, alts=()):
+        return {"token": t, "logprob": lp, "top_logprobs": [{"token": a, "logprob": l} for a, l in alts]}
+
+    # the shape vLLM 0.32 returns for choices=true: "[", "[", "A", "]", "]", then </s> outside the content
+    content = {"content": [tok("[", 0.0), tok("[", 0.0),
+                           tok("A", -0.94, [("A", -0.94), ("B", -1.12), ("C", -1.26)]),
+                           tok("]", 0.0), tok("]", 0.0), tok("</s>", 0.0)]}
+    verdict, margin = _parse_verdict("[[A]]", content)
+    assert verdict == 1.0 and margin == pytest.approx(np.exp(-0.94) - np.exp(-1.12))
+    verdict, margin = _parse_verdict("Thinking... B looks wrong. [[A]]", None)  # no logprobs: the verdict alone
+    assert verdict == 1.0 and np.isnan(margin)
+    verdict, _ = _parse_verdict("[[A]] at first, but on reflection [[C]]", None)  # the last verdict counts
+    assert verdict == 0.0
+    with pytest.raises(Exception, match="unparseable"):
+        _parse_verdict("A is better", None)
