@@ -373,6 +373,13 @@ def report_tables(stats: dict[str, Any]) -> list[Table]:
     if stats["agreement"]:
         tables.append(Table("agreement", "agreement between reward models", ["a", "b", "sign_agreement", "spearman"],
                             [[r["a"], r["b"], r["sign_agreement"], r["spearman"]] for r in stats["agreement"]]))
+    if stats.get("remote"):
+        keys = ["requests", "retries", "cache_hits", "computed", "failed", "pairs_without_answer", "prompt_tokens",
+                "completion_tokens"]
+        tables.append(Table("remote", "served:/judge: requests, failures and tokens", ["voter", *keys, "failed_by"],
+                            [[name, *[info.get(k) for k in keys],
+                              ", ".join(f"{r} {c}" for r, c in info["failed_by_reason"].items()) or "-"]
+                             for name, info in stats["remote"].items()]))
     tables.append(Table("strength", "pref_mean deciles vs pref_std", ["decile", "pairs", "mean_lo", "mean_hi",
                                                                        "std_mean"],
                         [list(r.values()) for r in stats["strength_by_uncertainty"]]))
