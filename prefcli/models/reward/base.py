@@ -1,8 +1,9 @@
 """The reward-model interface every backend implements, and the score cache they share.
 
 A reward model maps (prompt messages, response) to one float. The vote stage only calls
-`fit(pairs, seed=...)` then `score_pairs(pairs)`; pointwise backends (hf:, later an
-OpenAI-compatible judge) subclass `PointwiseRewardModel` and implement `_score_uncached` only.
+`fit(pairs, seed=...)` then `score_pairs(pairs)`; in-process pointwise backends (hf:) subclass
+`PointwiseRewardModel` and implement `_score_uncached` only. A pairwise backend (judge:) maps a pair
+to a margin (`PairwiseRewardModel`); served: and judge: keep their own cache (models/reward/remote.py).
 """
 
 from __future__ import annotations
