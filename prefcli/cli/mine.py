@@ -14,6 +14,7 @@ from ..report import Table, Timer, check_accounting
 from ..stages.mine import MODES, SELECTIONS, STRATEGIES, MineParams, mine
 from .common import (OUTPUT_PATH, TrustRemoteCode, CacheDir, Device, EmbedModel, Input, Json, Output, Quiet, Seed,
                      handle_errors, number, plan_stage, reporter, write_stage)
+from .vote import MaxFailureRate, enforce_failure_rate
 
 ORDER = 45
 
@@ -70,6 +71,7 @@ def mine_command(
         "--set-aside", parser=OUTPUT_PATH,
             help="replace-easy: where the replaced original rows go (default OUT.rejects.parquet).")
                          ] = None,
+    max_failure_rate: MaxFailureRate = 0.05,
     model: EmbedModel = None,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
@@ -100,6 +102,7 @@ def mine_command(
     guard = Table("guard", "candidates removed, by reason", ["reason", "candidates"],
                   [[key, stats[key]] for key in GUARD_COUNTS if key in stats])
     rep.summary("mine", stats, [guard])
+    enforce_failure_rate(stats, max_failure_rate)
 
 
 def register(app: typer.Typer) -> None:

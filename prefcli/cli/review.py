@@ -15,6 +15,7 @@ from ..stages import review as stage
 from .common import (OUTPUT_PATH, TrustRemoteCode, CacheDir, Device, EmbedModel, Input, Json, MaxRejectRate, Output,
                      Overwrite, Quiet, Seed, enforce_reject_rate, handle_errors, number, plan_stage, reporter,
                      write_stage)
+from .vote import MaxFailureRate, enforce_failure_rate
 
 ORDER = 70
 EXPORT_MARKER = "prefcli-review.json"
@@ -44,6 +45,10 @@ def select_command(
                                                   help="Cosine similarity a neighbour of "
                                                   "a gold error needs.")] = 0.5,
     on: Annotated[str, typer.Option("--on", help="Text embedded for groups and retrieval: prompt or pair.")] = "prompt",
+    rm: Annotated[Optional[list[str]], typer.Option(
+        "--rm", help="Vote first with these reward models (specs as for `prefcli vote`, e.g. served: or judge:), "
+                     "for input that has no vote columns yet.")] = None,
+    max_failure_rate: MaxFailureRate = 0.05,
     model: EmbedModel = None,
     trust_remote_code: TrustRemoteCode = False,
     device: Device = "auto",
@@ -55,7 +60,16 @@ def select_command(
     rep = reporter(quiet, json_mode, output)
     plan = OutputPlan(inputs=[input, gold])
     plan.add("--output", output)
-    table = io.read_pairs(input, require=stage.SELECT_REQUIRES)
+    voted = None
+    if rm:
+        from ..models.reward import parse_rm_spec
+        from ..stages.vote import vote
+
+        models = [parse_rm_spec(spec, device=device, cache_dir=cache_dir) for spec in rm]
+        voted = vote(io.read_pairs(input), models)
+        table = voted.out  # pairs no voter answered are set aside by vote: they cannot be ranked
+    else:
+        table = io.read_pairs(input, require=stage.SELECT_REQUIRES)
     gold_table = io.read_pairs(gold) if gold else None
     embedder = None
     if groups in ("auto", "kmeans") or gold_table is not None:
@@ -69,7 +83,14 @@ def select_command(
     plan.commit()
     reasons = Table("by_reason", "Why pairs were picked", ["reason", "pairs"],
                     [[k, v] for k, v in result.stats["by_reason"].items()])
-    rep.summary("review select", result.stats, [reasons])
+    stats = dict(result.stats)
+    if voted is not None:
+        stats["vote"] = {k: voted.stats[k] for k in ("rows_in", "rows_no_vote", "failure_rate", "requests",
+                                                      "prompt_tokens", "completion_tokens", "failed", "remote")
+                         if k in voted.stats}
+    rep.summary("review select", stats, [reasons])
+    if voted is not None:
+        enforce_failure_rate(voted.stats, max_failure_rate)
 
 
 @app.command("export", help="Write a review queue as annotation tasks: a Label Studio project (config.xml + "

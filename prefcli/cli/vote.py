@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 import typer
 
 from .. import io
-from ..errors import InputError
+from ..errors import InputError, ProblemsReported
 from ..models.reward import parse_rm_spec
 from ..report import Timer, check_accounting
 from ..stages.vote import ACTIONS, BucketThresholds, VoteParams, report_tables, thresholds_from_calibration, vote
@@ -17,7 +17,24 @@ from .common import (OUTPUT_PATH, CacheDir, Device, Input, Json, Output, Quiet, 
 ORDER = 40
 
 RM_HELP = ("Reward model spec, repeatable: hf:<path-or-hub-id> | ensemble[:k=6,folds=5,views=emb+lex,drop=0.15] | "
-           "scores:<col_chosen>,<col_rejected>; prefix NAME= to name its columns (rm_NAME_*).")
+           "scores:<col_chosen>,<col_rejected> | served:<model>,base_url=URL[,api=vllm|sglang|tei,tokenizer=PATH,"
+           "concurrency=8,...] | judge:<model>,base_url=URL[,mode=pairwise|pointwise,template=FILE,"
+           "both_orders=true,...]; prefix NAME= to name its columns (rm_NAME_*). ${VAR} in options reads the "
+           "environment.")
+MaxFailureRate = Annotated[float, typer.Option(
+    "--max-failure-rate", parser=number(float, 0.0, 1.0),
+    help="served:/judge: exit 1 (after writing) when a voter gave no usable answer for more than this share "
+         "of the pairs (failed requests, unparseable answers, max_requests spent).")]
+
+
+def enforce_failure_rate(stats: dict, limit: float) -> None:
+    """Remote voters' failures are counted, never silent: past the limit the command exits 1."""
+    rate = stats.get("failure_rate")
+    if rate is not None and rate > limit:
+        worst = max(stats["remote"].items(), key=lambda kv: kv[1].get("pairs_without_answer", kv[1]["failed"]))
+        reasons = ", ".join(f"{k} {v}" for k, v in worst[1]["failed_by_reason"].items()) or "none"
+        raise ProblemsReported(f"--rm {worst[0]}: no usable answer for {rate:.1%} of what it was asked, above "
+                               f"--max-failure-rate {limit:.1%} (failed: {reasons})")
 
 
 def build_thresholds(thresholds: str | None, calibration: str | None) -> BucketThresholds:
@@ -54,6 +71,7 @@ def vote_command(
             help="Where --action drop writes its rows (default OUT.rejects.parquet).")] = None,
     trust_remote_code: Annotated[bool, typer.Option(
         "--trust-remote-code", help="hf: allow the model repository's own Python code (off by default).")] = False,
+    max_failure_rate: MaxFailureRate = 0.05,
     quiet: Quiet = False,
     json_mode: Json = False,
     seed: Seed = 0,
@@ -75,6 +93,7 @@ def vote_command(
     stats = dict(result.stats, seconds=round(timer.seconds, 2),
                  pairs_per_s=round(table.num_rows / max(timer.seconds, 1e-9), 1))
     rep.summary("vote", stats, report_tables(stats))
+    enforce_failure_rate(stats, max_failure_rate)
 
 
 def register(app: typer.Typer) -> None:

@@ -184,6 +184,15 @@ def _score(table: pa.Table, embedder, reward_models: Sequence, params: MineParam
     stats["candidates_scored"] = int(len(scored))
 
     scores = _consensus(table, sources, cand.take(scored), responses, reward_models)
+    if "no_vote" in scores:
+        stats["candidates_without_vote"] = int(scores["no_vote"].sum())
+    remote = {rm.name: rm.remote_stats() for rm, _ in mining_voters(reward_models) if getattr(rm, "remote", False)}
+    if remote:
+        stats["remote"] = remote
+        stats["failure_rate"] = max(r["failed"] / max(r["failed"] + r["computed"] + r["cache_hits"], 1)
+                                    for r in remote.values())
+        for key in ("requests", "retries", "prompt_tokens", "completion_tokens", "failed"):
+            stats[key] = int(sum(r[key] for r in remote.values()))
     for name in ("margin", "agree", "reward"):
         column = np.full(len(cand.pair), np.nan)
         column[scored] = scores[name]
@@ -435,20 +444,52 @@ def _consensus(table: pa.Table, sources: np.ndarray, cand: _Candidates, response
     messages = table.column("prompt").take(pa.array(first_row[unique // n_resp], pa.int64())).to_pylist()
     texts = [responses.texts[i] for i in unique % n_resp]
     scores = np.zeros((len(code), len(voters)))
+    rows = table.num_rows
     for j, (voter, _) in enumerate(voters):
+        if getattr(voter, "pairwise", False):
+            scores[:, j] = _pairwise_scores(voter, table, sources, cand, responses)
+            continue
         # the same scorer for chosen, rejected and candidates, so their margins compare like with like
         unique_scores = np.concatenate([np.asarray(voter.score(messages[i:i + SCORE_CHUNK], texts[i:i + SCORE_CHUNK]),
                                                    np.float64) for i in range(0, len(texts), SCORE_CHUNK)])
         scores[:, j] = unique_scores[inverse.ravel()]
-    rows = table.num_rows
+        if not getattr(voter, "remote", False) and not np.isfinite(scores[:, j]).all():
+            raise InputError("mine: a reward model returned a non-finite score (NaN or inf)")
     chosen, rejected, cand_scores = scores[:rows], scores[rows:2 * rows], scores[2 * rows:]
     scale = robust_scale(chosen - rejected)
     margins = (chosen[sources][cand.pair] - cand_scores) / scale
     agg = aggregate_margins(margins, weights=weights, normalise=False) if n else {"mean": np.zeros(0),
                                                                                   "agree": np.zeros(0)}
+    # a candidate no voter answered for (served:/judge: failures) gets no margin and counts as not agreeing
+    no_vote = ~np.isfinite(margins).any(axis=1) if margins.shape[1] else np.zeros(n, bool)
+    margin, agree = agg["mean"].copy(), agg["agree"].copy()
+    margin[no_vote], agree[no_vote] = np.nan, 0.0
     w = weights / weights.sum()
-    return {"margin": agg["mean"], "agree": agg["agree"], "reward": (cand_scores / scale) @ w,
-            "source_reward": np.stack([(chosen[sources] / scale) @ w, (rejected[sources] / scale) @ w], axis=1)}
+    return {"margin": margin, "agree": agree, "reward": _nan_dot(cand_scores / scale, w),
+            "source_reward": np.stack([_nan_dot(chosen[sources] / scale, w), _nan_dot(rejected[sources] / scale, w)],
+                                      axis=1), "no_vote": no_vote}
+
+
+def _nan_dot(values: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted mean over the voters that answered (NaN: no answer)."""
+    valid = np.isfinite(values)
+    weights = valid * w[None, :]
+    total = weights.sum(axis=1)
+    return np.where(total > 0, (np.where(valid, values, 0.0) * weights).sum(axis=1) / np.where(total > 0, total, 1),
+                    np.nan)
+
+
+def _pairwise_scores(voter, table: pa.Table, sources: np.ndarray, cand: _Candidates,
+                     responses: _ResponsePool) -> np.ndarray:
+    """A pairwise voter (judge) has no score per response: chosen/rejected get +-margin/2 of the input pair
+    (so vote's scale applies) and a candidate gets chosen - margin(chosen over candidate)."""
+    prompts = table.column("prompt").to_pylist()
+    chosen_text = table.column("chosen").to_pylist()
+    row_margin = voter.margin_pairs(prompts, chosen_text, table.column("rejected").to_pylist())
+    src_rows = sources[cand.pair]
+    cand_margin = voter.margin_pairs([prompts[i] for i in src_rows], [chosen_text[i] for i in src_rows],
+                                     [responses.texts[i] for i in cand.resp]) if len(cand.pair) else np.zeros(0)
+    return np.concatenate([row_margin / 2, -row_margin / 2, row_margin[src_rows] / 2 - cand_margin])
 
 
 def mining_voters(reward_models: Sequence) -> list[tuple[object, float]]:

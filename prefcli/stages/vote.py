@@ -95,16 +95,20 @@ def calibration_document(thresholds: BucketThresholds, **info: Any) -> dict:
 
 def robust_scale(margins: np.ndarray) -> np.ndarray:
     """Per-column scale of margins around 0 (not the mean): median |m| / 0.6745 (= σ for N(0, σ²)),
-    falling back to the RMS, then 1, when that is 0. Dividing by it is idempotent."""
+    falling back to the RMS, then 1, when that is 0. Dividing by it is idempotent. NaN (a voter
+    that gave no answer for that pair) is left out."""
     margins = np.asarray(margins, dtype=np.float64)
     if margins.ndim == 1:
         margins = margins[:, None]
-    if not len(margins):
-        return np.ones(margins.shape[1])
-    scale = np.median(np.abs(margins), axis=0) / 0.6744897501960817
-    rms = np.sqrt(np.mean(margins ** 2, axis=0))
-    scale = np.where(scale > 1e-12, scale, rms)
-    return np.where(scale > 1e-12, scale, 1.0)
+    scale = np.ones(margins.shape[1])
+    for j in range(margins.shape[1]):
+        col = margins[:, j][~np.isnan(margins[:, j])]
+        if not len(col):
+            continue
+        s = np.median(np.abs(col)) / 0.6744897501960817
+        s = s if s > 1e-12 else np.sqrt(np.mean(col ** 2))
+        scale[j] = s if s > 1e-12 else 1.0
+    return scale
 
 
 def bucketize(mean: np.ndarray, std: np.ndarray, thresholds: BucketThresholds) -> np.ndarray:
@@ -129,19 +133,24 @@ def aggregate_margins(margins: np.ndarray, thresholds: BucketThresholds | None =
     margins = np.asarray(margins, dtype=np.float64)
     if margins.ndim == 1:
         margins = margins[:, None]
-    if not np.isfinite(margins).all():
+    if np.isinf(margins).any():
         raise InputError("vote: a reward model returned a non-finite score (NaN or inf)")
     thresholds = thresholds or BucketThresholds()
     z = margins / robust_scale(margins) if normalise else margins
+    valid = ~np.isnan(z)  # NaN: that voter gave no answer for the pair; the others vote
     w = np.ones(z.shape[1]) if weights is None else np.asarray(weights, dtype=np.float64)
-    w = w / w.sum()
-    mean = z @ w
-    std = np.sqrt(np.clip(((z - mean[:, None]) ** 2) @ w, 0.0, None))
+    w = valid * (w / w.sum())[None, :]
+    total = w.sum(axis=1, keepdims=True)
+    w = w / np.where(total > 0, total, 1.0)
+    z0 = np.where(valid, z, 0.0)
+    mean = (z0 * w).sum(axis=1)
+    std = np.sqrt(np.clip((((z0 - mean[:, None]) ** 2) * w).sum(axis=1), 0.0, None))
+    wco = np.where(valid, z, np.inf).min(axis=1) if z.shape[1] else mean
     return {
         "mean": mean,
         "std": std,
-        "agree": (z > 0).astype(np.float64) @ w,
-        "wco": z.min(axis=1) if z.shape[1] else mean,
+        "agree": ((z0 > 0) * w).sum(axis=1),
+        "wco": np.where(np.isfinite(wco), wco, mean),
         "uwo": mean - uwo_lambda * std ** 2,
         "bucket": bucketize(mean, std, thresholds),
         "margin": mean.copy(),
@@ -177,19 +186,40 @@ def voters_of(reward_models: Sequence) -> list[tuple[Any, float]]:
 
 
 def vote(table: pa.Table, reward_models: Sequence, params: VoteParams | None = None) -> StageResult:
-    """Score every pair with every reward model, aggregate, bucket, and apply the action."""
+    """Score every pair with every reward model, aggregate, bucket, and apply the action.
+
+    A remote voter (served:, judge:) that gave no usable answer for a pair leaves a NaN: that pair's
+    pref_* use the other voters, and a pair no voter answered is set aside with the reason.
+    """
     params = params or VoteParams()
     if not reward_models:
         raise InputError("vote: give at least one --rm")
-    n = table.num_rows
+    n_in = table.num_rows
     for rm in reward_models:
         rm.fit(table, seed=params.seed)
     voters = voters_of(reward_models)
-    chosen = np.zeros((n, len(voters)))
-    rejected = np.zeros((n, len(voters)))
+    chosen = np.zeros((n_in, len(voters)))
+    rejected = np.zeros((n_in, len(voters)))
+    inconsistent = np.full(n_in, np.nan)
     for j, (voter, _) in enumerate(voters):
         c, r = voter.score_pairs(table)
         chosen[:, j], rejected[:, j] = c, r
+        if not getattr(voter, "remote", False) and not np.isfinite(c - r).all():
+            raise InputError("vote: a reward model returned a non-finite score (NaN or inf)")
+        flags = getattr(voter, "inconsistent", None)
+        if flags is not None and len(flags) == n_in:
+            inconsistent = np.where(np.isnan(inconsistent), flags, np.fmax(inconsistent, flags))
+    answered = np.isfinite(chosen - rejected)
+    no_vote = ~answered.any(axis=1)
+    no_vote_rows = None
+    if no_vote.any():
+        failed = [v.name for j, (v, _) in enumerate(voters) if not answered[no_vote, j].all()]
+        no_vote_rows = mark_set_aside(table.filter(pa.array(no_vote)), "vote: no reward model gave a usable "
+                                      f"answer (failed: {', '.join(failed)})", STAGE)
+        keep = pa.array(~no_vote)
+        table, chosen, rejected = table.filter(keep), chosen[~no_vote], rejected[~no_vote]
+        inconsistent = inconsistent[~no_vote]
+    n = table.num_rows
     weights = [w for _, w in voters]
     scale = robust_scale(chosen - rejected)
     agg = aggregate_margins(chosen - rejected, params.thresholds, weights=weights, uwo_lambda=params.uwo_lambda)
@@ -205,12 +235,15 @@ def vote(table: pa.Table, reward_models: Sequence, params: VoteParams | None = N
                                 normalise=False)
     columns: dict[str, pa.Array] = {}
     for j, (voter, _) in enumerate(voters):
-        columns[f"rm_{voter.name}_chosen"] = pa.array(chosen[:, j])
-        columns[f"rm_{voter.name}_rejected"] = pa.array(rejected[:, j])
-        columns[f"rm_{voter.name}_margin"] = pa.array((chosen[:, j] - rejected[:, j]) / scale[j])
+        columns[f"rm_{voter.name}_chosen"] = pa.array(chosen[:, j], from_pandas=True)
+        columns[f"rm_{voter.name}_rejected"] = pa.array(rejected[:, j], from_pandas=True)
+        columns[f"rm_{voter.name}_margin"] = pa.array((chosen[:, j] - rejected[:, j]) / scale[j], from_pandas=True)
     columns.update(prefixed_columns(agg, "pref_"))
     if params.action == "flip":
         columns["pref_flipped"] = pa.array(flipped)
+    judged = ~np.isnan(inconsistent)
+    if judged.any():  # a judge asked in both orders: did its verdicts disagree (position bias)?
+        columns["pref_judge_inconsistent"] = pa.array(np.where(judged, inconsistent > 0, False), mask=~judged)
     table = with_stage_columns(table, STAGE, columns)
     set_aside = None
     if params.action == "drop":
@@ -219,7 +252,43 @@ def vote(table: pa.Table, reward_models: Sequence, params: VoteParams | None = N
                                    f"{params.thresholds.incorrect})", STAGE)
         table = table.filter(pa.array(~drop))
     stats = vote_stats(n, before, agg, chosen - rejected, voters, params, flipped, set_aside)
+    stats["rows_in"] = n_in
+    if no_vote_rows is not None:
+        stats["rows_no_vote"] = no_vote_rows.num_rows
+        set_aside = no_vote_rows if set_aside is None else _concat_set_aside(no_vote_rows, set_aside)
+        stats["rows_set_aside"] = set_aside.num_rows
+        stats["rows_out"] = table.num_rows
+    stats.update(remote_stats(voters, ~np.isfinite(chosen - rejected), n_in, no_vote, judged, inconsistent))
     return StageResult(out=table, set_aside=set_aside, stats=stats)
+
+
+def _concat_set_aside(a: pa.Table, b: pa.Table) -> pa.Table:
+    """Rows set aside before scoring (no vote columns) and after (with them): one table, missing columns null."""
+    return pa.concat_tables([a, b], promote_options="default")
+
+
+def remote_stats(voters, missing: np.ndarray, n_in: int, no_vote: np.ndarray, judged: np.ndarray,
+                 inconsistent: np.ndarray) -> dict[str, Any]:
+    """Requests, retries, failures and tokens of served: / judge: voters; the worst voter's failure share."""
+    out: dict[str, Any] = {}
+    remote = [(j, v) for j, (v, _) in enumerate(voters) if getattr(v, "remote", False)]
+    if not remote:
+        return out
+    per: dict[str, Any] = {}
+    worst = 0.0
+    for j, voter in remote:
+        info = voter.remote_stats()
+        unanswered = int(missing[:, j].sum()) + int(no_vote.sum())
+        info["pairs_without_answer"] = unanswered
+        per[voter.name] = info
+        worst = max(worst, unanswered / max(n_in, 1))
+    out["remote"] = per
+    out["failure_rate"] = worst
+    for key in ("requests", "retries", "prompt_tokens", "completion_tokens", "failed"):
+        out[key] = int(sum(info[key] for info in per.values()))
+    if judged.any():
+        out["pref_judge_inconsistent"] = float((inconsistent[judged] > 0).mean())
+    return out
 
 
 def prefixed_columns(agg: dict[str, np.ndarray], prefix: str) -> dict[str, pa.Array]:
@@ -304,6 +373,13 @@ def report_tables(stats: dict[str, Any]) -> list[Table]:
     if stats["agreement"]:
         tables.append(Table("agreement", "agreement between reward models", ["a", "b", "sign_agreement", "spearman"],
                             [[r["a"], r["b"], r["sign_agreement"], r["spearman"]] for r in stats["agreement"]]))
+    if stats.get("remote"):
+        keys = ["requests", "retries", "cache_hits", "computed", "failed", "pairs_without_answer", "prompt_tokens",
+                "completion_tokens"]
+        tables.append(Table("remote", "served:/judge: requests, failures and tokens", ["voter", *keys, "failed_by"],
+                            [[name, *[info.get(k) for k in keys],
+                              ", ".join(f"{r} {c}" for r, c in info["failed_by_reason"].items()) or "-"]
+                             for name, info in stats["remote"].items()]))
     tables.append(Table("strength", "pref_mean deciles vs pref_std", ["decile", "pairs", "mean_lo", "mean_hi",
                                                                        "std_mean"],
                         [list(r.values()) for r in stats["strength_by_uncertainty"]]))

@@ -1,8 +1,10 @@
 """Reward models behind one interface (see base.RewardModel), built from `--rm` specs.
 
 Specs: `hf:<local-path-or-hub-id>`, `ensemble[:k=5,folds=5,...]`, `scores:<col_chosen>,<col_rejected>`,
-each optionally prefixed with `NAME=` to choose the column name (rm_NAME_*). A new backend
-(e.g. an OpenAI-compatible judge) is one more module with a class and one more entry in BACKENDS.
+`served:<model>,base_url=URL[,...]` (a reward model behind vLLM / SGLang / TEI) and
+`judge:<model>,base_url=URL[,...]` (an LLM judge over OpenAI chat completions), each optionally prefixed
+with `NAME=` to choose the column name (rm_NAME_*). A new backend is one more module with a class and
+one more entry in BACKENDS.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import re
 from typing import Any, Callable
 
 from ...errors import InputError
-from .base import PointwiseRewardModel, RewardModel, ScoreCache, column_safe
+from .base import PairwiseRewardModel, PointwiseRewardModel, RewardModel, ScoreCache, column_safe
 
 _NAME = re.compile(r"^([A-Za-z0-9_]+)=(?=[a-z]+(:|$))")
 
@@ -40,10 +42,24 @@ def _scores(arg: str, name: str | None, opts: dict[str, Any]):
     return ColumnScores(cols[0], cols[1], name=name)
 
 
+def _served(arg: str, name: str | None, opts: dict[str, Any]):
+    from .served import ServedRewardModel
+
+    return ServedRewardModel(arg, name=name, cache_dir=opts.get("cache_dir"), use_cache=opts.get("use_cache", True))
+
+
+def _judge(arg: str, name: str | None, opts: dict[str, Any]):
+    from .judge import JudgeModel
+
+    return JudgeModel(arg, name=name, cache_dir=opts.get("cache_dir"), use_cache=opts.get("use_cache", True))
+
+
 BACKENDS: dict[str, Callable[[str, str | None, dict[str, Any]], Any]] = {
     "hf": _hf,
     "ensemble": _ensemble,
     "scores": _scores,
+    "served": _served,
+    "judge": _judge,
 }
 
 
@@ -59,9 +75,9 @@ def parse_rm_spec(spec: str, **opts: Any) -> RewardModel:
     if backend not in BACKENDS:
         raise InputError(f"--rm {spec!r}: unknown backend '{backend}' (expected "
                          f"{', '.join(f'{b}:...' for b in BACKENDS)})")
-    if backend in ("hf", "scores") and not arg:
+    if backend in ("hf", "scores", "served", "judge") and not arg:
         raise InputError(f"--rm {spec!r}: {backend}: needs an argument")
     return BACKENDS[backend](arg, name, opts)
 
 
-__all__ = ["RewardModel", "PointwiseRewardModel", "ScoreCache", "parse_rm_spec", "column_safe", "BACKENDS"]
+__all__ = ["RewardModel", "PairwiseRewardModel", "PointwiseRewardModel", "ScoreCache", "parse_rm_spec", "column_safe", "BACKENDS"]

@@ -1,8 +1,9 @@
 """The reward-model interface every backend implements, and the score cache they share.
 
 A reward model maps (prompt messages, response) to one float. The vote stage only calls
-`fit(pairs, seed=...)` then `score_pairs(pairs)`; pointwise backends (hf:, later an
-OpenAI-compatible judge) subclass `PointwiseRewardModel` and implement `_score_uncached` only.
+`fit(pairs, seed=...)` then `score_pairs(pairs)`; in-process pointwise backends (hf:) subclass
+`PointwiseRewardModel` and implement `_score_uncached` only. A pairwise backend (judge:) maps a pair
+to a margin (`PairwiseRewardModel`); served: and judge: keep their own cache (models/reward/remote.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,26 @@ class RewardModel(Protocol):
 
     def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
         """(chosen scores, rejected scores) for every row of a canonical pairs table."""
+
+
+@runtime_checkable
+class PairwiseRewardModel(Protocol):
+    """The pairwise form (an LLM judge comparing two responses): pair -> margin, no score per response.
+
+    Voters that talk to a server set `remote = True`: a NaN then means "no answer" (counted in
+    `failures`), and the stage leaves that voter out for that pair instead of failing.
+    """
+    name: str
+    model_id: str
+    pairwise: bool  # True
+
+    def margin_pairs(self, prompts: Sequence[list[dict]], first: Sequence[str], second: Sequence[str]) -> np.ndarray:
+        """Margin of `first` over `second` per pair (> 0: first is better); NaN where there is no verdict."""
+
+    def fit(self, pairs: pa.Table, *, seed: int) -> None: ...
+
+    def score_pairs(self, pairs: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        """(+margin/2, -margin/2): the vote stage reads chosen - rejected = margin like any voter."""
 
 
 def score_keys(prompts: Sequence[list[dict]], responses: Sequence[str]) -> list[str]:
