@@ -25,7 +25,7 @@ import numpy as np
 from ...errors import InputError
 from ...text import digest, render_messages
 from .base import column_safe
-from .remote import COMMON_OPTIONS, RemoteCache, RemoteClient, Transient, cached_map, parse_options
+from .remote import COMMON_OPTIONS, RemoteCache, RemoteClient, RemoteVoter, Transient, cached_map, parse_options
 
 PAIRWISE_SYSTEM = (
     "Please act as an impartial judge and evaluate the quality of the responses provided by two AI assistants "
@@ -68,7 +68,7 @@ def load_template(path: str, mode: str, where: str) -> tuple[str, str]:
     return system.strip(), user.strip()
 
 
-class JudgeModel:
+class JudgeModel(RemoteVoter):
     """An LLM judge as a voter: pairwise (pair -> margin) or pointwise (response -> 1..10 rating)."""
 
     remote = True
@@ -188,20 +188,12 @@ class JudgeModel:
         return None
 
     def score_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        prompts = pairs.column("prompt").to_pylist()
-        chosen, rejected = pairs.column("chosen").to_pylist(), pairs.column("rejected").to_pylist()
-        if self.pairwise:  # the two columns of a pairwise voter are +-margin/2, so chosen - rejected = margin
-            margin = self.margin_pairs(prompts, chosen, rejected)
-            return margin / 2, -margin / 2
-        scores = self.score(prompts + prompts, chosen + rejected)
-        return scores[: len(chosen)], scores[len(chosen):]
-
-    @property
-    def computed(self) -> int:
-        return self.client.stats.computed
-
-    def remote_stats(self) -> dict[str, Any]:
-        return self.client.stats.as_dict()
+        if not self.pairwise:
+            return super().score_pairs(pairs)
+        # the two columns of a pairwise voter are +-margin/2, so chosen - rejected = margin
+        margin = self.margin_pairs(pairs.column("prompt").to_pylist(), pairs.column("chosen").to_pylist(),
+                                   pairs.column("rejected").to_pylist())
+        return margin / 2, -margin / 2
 
 
 def _verdict_probs(logprobs: Any, content: str, match: re.Match) -> float:

@@ -336,3 +336,22 @@ def cached_map(client: RemoteClient, cache: RemoteCache, keys: list[str], items:
             out[job] = np.asarray(answer, np.float64).reshape(len(job), cache.dim)
     cache.compact_if_fragmented()
     return out, reasons
+
+
+class RemoteVoter:
+    """What the server-backed voters share: pointwise pair scoring and the client's request accounting."""
+
+    client: RemoteClient
+
+    def score_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray]:
+        prompts = pairs.column("prompt").to_pylist()
+        chosen, rejected = pairs.column("chosen").to_pylist(), pairs.column("rejected").to_pylist()
+        scores = self.score(prompts + prompts, chosen + rejected)
+        return scores[: len(chosen)], scores[len(chosen):]
+
+    @property
+    def computed(self) -> int:
+        return self.client.stats.computed
+
+    def remote_stats(self) -> dict[str, Any]:
+        return self.client.stats.as_dict()

@@ -25,14 +25,14 @@ from ...errors import InputError
 from ...text import digest, render_messages
 from .base import column_safe
 from .hf import plain_template
-from .remote import COMMON_OPTIONS, RemoteCache, RemoteClient, Transient, cached_map, parse_options
+from .remote import COMMON_OPTIONS, RemoteCache, RemoteClient, RemoteVoter, Transient, cached_map, parse_options
 
 APIS = ("vllm", "sglang", "tei")
 OPTIONS = dict(COMMON_OPTIONS, api="vllm", endpoint="classify", tokenizer="", template="auto", batch=16,
                max_length=0, activation_field="use_activation", name="")
 
 
-class ServedRewardModel:
+class ServedRewardModel(RemoteVoter):
     """A pointwise voter: (prompt, response) -> raw reward from the server; NaN where the server failed."""
 
     remote = True
@@ -167,18 +167,6 @@ class ServedRewardModel:
         position = {k: i for i, k in enumerate(unique)}
         return values[[position[k] for k in keys], 0]
 
-    def score_pairs(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        prompts = pairs.column("prompt").to_pylist()
-        chosen, rejected = pairs.column("chosen").to_pylist(), pairs.column("rejected").to_pylist()
-        scores = self.score(prompts + prompts, chosen + rejected)
-        return scores[: len(chosen)], scores[len(chosen):]
-
-    @property
-    def computed(self) -> int:
-        return self.client.stats.computed
-
-    def remote_stats(self) -> dict[str, Any]:
-        return self.client.stats.as_dict()
 
 
 def _one_score(values: Any) -> float:
