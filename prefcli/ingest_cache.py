@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import time
 from dataclasses import asdict
 from functools import lru_cache
@@ -94,6 +95,8 @@ class IngestCache:
         """(entry dir, bytes, last use as an mtime) for every complete entry."""
         out = []
         for marker in self.root.glob(f"??/*/{ENTRY}") if self.root.is_dir() else []:
+            if not _ours(marker.parent):
+                continue
             with contextlib.suppress(FileNotFoundError):
                 size = sum(f.stat().st_size for f in marker.parent.iterdir())
                 out.append((marker.parent, size, marker.stat().st_mtime))
@@ -109,7 +112,11 @@ class IngestCache:
             io.remove_path(directory)
         leftovers = 0
         for shard in self.root.iterdir() if self.root.is_dir() else []:
+            if not SHARD_NAME.match(shard.name):
+                continue  # not prefcli's: a --cache-dir may hold other things
             for item in shard.iterdir() if shard.is_dir() else []:
+                if not _ours(item):
+                    continue
                 incomplete = item.name.startswith(".") or not (item / ENTRY).exists()
                 with contextlib.suppress(FileNotFoundError):
                     if incomplete and item.lstat().st_mtime < now - stale_seconds:
@@ -118,6 +125,16 @@ class IngestCache:
             with contextlib.suppress(OSError):
                 shard.rmdir()  # only when empty
         return len(old), leftovers
+
+
+SHARD_NAME = re.compile(r"^[0-9a-f]{2}$")
+ENTRY_NAME = re.compile(r"^\.?[0-9a-f]{32}(\..+\.tmp)?$")  # an entry, or the temp dir of one being written
+
+
+def _ours(item: Path) -> bool:
+    """An entry folder by its names alone: a hex shard and a hex key (or that key's temp dir)."""
+    return bool(SHARD_NAME.match(item.parent.name) and ENTRY_NAME.match(item.name)
+                and item.name[1 if item.name.startswith(".") else 0:][:2] == item.parent.name)
 
 
 class CachedSource:

@@ -160,10 +160,10 @@ def test_cache_info_and_prune_manage_ingest_entries(tmp_path, raw, capsys):
     assert len(entries) == 2
     stale = time.time() - 10 * 86400
     os.utime(entries[0], (stale, stale))  # a.jsonl or b.jsonl: not replayed for 10 days
-    leftover = entries[0].parent.parent / ".killed-writer.x.tmp"
+    leftover = entries[0].parent.parent / f".{entries[0].parent.name}.x.tmp"  # atomic_path's temp name
     (leftover / "pairs.parquet").parent.mkdir()
     (leftover / "pairs.parquet").write_bytes(b"half")
-    fresh_leftover = entries[1].parent.parent / ".live-writer.y.tmp"
+    fresh_leftover = entries[1].parent.parent / f".{entries[1].parent.name}.y.tmp"
     fresh_leftover.mkdir()
     for path in (leftover, leftover / "pairs.parquet"):
         os.utime(path, (stale, stale))

@@ -429,3 +429,23 @@ def test_run_never_replaces_what_it_did_not_write(tmp_path):
     result = cli("run", toml, "--workdir", work, "--json")
     assert result.exit_code == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1])["stages_run"] == 1
+
+
+def test_cache_prune_touches_only_prefcli_entries(tmp_path):
+    """`cache prune --cache-dir` may be pointed at a folder that holds other things: nothing of those is
+    removed, however old, even in folders that share a name with prefcli's (ingest, dedup-graphs)."""
+    old = 10 * 86400
+    user = [tmp_path / "ingest" / "docs" / "notes.txt", tmp_path / "ingest" / "ab" / "draft" / "a.txt",
+            tmp_path / "dedup-graphs" / "figure.parquet", tmp_path / "photos" / ".edit.tmp",
+            tmp_path / "photos" / ".tmp-1.npz"]
+    for path in user:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("user data")
+    for path in [*user, *(p.parent for p in user)]:
+        os.utime(path, (path.stat().st_atime - old, path.stat().st_mtime - old))
+    before = snapshot(tmp_path)
+    result = cli("cache", "prune", "--cache-dir", tmp_path, "--older-than", "1", "--json")
+    assert result.exit_code == 0, result.stderr
+    assert snapshot(tmp_path) == before
+    stats = json.loads(result.stdout)
+    assert stats["ingest_files_dropped"] == stats["graphs_dropped"] == stats["temps_removed"] == 0

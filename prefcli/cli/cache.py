@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,6 +18,7 @@ from .common import CacheDir, Json, Quiet, handle_errors, number, reporter
 from .dedup import GRAPH_DIR
 
 ORDER = 90
+GRAPH_NAME = re.compile(r"^[0-9a-f]{32}\.parquet$")
 DAY = 86400.0
 
 app = typer.Typer(help="Inspect (info) or trim (prune) the on-disk embedding/score cache.", no_args_is_help=True,
@@ -31,7 +33,8 @@ def _root(cache_dir: str | None) -> Path:
 
 
 def _graphs(root: Path) -> list[Path]:
-    return sorted((root / GRAPH_DIR).glob("*.parquet")) if (root / GRAPH_DIR).is_dir() else []
+    folder = root / GRAPH_DIR  # graphs are named by their 32-hex fingerprint; anything else is not ours
+    return sorted(p for p in folder.glob("*.parquet") if GRAPH_NAME.match(p.name)) if folder.is_dir() else []
 
 
 def _rows(root: Path) -> list[list]:
@@ -93,12 +96,13 @@ def prune(cache_dir: CacheDir = None,
     for path in list_namespaces(root):
         if path.name == INGEST_DIR:
             continue
-        temps += remove_stale_temps(path)
-        if path.name == GRAPH_DIR:
-            continue
         store = VectorStore.at_path(path)
-        if store is None:
+        if path.name == GRAPH_DIR:
+            temps += remove_stale_temps(path)
             continue
+        if store is None:
+            continue  # not a vector namespace (a --cache-dir may hold other folders): never touched
+        temps += remove_stale_temps(path)
         if older_than is not None:
             dropped_entries += store.prune(older_than * DAY)
         store.compact()
