@@ -13,6 +13,7 @@ no user has), scored against the flipped ones. No amount of noise-robust trainin
 family above it on that dataset; only stronger features (a better encoder, an `hf:` reward model) do.
 
 Run: PREFCLI_CACHE_DIR=/work/cache .venv/bin/python benchmarks/vote_flips.py [--datasets hh-harmless,alpacaeval]
+     [--ensemble max_train=1000] [--only-ensemble]
 """
 
 from __future__ import annotations
@@ -87,11 +88,12 @@ def cleanlab_row(member_margins: np.ndarray, flipped: np.ndarray, seed: int) -> 
     return row("cleanlab find_label_issues", -p_chosen, issues, p_chosen > 0.5, flipped)
 
 
-def run(dataset: str, rates: list[float], seed: int, config: EnsembleConfig) -> list[dict]:
+def run(dataset: str, rates: list[float], seed: int, config: EnsembleConfig, only_ensemble: bool = False) -> list[dict]:
     table = real_pairs.LOADERS[dataset]()
-    oracle = OfflineEnsemble(config, device="cpu")
-    oracle.fit(table, seed=seed)
-    oracle_chosen, oracle_rejected = oracle.score_pairs(table)
+    if not only_ensemble:
+        oracle = OfflineEnsemble(config, device="cpu")
+        oracle.fit(table, seed=seed)
+        oracle_chosen, oracle_rejected = oracle.score_pairs(table)
     out = []
     for rate in rates:
         noisy, flipped = real_pairs.inject_flips(table, rate, seed=seed)
@@ -107,13 +109,16 @@ def run(dataset: str, rates: list[float], seed: int, config: EnsembleConfig) -> 
         for j, m in enumerate(ensemble.members[: len(config.views)]):
             z = members[:, j] / np.median(np.abs(members[:, j])) * 0.6745
             rows.append(row(f"single member {m.name}", -z, z < BucketThresholds().incorrect, z > 0, flipped))
-        rows.append(cleanlab_row(members, flipped, seed))
-        base = baseline_margins(noisy, ensemble.embedder)
-        zb = base / np.median(np.abs(base)) * 0.6745
-        rows.append(row("baseline MiniLM+logistic (5x5)", -zb, zb < BucketThresholds().incorrect, zb > 0, flipped))
-        ceiling = np.where(flipped, -1, 1) * (oracle_chosen - oracle_rejected)  # margin w.r.t. the noisy label
-        zc = ceiling / np.median(np.abs(ceiling)) * 0.6745
-        rows.append(row("ceiling: ensemble on clean labels", -zc, zc < BucketThresholds().incorrect, zc > 0, flipped))
+        if not only_ensemble:
+            rows.append(cleanlab_row(members, flipped, seed))
+            base = baseline_margins(noisy, ensemble.embedder)
+            zb = base / np.median(np.abs(base)) * 0.6745
+            rows.append(row("baseline MiniLM+logistic (5x5)", -zb, zb < BucketThresholds().incorrect, zb > 0,
+                            flipped))
+            ceiling = np.where(flipped, -1, 1) * (oracle_chosen - oracle_rejected)  # margin w.r.t. the noisy label
+            zc = ceiling / np.median(np.abs(ceiling)) * 0.6745
+            rows.append(row("ceiling: ensemble on clean labels", -zc, zc < BucketThresholds().incorrect, zc > 0,
+                            flipped))
         for r in rows:
             r.update(dataset=dataset, pairs=table.num_rows, flip_rate=rate)
         rows[0]["seconds"] = round(seconds, 1)
@@ -131,13 +136,15 @@ def main() -> None:
     parser.add_argument("--rates", default="0.1,0.2,0.3")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ensemble", default="", help="ensemble options, as in --rm ensemble:<options>")
+    parser.add_argument("--only-ensemble", action="store_true", help="the ensemble and its members only: no "
+                        "cleanlab, baseline or clean-label ceiling (faster, for comparing ensemble options)")
     args = parser.parse_args()
     from prefcli.models.reward.ensemble import parse_options
 
     config = parse_options(args.ensemble)
     rows = []
     for name in args.datasets.split(","):
-        rows.extend(run(name, [float(r) for r in args.rates.split(",")], args.seed, config))
+        rows.extend(run(name, [float(r) for r in args.rates.split(",")], args.seed, config, args.only_ensemble))
     print("\n| dataset | pairs | flips | detector | AUROC | P(incorrect) | R(incorrect) | acc vs original |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -213,3 +213,74 @@ def test_parse_rm_spec_names_and_options():
     assert parse_rm_spec("scores:a,b").name == "a"
     with pytest.raises(InputError, match="unknown view"):
         parse_rm_spec("ensemble:views=emb+nope")
+
+
+# --------------------------------------------------------------------------- the ensemble at scale (max_train)
+
+def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache):
+    noisy = alpaca_noisy[0].slice(0, 120)
+    today = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4), device="cpu", cache_dir=str(session_cache))
+    today.fit(noisy, seed=0)
+    for cap in (120, 10_000):
+        capped = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4, max_train=cap), device="cpu",
+                                 cache_dir=str(session_cache))
+        capped.fit(noisy, seed=0)
+        for ma, mb in zip(today.members, capped.members):
+            assert np.array_equal(ma.chosen, mb.chosen) and np.array_equal(ma.rejected, mb.rejected)
+            assert np.array_equal(ma.weights, mb.weights) and np.array_equal(ma.fold, mb.fold)
+
+
+def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache):
+    noisy = alpaca_noisy[0]
+    config = EnsembleConfig(repeats=1, folds=4, max_train=100)
+
+    def fit(seed):
+        ens = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+        ens.fit(noisy, seed=seed)
+        return ens
+
+    a, b, c = fit(0), fit(0), fit(1)
+    inside = a.members[0].fold >= 0
+    assert inside.sum() == 100 and np.array_equal(np.flatnonzero(inside), a.train_sample(noisy.num_rows, 0))
+    for ma, mb in zip(a.members, b.members):
+        assert np.array_equal(ma.chosen, mb.chosen) and np.array_equal(ma.rejected, mb.rejected)
+        assert ma.chosen.shape == (noisy.num_rows,) and np.isfinite(ma.chosen).all()
+    assert not np.array_equal(c.members[0].fold >= 0, inside)  # the seed picks the sample
+    out = vote(noisy, [OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))], VoteParams(seed=0)).out
+    assert out.num_rows == noisy.num_rows
+    margin = out.column("rm_ens_emb0_margin").to_numpy()  # scaled by vote: same signs, one positive factor
+    raw = a.members[0].chosen - a.members[0].rejected
+    np.testing.assert_allclose(margin, raw * (margin[0] / raw[0]), rtol=1e-9)
+    # pairs outside the sample are scored by the fold-averaged models, as new responses would be
+    rest = np.flatnonzero(~inside)
+    part = noisy.take(rest)
+    prompts = part.column("prompt").to_pylist()
+    rewards = a._rewards(prompts, part.column("chosen").to_pylist())
+    for j, m in enumerate(a.members):
+        np.testing.assert_allclose(m.chosen[rest], rewards[:, j], rtol=1e-9, atol=1e-12)
+
+
+def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, session_cache):
+    """Relabelling pairs outside the training sample changes nothing but their own (negated) margins."""
+    from prefcli.stages.vote import swap_sides
+
+    noisy = alpaca_noisy[0]
+    config = EnsembleConfig(repeats=1, folds=4, max_train=100)
+    a = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    a.fit(noisy, seed=0)
+    outside = a.members[0].fold < 0
+    mask = outside & (np.arange(noisy.num_rows) % 2 == 0)
+    b = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    b.fit(swap_sides(noisy, mask), seed=0)
+    for ma, mb in zip(a.members, b.members):
+        np.testing.assert_array_equal(mb.weights, ma.weights)
+        np.testing.assert_allclose(mb.chosen[~mask], ma.chosen[~mask], atol=1e-9)
+        np.testing.assert_allclose(mb.chosen[mask], ma.rejected[mask], atol=1e-9)
+        np.testing.assert_allclose(mb.rejected[mask], ma.chosen[mask], atol=1e-9)
+
+
+def test_max_train_option_parses_and_checks():
+    assert parse_rm_spec("ensemble:max_train=2000").config.max_train == 2000
+    assert EnsembleConfig().max_train == 50_000
+    with pytest.raises(InputError, match="max_train"):
+        parse_rm_spec("ensemble:folds=5,max_train=9")

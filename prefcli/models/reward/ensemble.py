@@ -14,6 +14,10 @@ its label. Members differ by split/seed and by feature view:
     after `length-bias` removes length, such a member kept 0.80 accuracy on AlpacaEval against 0.88
     without them, while the scalars added nothing to its raw accuracy (0.950 both) and the
     ensemble's flip AUROC did not drop (BENCHMARKS.md, length-bias).
+At scale (`max_train`, default 50,000): cross-fitting runs on a seeded sample of at most
+`max_train` pairs (the unsupervised feature fits too); every other pair is scored by each member's
+fold-averaged model, which never saw its label either. Inputs of up to `max_train` pairs are
+fitted exactly as without the option.
 Robust second round (small-loss selection, as in co-teaching): within each training split the
 round-one models of all views score their own training pairs; the `drop` share with the lowest
 margins (suspected flips) is left out and the members are refitted. Labels of the held-out fold
@@ -40,6 +44,7 @@ from .base import column_safe
 VIEWS = ("emb", "lex")
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s", re.M)
 _WORD = re.compile(r"\w+")
+_SAMPLE_STREAM = 17  # the max_train sample's random stream, apart from the fold splits' [seed, repeat]
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,7 @@ class EnsembleConfig:
     c_emb: float = 1.0  # inverse L2 strength per view
     c_lex: float = 4.0
     embed_model: str | None = None
+    max_train: int = 50_000  # cross-fit on a seeded sample of at most this many pairs, score the rest
 
     @property
     def k(self) -> int:
@@ -58,7 +64,7 @@ class EnsembleConfig:
 
 
 def parse_options(arg: str) -> EnsembleConfig:
-    """`k=6,folds=5,views=emb+lex,drop=0.15,model=<embedder>`; k sets repeats = k / len(views)."""
+    """`k=6,folds=5,views=emb+lex,drop=0.15,model=<embedder>,max_train=50000`; k sets repeats = k / len(views)."""
     config = EnsembleConfig()
     if not arg:
         return config
@@ -72,7 +78,7 @@ def parse_options(arg: str) -> EnsembleConfig:
         try:
             if key == "k":
                 k = int(raw)
-            elif key in ("folds", "repeats"):
+            elif key in ("folds", "repeats", "max_train"):
                 values[key] = int(raw)
             elif key in ("drop", "c_emb", "c_lex"):
                 values[key] = float(raw)
@@ -87,7 +93,7 @@ def parse_options(arg: str) -> EnsembleConfig:
                 values["embed_model"] = raw
             else:
                 raise InputError(f"--rm ensemble: unknown option '{key}' "
-                                 f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model)")
+                                 f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model, max_train)")
         except ValueError:
             raise InputError(f"--rm ensemble: {key}={raw!r} is not a number") from None
     config = replace(config, **values)
@@ -97,6 +103,9 @@ def parse_options(arg: str) -> EnsembleConfig:
         config = replace(config, repeats=max(1, -(-k // len(config.views))))
     if config.folds < 2 or config.repeats < 1:
         raise InputError("--rm ensemble: need folds >= 2 and repeats >= 1")
+    if config.max_train < 2 * config.folds:
+        raise InputError(f"--rm ensemble: max_train must be >= 2 × folds = {2 * config.folds}, "
+                         f"got {config.max_train}")
     if not 0 <= config.drop < 0.5:
         raise InputError(f"--rm ensemble: drop must be in [0, 0.5), got {config.drop}")
     return config
@@ -194,7 +203,7 @@ class _Member:
     rejected: np.ndarray
     weights: np.ndarray
     fitted_ids: list[str]
-    fold: np.ndarray  # the fold each pair was held out in (scored by the model trained on the others)
+    fold: np.ndarray  # the fold each pair was held out in; -1: outside the training sample (fold-averaged model)
 
     def fit(self, pairs: pa.Table, *, seed: int) -> None:
         return None
@@ -217,7 +226,7 @@ class OfflineEnsemble:
         self.use_cache = use_cache
         c = self.config
         self.model_id = (f"ensemble:repeats={c.repeats},folds={c.folds},views={'+'.join(c.views)},drop={c.drop},"
-                         f"c_emb={c.c_emb},c_lex={c.c_lex},model={c.embed_model or 'default'}")
+                         f"c_emb={c.c_emb},c_lex={c.c_lex},model={c.embed_model or 'default'},max_train={c.max_train}")
         self.members: list[_Member] = []
         self._features: dict[str, _Features] = {}
         self._embedder = None
@@ -253,25 +262,29 @@ class OfflineEnsemble:
         if n < 2 * c.folds:
             raise InputError(f"--rm ensemble: needs at least {2 * c.folds} pairs to cross-fit "
                              f"{c.folds} folds, got {n}")
-        prompts = pairs.column("prompt").to_pylist()
-        responses = pairs.column("chosen").to_pylist() + pairs.column("rejected").to_pylist()
+        sample = self.train_sample(n, seed)
+        train = pairs if sample is None else pairs.take(sample)
+        m = train.num_rows
+        prompts = train.column("prompt").to_pylist()
+        responses = train.column("chosen").to_pylist() + train.column("rejected").to_pylist()
         scalars, qv, rv = self._inputs(prompts + prompts, responses)
         phi = {}
         for view in c.views:
             self._features[view] = _Features(view).fit(responses, scalars)
             both = self._features[view].transform(responses, scalars, qv, rv)
-            phi[view] = (both[:n], both[n:])
+            phi[view] = (both[:m], both[m:])
+        del scalars, qv, rv, responses
         deltas = {v: phi[v][0] - phi[v][1] for v in c.views}
         ids = pairs.column("pair_id").to_pylist()
         self.members = []
         for rep in range(c.repeats):
             rng = np.random.default_rng([seed, rep])
-            fold_of = rng.permutation(n) % c.folds
-            scores = {v: (np.zeros(n), np.zeros(n)) for v in c.views}
+            fold_of = rng.permutation(m) % c.folds
+            scores = {v: (np.zeros(m), np.zeros(m)) for v in c.views}
             weight_sum = {v: 0.0 for v in c.views}
             for fold in range(c.folds):
-                train, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-                w = self._train_fold(deltas, train)
+                fit_on, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+                w = self._train_fold(deltas, fit_on)
                 for v in c.views:
                     scores[v][0][held] = _dot(phi[v][0][held], w[v])
                     scores[v][1][held] = _dot(phi[v][1][held], w[v])
@@ -279,6 +292,31 @@ class OfflineEnsemble:
             for v in c.views:
                 self.members.append(_Member(f"{self.name}_{v}{rep}", v, scores[v][0], scores[v][1],
                                             weight_sum[v], ids, fold_of))
+        if sample is not None:
+            self._score_rest(pairs, sample)
+
+    def train_sample(self, n: int, seed: int) -> np.ndarray | None:
+        """Sorted indices of the pairs cross-fitted on (a seeded sample of max_train), None for all n."""
+        if n <= self.config.max_train:
+            return None
+        return np.sort(np.random.default_rng([seed, _SAMPLE_STREAM]).choice(n, self.config.max_train, replace=False))
+
+    def _score_rest(self, pairs: pa.Table, sample: np.ndarray, chunk: int = 20_000) -> None:
+        """Pairs outside the sample: each member's fold-averaged model, which never saw their labels."""
+        n = pairs.num_rows
+        rest = np.setdiff1d(np.arange(n), sample)
+        full = [(np.zeros(n), np.zeros(n), np.full(n, -1)) for _ in self.members]
+        for (chosen, rejected, fold), member in zip(full, self.members):
+            chosen[sample], rejected[sample], fold[sample] = member.chosen, member.rejected, member.fold
+        for start in range(0, len(rest), chunk):
+            idx = rest[start:start + chunk]
+            part = pairs.take(idx)
+            prompts = part.column("prompt").to_pylist()
+            r = self._rewards(prompts + prompts, part.column("chosen").to_pylist() + part.column("rejected").to_pylist())
+            for j, (chosen, rejected, _) in enumerate(full):
+                chosen[idx], rejected[idx] = r[:len(idx), j], r[len(idx):, j]
+        for (chosen, rejected, fold), member in zip(full, self.members):
+            member.chosen, member.rejected, member.fold = chosen, rejected, fold
 
     def _train_fold(self, deltas: dict, train: np.ndarray) -> dict[str, np.ndarray]:
         """Round one on all training pairs; round two without the `drop` share they fit worst."""
@@ -310,13 +348,17 @@ class OfflineEnsemble:
     def score(self, prompts: Sequence[list[dict]], responses: Sequence[str]) -> np.ndarray:
         """Reward of new (prompt, response) items: every member's fold-averaged model, scaled, averaged."""
         members = self.voters()
-        responses = list(responses)
-        scalars, qv, rv = self._inputs(prompts, responses)
-        out = np.zeros(len(responses))
-        for m in members:
-            feats = self._features[m.view].transform(responses, scalars, qv, rv)
-            out += _dot(feats, m.weights) / _member_scale(m)
+        rewards = self._rewards(prompts, list(responses))
+        out = np.zeros(len(rewards))
+        for j, m in enumerate(members):
+            out += rewards[:, j] / _member_scale(m)
         return out / len(members)
+
+    def _rewards(self, prompts: Sequence[list[dict]], responses: list[str]) -> np.ndarray:
+        """w·φ of every member's fold-averaged model, one column per member."""
+        scalars, qv, rv = self._inputs(prompts, responses)
+        feats = {v: self._features[v].transform(responses, scalars, qv, rv) for v in self.config.views}
+        return np.column_stack([_dot(feats[m.view], m.weights) for m in self.members]).reshape(len(responses), -1)
 
 
 def _member_scale(member: _Member) -> float:
