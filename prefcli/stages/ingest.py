@@ -16,9 +16,10 @@ import pyarrow as pa
 from .. import io
 from ..errors import InputError
 from ..formats import Adapter, Collector, IngestOptions, make_adapter
+from ..formats import columnar
 from ..formats.base import PROMPT_ALIASES, Reject, as_messages, find_alias, sample_columns, value
 from ..formats.detect import detect_format
-from ..io import RawBatch
+from ..io import ColumnarBatch, RawBatch
 from ..schema import empty_pairs
 
 
@@ -40,11 +41,19 @@ class SourceIngest:
         self.options = options or IngestOptions()
         self.collector = Collector(source, file, self.options)
         self.adapter: Adapter | None = None
+        self.plan: columnar.Plan | None = None
         self.records = 0
 
-    def run(self, batches: Iterable[RawBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
+    def run(self, batches: Iterable[RawBatch | ColumnarBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
         """Yield (pairs, rejects) per batch, then once more for rows grouped across batches."""
         for batch in batches:
+            if isinstance(batch, ColumnarBatch):
+                done = columnar.convert(self.plan, batch, self.collector) if self.plan is not None else None
+                if done is not None:
+                    self.records += len(batch)
+                    yield done
+                    continue
+                batch = batch.raw()
             self.records += len(batch.records)
             if batch.problems:  # records the reader already knows are bad (e.g. a repeated key)
                 for index, reason in batch.problems.items():
@@ -55,6 +64,8 @@ class SourceIngest:
             if batch.records:
                 if self.adapter is None:
                     self.adapter = make_adapter(self.fmt, self.options, batch.records, batch.file)
+                    if self.options.columnar:
+                        self.plan = columnar.plan_for(self.adapter)
                 self.adapter.convert(batch, self.collector)
             yield self.collector.drain()
         if self.adapter is None and not self.collector.read:

@@ -1,0 +1,236 @@
+"""Ingest fast path: whole batches of the common layouts converted with pyarrow, not record by record.
+
+Layouts: trl standard (`prompt`, `chosen`, `rejected` text) and pairwise (prompt, two texts and a label),
+read from plain top-level columns of text, integers or booleans. A row is taken here only when the
+per-record path would certainly write it as a pair; every other row (a null or missing field, a value
+that is not text, empty or identical texts, text that may hold JSON messages, a label that is not a clear
+verdict, ...) goes through the adapter as before, so reasons and lines stay exact. The pairs come out
+with the same values, order and chunk sizes as on the per-record path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ..io import ColumnarBatch
+from ..schema import pair_schema
+from ..text import normalize
+from .base import SECOND, Adapter, Collector, Reject, parse_label
+
+# Python's whitespace (str.isspace, the `\s` of str patterns, what str.strip removes), as an RE2 class.
+PY_SPACE = (r"\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{2028}\x{2029}\x{202f}"
+            r"\x{205f}\x{3000}")
+_HAS_TEXT = f"[^{PY_SPACE}]"
+_MAY_BE_JSON = f"^[{PY_SPACE}]*[\\[{{]"  # decode_text would try it as JSON messages
+_ASCII_SPACE_RUN = r"[\t\n\x0b\x0c\r\x1c-\x1f ]+"
+_PLAIN_PATH = re.compile(r"[^.\[\]]+")
+_INDEX = re.compile(r"-?\d+")
+
+
+class Plan:
+    """What the fast path needs to know about one source's adapter."""
+
+    def __init__(self, adapter: Adapter, kind: str):
+        paths = adapter.fields.paths
+        self.adapter, self.kind, self.paths = adapter, kind, dict(paths)
+        self.texts = ("first", "second") if kind == "pairwise" else ("chosen", "rejected")
+        self.consumed = adapter.fields.consumed()
+        self.name = json.dumps(adapter.name, ensure_ascii=False)
+
+
+def plan_for(adapter: Adapter) -> Plan | None:
+    """A Plan when the adapter's layout has a fast path, else None."""
+    from .pairwise import Pairwise
+    from .trl import Trl
+
+    paths = adapter.fields.paths
+    if type(adapter) is Trl and set(paths) == {"prompt", "chosen", "rejected"}:
+        kind = "trl"
+    elif type(adapter) is Pairwise and set(paths) == {"prompt", "first", "second", "label"}:
+        kind = "pairwise"
+    else:
+        return None
+    if not all(_PLAIN_PATH.fullmatch(p) and not _INDEX.fullmatch(p) for p in paths.values()):
+        return None
+    return Plan(adapter, kind)
+
+
+def _kind(t: pa.DataType) -> str | None:
+    if pa.types.is_string(t) or pa.types.is_large_string(t):
+        return "text"
+    if pa.types.is_integer(t):
+        return "int"
+    if pa.types.is_boolean(t):
+        return "bool"
+    return None
+
+
+def _json_strings(values: list[str]) -> list[str]:
+    """json.dumps(v, ensure_ascii=False) of each string, from one encoder call."""
+    if not values:
+        return []
+    return [f'"{s}"' for s in json.dumps(values, ensure_ascii=False)[2:-2].split('", "')]
+
+
+def _json_values(values: list, kind: str) -> list[str]:
+    if kind == "text":
+        return _json_strings(values)
+    if kind == "bool":
+        return ["true" if v else "false" for v in values]
+    return [str(v) for v in values]
+
+
+def _digest(texts: list[str]) -> list[str]:
+    blake2b = hashlib.blake2b
+    return [blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in texts]
+
+
+def _normalized(prompts: pa.Array) -> list[str]:
+    """text.normalize of each prompt: in Arrow for ASCII text (NFKC and casefold are plain lowercasing
+    there), in Python for the rest."""
+    ascii_ = pc.string_is_ascii(prompts)
+    folded = pc.utf8_trim(pc.replace_substring_regex(pc.ascii_lower(prompts), _ASCII_SPACE_RUN, " "), " ")
+    out = folded.to_pylist()
+    if not pc.all(ascii_).as_py():
+        texts = prompts.to_pylist()
+        for i in np.flatnonzero(~ascii_.to_numpy(zero_copy_only=False)):
+            out[i] = normalize(texts[i])
+    return out
+
+
+def _verdicts(plan: Plan, labels: pa.ChunkedArray) -> pa.Array:
+    """parse_label of each label (1 first, -1 second, 0 tie), null where it would be set aside."""
+    values = [v for v in pc.unique(labels).to_pylist() if v is not None]
+    codes = []
+    for v in values:
+        try:
+            codes.append(parse_label(v, plan.adapter.scheme))
+        except Reject:
+            codes.append(None)
+    index = pc.index_in(labels, value_set=pa.array(values, labels.type))
+    return pc.take(pa.array(codes, pa.int8()), index).combine_chunks() if values else pa.nulls(len(labels), pa.int8())
+
+
+def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table, pa.Table] | None:
+    """(pairs, rejects) of one batch, as the per-record path gives them; None when the batch
+    does not fit the fast path at all (the caller then reads it record by record)."""
+    table = batch.table
+    if table is None or table.num_rows == 0:
+        return None
+    columns = table.column_names
+    kinds = {c: _kind(table.schema.field(c).type) for c in columns}
+    if "_ingest" in kinds or len(kinds) != len(columns) or None in kinds.values():
+        return None
+    paths = plan.paths
+    if any(paths[role] not in kinds for role in paths):
+        return None
+    if any(kinds[paths[role]] != "text" for role in ("prompt", *plan.texts)):
+        return None
+
+    ok = None
+    for c in columns:
+        valid = pc.is_valid(table[c])
+        ok = valid if ok is None else pc.and_(ok, valid)
+    for role in ("prompt", *plan.texts):
+        col = table[paths[role]]
+        ok = pc.and_(ok, pc.match_substring_regex(col, _HAS_TEXT))
+        ok = pc.and_(ok, pc.invert(pc.match_substring_regex(col, _MAY_BE_JSON)))
+    first, second = (table[paths[role]] for role in plan.texts)
+    ok = pc.and_(ok, pc.not_equal(first, second))
+    verdicts = None
+    if plan.kind == "pairwise":
+        verdicts = _verdicts(plan, table[paths["label"]])
+        ok = pc.and_(ok, pc.is_valid(verdicts))
+        if not out.options.keep_ties:
+            ok = pc.and_(ok, pc.not_equal(verdicts, 0))
+    mask = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    fast_rows = np.flatnonzero(mask)
+    slow_rows = np.flatnonzero(~mask)
+
+    records, problems = batch.records(slow_rows.tolist())
+    if problems:  # cannot happen when pyarrow read the batch; keep the per-record order of rejects
+        return None
+    adapter = plan.adapter
+    slow_pair_rows = []
+    for record, row in zip(records, slow_rows.tolist()):
+        line, before = batch.lines[row], out.written
+        try:
+            adapter.record(record, line, out)
+        except Reject as problem:
+            out.reject(record, line, str(problem))
+        if out.written > before:
+            slow_pair_rows.append(row)
+    slow_pairs, rejects = out.drain()
+
+    pairs = _fast_pairs(plan, table, fast_rows, verdicts, batch.lines, out)
+    if slow_pairs.num_rows:
+        order = np.argsort(np.concatenate([fast_rows, np.array(slow_pair_rows, dtype=fast_rows.dtype)]),
+                           kind="stable")
+        merged = pa.concat_tables([pairs, slow_pairs]).take(pa.array(order))
+        pairs = pa.Table.from_pydict({c: merged[c].combine_chunks() for c in merged.column_names},
+                                     schema=pair_schema())
+    return pairs, rejects
+
+
+def _fast_pairs(plan: Plan, table: pa.Table, rows: np.ndarray, verdicts: pa.Array | None, lines: list[int],
+                out: Collector) -> pa.Table:
+    n = len(rows)
+    take = pa.array(rows, pa.int64())
+    sub = table.take(take)
+    paths = plan.paths
+    first, second = (sub[paths[role]].combine_chunks() for role in plan.texts)
+    prompts = sub[paths["prompt"]].combine_chunks()
+    lines_of = [lines[i] for i in rows.tolist()]
+    if verdicts is not None:
+        verdict = verdicts.take(take)
+        swap = pc.equal(verdict, SECOND)
+        chosen, rejected = pc.if_else(swap, second, first), pc.if_else(swap, first, second)
+        ties = pc.equal(verdict, 0).to_pylist()
+        swaps = swap.to_pylist()
+    else:
+        chosen, rejected, ties, swaps = first, second, [False] * n, None
+    p_list, c_list, r_list = prompts.to_pylist(), chosen.to_pylist(), rejected.to_pylist()
+    p_json, c_json, r_json = _json_strings(p_list), _json_strings(c_list), _json_strings(r_list)
+    pair_ids = _digest([f'[[["user", {p}]], {c}, {r}]' for p, c, r in zip(p_json, c_json, r_json)])
+    prompt_ids = _digest(_normalized(prompts))
+
+    # meta: the unconsumed columns and `_ingest`, as json.dumps(sort_keys=True) writes them
+    parts: dict[str, list[str]] = {}
+    for c in table.column_names:
+        if c not in plan.consumed:
+            key = json.dumps(c, ensure_ascii=False)
+            parts[c] = [f"{key}: {v}" for v in _json_values(sub[c].to_pylist(), _kind(table.schema.field(c).type))]
+    if plan.kind == "pairwise":
+        label = paths["label"]
+        labels = _json_values(sub[label].to_pylist(), _kind(table.schema.field(label).type))
+        a, b = json.dumps(paths["first"], ensure_ascii=False), json.dumps(paths["second"], ensure_ascii=False)
+        ingest = [f'"_ingest": {{"chosen": {b if s else a}, "format": {plan.name}, "label": {lab}, "line": {ln}, '
+                  f'"rejected": {a if s else b}}}' for s, lab, ln in zip(swaps, labels, lines_of)]
+    else:
+        ingest = [f'"_ingest": {{"format": {plan.name}, "line": {ln}}}' for ln in lines_of]
+    parts["_ingest"] = ingest
+    ordered = [parts[k] for k in sorted(parts)]
+    metas = ["{" + ", ".join(row) + "}" for row in zip(*ordered)]
+
+    schema = pair_schema()
+    content = pa.array(p_list, pa.large_string())
+    prompt = pa.LargeListArray.from_arrays(
+        pa.array(np.arange(n + 1, dtype=np.int64)),
+        pa.StructArray.from_arrays([pa.array(["user"] * n, pa.large_string()), content],
+                                   fields=list(schema.field("prompt").type.value_type)))
+    columns = {
+        "pair_id": pair_ids, "prompt_id": prompt_ids, "source": [out.source] * n, "prompt": prompt,
+        "chosen": c_list, "rejected": r_list, "chosen_score": [None] * n, "rejected_score": [None] * n,
+        "label_source": [out.options.label_source] * n, "annotator_agreement": [None] * n, "tie": ties,
+        "meta": metas,
+    }
+    out.read += n
+    out.written += n
+    out.ties_kept += sum(ties)
+    return pa.Table.from_pydict(columns, schema=schema)
