@@ -543,11 +543,6 @@ def _iter_jsonl(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]
         yield RawBatch(name, path, records, lines, problems)
 
 
-# Raw control characters (tabs included) anywhere in a batch: Python's json and pyarrow's reader
-# disagree on some of them, so such batches are left to the per-record reader.
-_COLUMNAR_UNSAFE = re.compile(r"[\x00-\x09\x0b-\x1f]")
-
-
 @dataclass
 class ColumnarBatch:
     """One batch of a JSONL or Parquet source as an Arrow table, for the ingest fast path.
@@ -588,13 +583,12 @@ def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) ->
 
     text = "".join(texts)
     table = None
-    if not _COLUMNAR_UNSAFE.search(text):
-        data = text.encode("utf-8")
-        options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
-        with contextlib.suppress(pa.ArrowException):
-            table = pa_json.read_json(pa.BufferReader(data), read_options=options)
-        if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
-            table = None
+    data = text.encode("utf-8")
+    options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
+    with contextlib.suppress(pa.ArrowException):  # stricter than json.loads (tested): then read per record
+        table = pa_json.read_json(pa.BufferReader(data), read_options=options)
+    if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
+        table = None
     return ColumnarBatch(name, path, table, lines, texts)
 
 
@@ -602,7 +596,7 @@ def _iter_jsonl_columnar(fh, path: str, name: str, batch_rows: int) -> Iterator[
     texts: list[str] = []
     lines: list[int] = []
     for lineno, line in enumerate(fh, start=1):
-        if not line.strip():
+        if line[:1] != "{" and not line.strip():
             continue
         texts.append(line)
         lines.append(lineno)

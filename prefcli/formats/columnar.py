@@ -71,37 +71,55 @@ def _kind(t: pa.DataType) -> str | None:
     return None
 
 
-def _json_strings(values: list[str]) -> list[str]:
-    """json.dumps(v, ensure_ascii=False) of each string, from one encoder call."""
-    if not values:
-        return []
-    return [f'"{s}"' for s in json.dumps(values, ensure_ascii=False)[2:-2].split('", "')]
+_OTHER_CONTROL = r"[\x00-\x09\x0b-\x1f]"
 
 
-def _json_values(values: list, kind: str) -> list[str]:
+def _json_strings(texts: pa.Array) -> pa.Array:
+    """json.dumps(t, ensure_ascii=False) of each string: in Arrow, and in Python for the few texts with
+    control characters other than newlines."""
+    out = texts
+    for old, new in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n")):
+        out = pc.replace_substring(out, old, new)
+    other = pc.match_substring_regex(texts, _OTHER_CONTROL)
+    if pc.any(other).as_py():
+        rows = np.flatnonzero(other.to_numpy(zero_copy_only=False))
+        exact = [json.dumps(t, ensure_ascii=False)[1:-1] for t in texts.take(pa.array(rows)).to_pylist()]
+        out = pc.replace_with_mask(out, other, pa.array(exact, out.type))
+    return pc.binary_join_element_wise('"', out, '"', "")
+
+
+def _json_values(values: pa.Array, kind: str) -> pa.Array:
     if kind == "text":
         return _json_strings(values)
     if kind == "bool":
-        return ["true" if v else "false" for v in values]
-    return [str(v) for v in values]
+        return pc.if_else(values, "true", "false")
+    return pc.cast(values, pa.string())
 
 
-def _digest(texts: list[str]) -> list[str]:
+def _digest(texts: pa.Array) -> list[str]:
     blake2b = hashlib.blake2b
-    return [blake2b(t.encode("utf-8"), digest_size=16).hexdigest() for t in texts]
+    return [blake2b(t, digest_size=16).hexdigest() for t in pc.cast(texts, pa.large_binary()).to_pylist()]
 
 
-def _normalized(prompts: pa.Array) -> list[str]:
+def _normalized(prompts: pa.Array) -> pa.Array:
     """text.normalize of each prompt: in Arrow for ASCII text (NFKC and casefold are plain lowercasing
     there), in Python for the rest."""
     ascii_ = pc.string_is_ascii(prompts)
-    folded = pc.utf8_trim(pc.replace_substring_regex(pc.ascii_lower(prompts), _ASCII_SPACE_RUN, " "), " ")
-    out = folded.to_pylist()
+    out = pc.utf8_trim(pc.replace_substring_regex(pc.ascii_lower(prompts), _ASCII_SPACE_RUN, " "), " ")
     if not pc.all(ascii_).as_py():
-        texts = prompts.to_pylist()
-        for i in np.flatnonzero(~ascii_.to_numpy(zero_copy_only=False)):
-            out[i] = normalize(texts[i])
+        other = pc.invert(ascii_)
+        rows = np.flatnonzero(other.to_numpy(zero_copy_only=False))
+        exact = [normalize(t) for t in prompts.take(pa.array(rows)).to_pylist()]
+        out = pc.replace_with_mask(out, other, pa.array(exact, out.type))
     return out
+
+
+def _plain(array: pa.Array) -> pa.Array:
+    """A large_string array laid out as pa.array builds it (no validity buffer without nulls)."""
+    array = pa.concat_arrays([array.cast(pa.large_string())])
+    if array.null_count == 0 and array.buffers()[0] is not None:
+        array = pa.Array.from_buffers(array.type, len(array), [None, *array.buffers()[1:]], offset=array.offset)
+    return array
 
 
 def _verdicts(plan: Plan, labels: pa.ChunkedArray) -> pa.Array:
@@ -186,51 +204,51 @@ def _fast_pairs(plan: Plan, table: pa.Table, rows: np.ndarray, verdicts: pa.Arra
     paths = plan.paths
     first, second = (sub[paths[role]].combine_chunks() for role in plan.texts)
     prompts = sub[paths["prompt"]].combine_chunks()
-    lines_of = [lines[i] for i in rows.tolist()]
+    line_texts = pc.cast(pa.array([lines[i] for i in rows.tolist()], pa.int64()), pa.string())
     if verdicts is not None:
         verdict = verdicts.take(take)
         swap = pc.equal(verdict, SECOND)
         chosen, rejected = pc.if_else(swap, second, first), pc.if_else(swap, first, second)
-        ties = pc.equal(verdict, 0).to_pylist()
-        swaps = swap.to_pylist()
+        ties = pc.equal(verdict, 0)
     else:
-        chosen, rejected, ties, swaps = first, second, [False] * n, None
-    p_list, c_list, r_list = prompts.to_pylist(), chosen.to_pylist(), rejected.to_pylist()
-    p_json, c_json, r_json = _json_strings(p_list), _json_strings(c_list), _json_strings(r_list)
-    pair_ids = _digest([f'[[["user", {p}]], {c}, {r}]' for p, c, r in zip(p_json, c_json, r_json)])
+        chosen, rejected, ties = first, second, pa.array(np.zeros(n, dtype=bool))
+    p_json, c_json, r_json = (_json_strings(a) for a in (prompts, chosen, rejected))
+    # text.pair_id: the digest of json.dumps([[["user", prompt]], chosen, rejected], ensure_ascii=False)
+    pair_ids = _digest(pc.binary_join_element_wise('[[["user", ', p_json, ']], ', c_json, ', ', r_json, ']', ""))
     prompt_ids = _digest(_normalized(prompts))
 
     # meta: the unconsumed columns and `_ingest`, as json.dumps(sort_keys=True) writes them
-    parts: dict[str, list[str]] = {}
+    parts: dict[str, list] = {}
     for c in table.column_names:
         if c not in plan.consumed:
-            key = json.dumps(c, ensure_ascii=False)
-            parts[c] = [f"{key}: {v}" for v in _json_values(sub[c].to_pylist(), _kind(table.schema.field(c).type))]
+            parts[c] = [json.dumps(c, ensure_ascii=False) + ": ",
+                        _json_values(sub[c].combine_chunks(), _kind(table.schema.field(c).type))]
     if plan.kind == "pairwise":
         label = paths["label"]
-        labels = _json_values(sub[label].to_pylist(), _kind(table.schema.field(label).type))
+        labels = _json_values(sub[label].combine_chunks(), _kind(table.schema.field(label).type))
         a, b = json.dumps(paths["first"], ensure_ascii=False), json.dumps(paths["second"], ensure_ascii=False)
-        ingest = [f'"_ingest": {{"chosen": {b if s else a}, "format": {plan.name}, "label": {lab}, "line": {ln}, '
-                  f'"rejected": {a if s else b}}}' for s, lab, ln in zip(swaps, labels, lines_of)]
+        parts["_ingest"] = ['"_ingest": {"chosen": ', pc.if_else(swap, b, a), f', "format": {plan.name}, "label": ',
+                            labels, ', "line": ', line_texts, ', "rejected": ', pc.if_else(swap, a, b), "}"]
     else:
-        ingest = [f'"_ingest": {{"format": {plan.name}, "line": {ln}}}' for ln in lines_of]
-    parts["_ingest"] = ingest
-    ordered = [parts[k] for k in sorted(parts)]
-    metas = ["{" + ", ".join(row) + "}" for row in zip(*ordered)]
+        parts["_ingest"] = [f'"_ingest": {{"format": {plan.name}, "line": ', line_texts, "}"]
+    pieces: list = ["{"]
+    for i, key in enumerate(sorted(parts)):
+        pieces.extend(([", "] if i else []) + parts[key])
+    pieces.append("}")
+    metas = pc.binary_join_element_wise(*pieces, "")
 
     schema = pair_schema()
-    content = pa.array(p_list, pa.large_string())
     prompt = pa.LargeListArray.from_arrays(
         pa.array(np.arange(n + 1, dtype=np.int64)),
-        pa.StructArray.from_arrays([pa.array(["user"] * n, pa.large_string()), content],
+        pa.StructArray.from_arrays([pa.array(["user"] * n, pa.large_string()), _plain(prompts)],
                                    fields=list(schema.field("prompt").type.value_type)))
     columns = {
         "pair_id": pair_ids, "prompt_id": prompt_ids, "source": [out.source] * n, "prompt": prompt,
-        "chosen": c_list, "rejected": r_list, "chosen_score": [None] * n, "rejected_score": [None] * n,
-        "label_source": [out.options.label_source] * n, "annotator_agreement": [None] * n, "tie": ties,
-        "meta": metas,
+        "chosen": _plain(chosen), "rejected": _plain(rejected), "chosen_score": [None] * n,
+        "rejected_score": [None] * n, "label_source": [out.options.label_source] * n,
+        "annotator_agreement": [None] * n, "tie": ties.to_pylist(), "meta": _plain(metas),
     }
     out.read += n
     out.written += n
-    out.ties_kept += sum(ties)
+    out.ties_kept += sum(columns["tie"])
     return pa.Table.from_pydict(columns, schema=schema)
