@@ -28,7 +28,7 @@ PY_SPACE = (r"\t\n\x0b\x0c\r\x1c-\x1f \x{85}\x{a0}\x{1680}\x{2000}-\x{200a}\x{20
             r"\x{205f}\x{3000}")
 _HAS_TEXT = f"[^{PY_SPACE}]"
 _MAY_BE_JSON = f"^[{PY_SPACE}]*[\\[{{]"  # decode_text would try it as JSON messages
-_ASCII_SPACE_RUN = r"[\t\n\x0b\x0c\r\x1c-\x1f ]+"
+_NOT_SIMPLE = r"[\t\n\x0b\x0c\r\x1c-\x1f]|  |^ | $"  # whitespace that normalize would change
 _PLAIN_PATH = re.compile(r"[^.\[\]]+")
 _INDEX = re.compile(r"-?\d+")
 
@@ -72,28 +72,30 @@ def _kind(t: pa.DataType) -> str | None:
 
 
 _OTHER_CONTROL = r"[\x00-\x09\x0b-\x1f]"
+_ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"))
 
 
-def _json_strings(texts: pa.Array) -> pa.Array:
-    """json.dumps(t, ensure_ascii=False) of each string: in Arrow, and in Python for the few texts with
-    control characters other than newlines."""
+def _escaped(texts: pa.Array) -> pa.Array:
+    """json.dumps(t, ensure_ascii=False) of each string without its quotes: in Arrow, and in Python for
+    the few texts with control characters other than newlines."""
     out = texts
-    for old, new in (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n")):
+    for old, new in _ESCAPES:
         out = pc.replace_substring(out, old, new)
     other = pc.match_substring_regex(texts, _OTHER_CONTROL)
     if pc.any(other).as_py():
         rows = np.flatnonzero(other.to_numpy(zero_copy_only=False))
         exact = [json.dumps(t, ensure_ascii=False)[1:-1] for t in texts.take(pa.array(rows)).to_pylist()]
         out = pc.replace_with_mask(out, other, pa.array(exact, out.type))
-    return pc.binary_join_element_wise('"', out, '"', "")
+    return out
 
 
-def _json_values(values: pa.Array, kind: str) -> pa.Array:
+def _json_pieces(prefix: str, values: pa.Array, kind: str, suffix: str = "") -> list:
+    """Arguments for binary_join_element_wise giving prefix + json.dumps(value) + suffix per row."""
     if kind == "text":
-        return _json_strings(values)
+        return [prefix + '"', _escaped(values), '"' + suffix]
     if kind == "bool":
-        return pc.if_else(values, "true", "false")
-    return pc.cast(values, pa.string())
+        return [prefix, pc.if_else(values, "true", "false"), suffix]
+    return [prefix, pc.cast(values, pa.string()), suffix]
 
 
 def _digest(texts: pa.Array) -> list[str]:
@@ -102,12 +104,12 @@ def _digest(texts: pa.Array) -> list[str]:
 
 
 def _normalized(prompts: pa.Array) -> pa.Array:
-    """text.normalize of each prompt: in Arrow for ASCII text (NFKC and casefold are plain lowercasing
-    there), in Python for the rest."""
-    ascii_ = pc.string_is_ascii(prompts)
-    out = pc.utf8_trim(pc.replace_substring_regex(pc.ascii_lower(prompts), _ASCII_SPACE_RUN, " "), " ")
-    if not pc.all(ascii_).as_py():
-        other = pc.invert(ascii_)
+    """text.normalize of each prompt: plain lowercasing for ASCII text with single inner spaces (NFKC and
+    casefold change nothing else there), Python's normalize for the rest."""
+    simple = pc.and_(pc.string_is_ascii(prompts), pc.invert(pc.match_substring_regex(prompts, _NOT_SIMPLE)))
+    out = pc.ascii_lower(prompts)
+    if not pc.all(simple).as_py():
+        other = pc.invert(simple)
         rows = np.flatnonzero(other.to_numpy(zero_copy_only=False))
         exact = [normalize(t) for t in prompts.take(pa.array(rows)).to_pylist()]
         out = pc.replace_with_mask(out, other, pa.array(exact, out.type))
@@ -212,30 +214,37 @@ def _fast_pairs(plan: Plan, table: pa.Table, rows: np.ndarray, verdicts: pa.Arra
         ties = pc.equal(verdict, 0)
     else:
         chosen, rejected, ties = first, second, pa.array(np.zeros(n, dtype=bool))
-    p_json, c_json, r_json = (_json_strings(a) for a in (prompts, chosen, rejected))
+    p_esc, c_esc, r_esc = (_escaped(a) for a in (prompts, chosen, rejected))
     # text.pair_id: the digest of json.dumps([[["user", prompt]], chosen, rejected], ensure_ascii=False)
-    pair_ids = _digest(pc.binary_join_element_wise('[[["user", ', p_json, ']], ', c_json, ', ', r_json, ']', ""))
+    pair_ids = _digest(pc.binary_join_element_wise('[[["user", "', p_esc, '"]], "', c_esc, '", "', r_esc, '"]', ""))
     prompt_ids = _digest(_normalized(prompts))
 
     # meta: the unconsumed columns and `_ingest`, as json.dumps(sort_keys=True) writes them
     parts: dict[str, list] = {}
     for c in table.column_names:
         if c not in plan.consumed:
-            parts[c] = [json.dumps(c, ensure_ascii=False) + ": ",
-                        _json_values(sub[c].combine_chunks(), _kind(table.schema.field(c).type))]
+            parts[c] = _json_pieces(json.dumps(c, ensure_ascii=False) + ": ", sub[c].combine_chunks(),
+                                    _kind(table.schema.field(c).type))
     if plan.kind == "pairwise":
         label = paths["label"]
-        labels = _json_values(sub[label].combine_chunks(), _kind(table.schema.field(label).type))
         a, b = json.dumps(paths["first"], ensure_ascii=False), json.dumps(paths["second"], ensure_ascii=False)
-        parts["_ingest"] = ['"_ingest": {"chosen": ', pc.if_else(swap, b, a), f', "format": {plan.name}, "label": ',
-                            labels, ', "line": ', line_texts, ', "rejected": ', pc.if_else(swap, a, b), "}"]
+        parts["_ingest"] = ['"_ingest": {"chosen": ', pc.if_else(swap, b, a),
+                            *_json_pieces(f', "format": {plan.name}, "label": ', sub[label].combine_chunks(),
+                                          _kind(table.schema.field(label).type)),
+                            ', "line": ', line_texts, ', "rejected": ', pc.if_else(swap, a, b), "}"]
     else:
         parts["_ingest"] = [f'"_ingest": {{"format": {plan.name}, "line": ', line_texts, "}"]
     pieces: list = ["{"]
     for i, key in enumerate(sorted(parts)):
         pieces.extend(([", "] if i else []) + parts[key])
     pieces.append("}")
-    metas = pc.binary_join_element_wise(*pieces, "")
+    merged: list = []  # neighbouring literals as one argument
+    for piece in pieces:
+        if isinstance(piece, str) and merged and isinstance(merged[-1], str):
+            merged[-1] += piece
+        else:
+            merged.append(piece)
+    metas = pc.binary_join_element_wise(*merged, "")
 
     schema = pair_schema()
     prompt = pa.LargeListArray.from_arrays(

@@ -23,6 +23,9 @@ from ..io import ColumnarBatch, RawBatch
 from ..schema import empty_pairs
 
 
+ADAPTER_SAMPLE = 64  # detect_format and Adapter read only the first 64 records of a source
+
+
 def source_label(spec: str, file: str) -> str:
     """The `source` of pairs from `file`: its path under a directory spec, else its name."""
     if spec == io.STDIO or spec.startswith("hf:"):
@@ -48,6 +51,8 @@ class SourceIngest:
         """Yield (pairs, rejects) per batch, then once more for rows grouped across batches."""
         for batch in batches:
             if isinstance(batch, ColumnarBatch):
+                if self.adapter is None and self.options.columnar:
+                    self._columnar_adapter(batch)
                 done = columnar.convert(self.plan, batch, self.collector) if self.plan is not None else None
                 if done is not None:
                     self.records += len(batch)
@@ -77,6 +82,19 @@ class SourceIngest:
         self.adapter.finish(self.collector)
         yield self.collector.drain()
         self._check()
+
+    def _columnar_adapter(self, batch: ColumnarBatch) -> None:
+        """Set up the adapter from the batch's first records (all that detection and adapters look at)
+        when its layout has a fast path; otherwise the batch is read per record as before."""
+        if batch.table is None:
+            return
+        head, problems = batch.records(range(min(len(batch), ADAPTER_SAMPLE)))
+        if problems or not head:
+            return
+        adapter = make_adapter(self.fmt, self.options, head, batch.file)
+        plan = columnar.plan_for(adapter)
+        if plan is not None:
+            self.adapter, self.plan = adapter, plan
 
     def _check(self) -> None:
         c = self.collector
