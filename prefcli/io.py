@@ -581,7 +581,7 @@ class ColumnarBatch:
 def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) -> ColumnarBatch:
     import pyarrow.json as pa_json
 
-    text = "".join(texts)
+    text = "\n".join(texts)
     table = None
     data = text.encode("utf-8")
     options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
@@ -593,16 +593,24 @@ def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) ->
 
 
 def _iter_jsonl_columnar(fh, path: str, name: str, batch_rows: int) -> Iterator[ColumnarBatch]:
+    """The lines _iter_jsonl reads (the text file's lines, blank ones skipped), from large reads."""
     texts: list[str] = []
     lines: list[int] = []
-    for lineno, line in enumerate(fh, start=1):
-        if line[:1] != "{" and not line.strip():
-            continue
-        texts.append(line)
-        lines.append(lineno)
-        if len(texts) >= batch_rows:
-            yield _jsonl_columnar(name, path, texts, lines)
-            texts, lines = [], []
+    lineno, rest = 0, ""
+    while True:
+        chunk = fh.read(1 << 22)
+        parts = (rest + chunk).split("\n")
+        rest = parts.pop() if chunk else ""
+        for i, part in enumerate(parts, start=lineno + 1):
+            if part[:1] == "{" or part.strip():
+                texts.append(part)
+                lines.append(i)
+                if len(texts) >= batch_rows:
+                    yield _jsonl_columnar(name, path, texts, lines)
+                    texts, lines = [], []
+        lineno += len(parts)
+        if not chunk:
+            break
     if texts:
         yield _jsonl_columnar(name, path, texts, lines)
 

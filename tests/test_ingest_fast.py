@@ -262,3 +262,22 @@ def test_switch_and_cache_key(tmp_path):
     cache = IngestCache(tmp_path / "c")
     keys = {cache.key(SourceIngest("a", str(src), options=IngestOptions(columnar=f))) for f in (True, False)}
     assert len(keys) == 2 and parser_digest()
+
+
+@pytest.mark.parametrize("ending", ["\n", "\r\n", "\r"])
+def test_columnar_reader_same_lines_and_records(tmp_path, ending):
+    """The columnar JSONL reader sees the same lines, numbers and records as the per-record reader
+    (blank and whitespace-only lines, CR/CRLF endings, U+2028 in a string, no final newline)."""
+    rows = [json.dumps({"prompt": f"p{i}\u2028x", "chosen": "a", "rejected": "b"}, ensure_ascii=False)
+            for i in range(40)]
+    rows[5:5] = ["", "   ", "\u3000"]
+    data = ending.join(rows)
+    for name in ("t.jsonl", "t.jsonl.gz"):
+        path = tmp_path / name
+        path.write_bytes(gzip.compress(data.encode()) if name.endswith(".gz") else data.encode())
+        for batch_rows in (1, 7, 100):
+            slow = [(r, ln) for b in io.iter_raw(str(path), batch_rows=batch_rows)
+                    for r, ln in zip(b.records, b.lines)]
+            fast = [(r, ln) for b in io.iter_raw(str(path), batch_rows=batch_rows, columnar=True)
+                    for r, ln in zip(b.raw().records, b.raw().lines)]
+            assert fast == slow and len(slow) == 40

@@ -72,12 +72,16 @@ def _kind(t: pa.DataType) -> str | None:
 
 
 _OTHER_CONTROL = r"[\x00-\x09\x0b-\x1f]"
+_TO_ESCAPE = r'["\\\x00-\x1f]'
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"))
 
 
 def _escaped(texts: pa.Array) -> pa.Array:
-    """json.dumps(t, ensure_ascii=False) of each string without its quotes: in Arrow, and in Python for
-    the few texts with control characters other than newlines."""
+    """json.dumps(t, ensure_ascii=False) of each string without its quotes: texts with nothing to escape
+    as they are, the rest in Arrow, and the few with control characters other than newlines in Python."""
+    special = pc.match_substring_regex(texts, _TO_ESCAPE)
+    if not pc.any(special).as_py():
+        return texts
     out = texts
     for old, new in _ESCAPES:
         out = pc.replace_substring(out, old, new)
