@@ -557,6 +557,9 @@ class ColumnarBatch:
     table: pa.Table | None
     lines: list[int]
     texts: list[str] | None = None  # JSONL: the batch's lines; None for Parquet
+    # False when no value can hold a quote, a backslash or a control character (JSON text without any
+    # backslash: json must escape those), so nothing needs escaping when written back as JSON
+    escapes: bool = True
 
     def __len__(self) -> int:
         return len(self.lines)
@@ -589,7 +592,7 @@ def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) ->
         table = pa_json.read_json(pa.BufferReader(data), read_options=options)
     if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
         table = None
-    return ColumnarBatch(name, path, table, lines, texts)
+    return ColumnarBatch(name, path, table, lines, texts, escapes="\\" in text)
 
 
 def _iter_jsonl_columnar(fh, path: str, name: str, batch_rows: int) -> Iterator[ColumnarBatch]:

@@ -76,11 +76,10 @@ _TO_ESCAPE = r'["\\\x00-\x1f]'
 _ESCAPES = (("\\", "\\\\"), ('"', '\\"'), ("\n", "\\n"))
 
 
-def _escaped(texts: pa.Array) -> pa.Array:
+def _escaped(texts: pa.Array, maybe: bool = True) -> pa.Array:
     """json.dumps(t, ensure_ascii=False) of each string without its quotes: texts with nothing to escape
     as they are, the rest in Arrow, and the few with control characters other than newlines in Python."""
-    special = pc.match_substring_regex(texts, _TO_ESCAPE)
-    if not pc.any(special).as_py():
+    if not maybe or not pc.any(pc.match_substring_regex(texts, _TO_ESCAPE)).as_py():
         return texts
     out = texts
     for old, new in _ESCAPES:
@@ -93,13 +92,13 @@ def _escaped(texts: pa.Array) -> pa.Array:
     return out
 
 
-def _json_pieces(prefix: str, values: pa.Array, kind: str, suffix: str = "") -> list:
-    """Arguments for binary_join_element_wise giving prefix + json.dumps(value) + suffix per row."""
+def _json_pieces(prefix: str, values: pa.Array, kind: str, escapes: bool) -> list:
+    """Arguments for binary_join_element_wise giving prefix + json.dumps(value) per row."""
     if kind == "text":
-        return [prefix + '"', _escaped(values), '"' + suffix]
+        return [prefix + '"', _escaped(values, escapes), '"']
     if kind == "bool":
-        return [prefix, pc.if_else(values, "true", "false"), suffix]
-    return [prefix, pc.cast(values, pa.string()), suffix]
+        return [prefix, pc.if_else(values, "true", "false")]
+    return [prefix, pc.cast(values, pa.string())]
 
 
 def _digest(texts: pa.Array) -> list[str]:
@@ -192,7 +191,7 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
             slow_pair_rows.append(row)
     slow_pairs, rejects = out.drain()
 
-    pairs = _fast_pairs(plan, table, fast_rows, verdicts, batch.lines, out)
+    pairs = _fast_pairs(plan, batch, fast_rows, verdicts, out)
     if slow_pairs.num_rows:
         order = np.argsort(np.concatenate([fast_rows, np.array(slow_pair_rows, dtype=fast_rows.dtype)]),
                            kind="stable")
@@ -202,8 +201,9 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
     return pairs, rejects
 
 
-def _fast_pairs(plan: Plan, table: pa.Table, rows: np.ndarray, verdicts: pa.Array | None, lines: list[int],
+def _fast_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, verdicts: pa.Array | None,
                 out: Collector) -> pa.Table:
+    table, lines, escapes = batch.table, batch.lines, batch.escapes
     n = len(rows)
     take = pa.array(rows, pa.int64())
     sub = table.take(take)
@@ -218,7 +218,7 @@ def _fast_pairs(plan: Plan, table: pa.Table, rows: np.ndarray, verdicts: pa.Arra
         ties = pc.equal(verdict, 0)
     else:
         chosen, rejected, ties = first, second, pa.array(np.zeros(n, dtype=bool))
-    p_esc, c_esc, r_esc = (_escaped(a) for a in (prompts, chosen, rejected))
+    p_esc, c_esc, r_esc = (_escaped(a, escapes) for a in (prompts, chosen, rejected))
     # text.pair_id: the digest of json.dumps([[["user", prompt]], chosen, rejected], ensure_ascii=False)
     pair_ids = _digest(pc.binary_join_element_wise('[[["user", "', p_esc, '"]], "', c_esc, '", "', r_esc, '"]', ""))
     prompt_ids = _digest(_normalized(prompts))
@@ -228,13 +228,13 @@ def _fast_pairs(plan: Plan, table: pa.Table, rows: np.ndarray, verdicts: pa.Arra
     for c in table.column_names:
         if c not in plan.consumed:
             parts[c] = _json_pieces(json.dumps(c, ensure_ascii=False) + ": ", sub[c].combine_chunks(),
-                                    _kind(table.schema.field(c).type))
+                                    _kind(table.schema.field(c).type), escapes)
     if plan.kind == "pairwise":
         label = paths["label"]
         a, b = json.dumps(paths["first"], ensure_ascii=False), json.dumps(paths["second"], ensure_ascii=False)
         parts["_ingest"] = ['"_ingest": {"chosen": ', pc.if_else(swap, b, a),
                             *_json_pieces(f', "format": {plan.name}, "label": ', sub[label].combine_chunks(),
-                                          _kind(table.schema.field(label).type)),
+                                          _kind(table.schema.field(label).type), escapes),
                             ', "line": ', line_texts, ', "rejected": ', pc.if_else(swap, a, b), "}"]
     else:
         parts["_ingest"] = [f'"_ingest": {{"format": {plan.name}, "line": ', line_texts, "}"]
