@@ -281,3 +281,27 @@ def test_columnar_reader_same_lines_and_records(tmp_path, ending):
             fast = [(r, ln) for b in io.iter_raw(str(path), batch_rows=batch_rows, columnar=True)
                     for r, ln in zip(b.raw().records, b.raw().lines)]
             assert fast == slow and len(slow) == 40
+
+
+def test_transcripts_identical(monkeypatch, tmp_path, fast_calls):
+    """hh-rlhf transcripts: good pairs mixed with every way a transcript pair is set aside."""
+    good = [{"chosen": f"\n\nHuman: q{i} ß\n\nAssistant: a{i}\n\nHuman: more\n\nAssistant: yes {i}",
+             "rejected": f"\n\nHuman: q{i} ß\n\nAssistant: a{i}\n\nHuman: more\n\nAssistant: no {i}",
+             "id": i} for i in range(50)]
+    bad = [{"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: other\n\nAssistant: b", "id": 1},
+           {"chosen": "\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: a", "id": 1},
+           {"chosen": "intro\n\nHuman: q\n\nAssistant: a", "rejected": "\n\nHuman: q\n\nAssistant: b", "id": 1},
+           {"chosen": "\n\nHuman: q\n\nAssistant: a\n\nHuman: x", "rejected": "\n\nHuman: q\n\nAssistant: b",
+            "id": 1},
+           {"chosen": "\n\nHuman: q\n\nAssistant:   ", "rejected": "\n\nHuman: q\n\nAssistant: b", "id": 1},
+           {"chosen": "\n\nHuman:  \n\nAssistant: a", "rejected": "\n\nHuman:  \n\nAssistant: b", "id": 1},
+           {"chosen": "no turns", "rejected": "\n\nHuman: q\n\nAssistant: b", "id": 1},
+           {"chosen": None, "rejected": "\n\nHuman: q\n\nAssistant: b", "id": 1}]
+    rows = good[:]
+    for k, row in enumerate(bad):
+        rows.insert(3 + k * 5, row)
+    src = tmp_path / "hh.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    summary = _both(monkeypatch, tmp_path, src, batch_rows=16)
+    assert summary["per_source"][0]["format"] == "hh-rlhf" and summary["set_aside"] == len(bad)
+    assert fast_calls["batches"] > 0

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..io import ColumnarBatch
+from ..pairs import build_pairs
 from ..schema import pair_schema
 from ..text import normalize
 from .base import SECOND, Adapter, Collector, Reject, parse_label
@@ -40,6 +41,7 @@ class Plan:
         paths = adapter.fields.paths
         self.adapter, self.kind, self.paths = adapter, kind, dict(paths)
         self.texts = ("first", "second") if kind == "pairwise" else ("chosen", "rejected")
+        self.checked = self.texts if kind == "implicit" else ("prompt", *self.texts)
         self.consumed = adapter.fields.consumed()
         self.name = json.dumps(adapter.name, ensure_ascii=False)
 
@@ -47,11 +49,13 @@ class Plan:
 def plan_for(adapter: Adapter) -> Plan | None:
     """A Plan when the adapter's layout has a fast path, else None."""
     from .pairwise import Pairwise
-    from .trl import Trl
+    from .trl import HhRlhf, Trl
 
     paths = adapter.fields.paths
     if type(adapter) is Trl and set(paths) == {"prompt", "chosen", "rejected"}:
         kind = "trl"
+    elif type(adapter) in (Trl, HhRlhf) and set(paths) == {"chosen", "rejected"}:
+        kind = "implicit"  # hh-rlhf transcripts (or conversations: those go per record)
     elif type(adapter) is Pairwise and set(paths) == {"prompt", "first", "second", "label"}:
         kind = "pairwise"
     else:
@@ -153,14 +157,14 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
     paths = plan.paths
     if any(paths[role] not in kinds for role in paths):
         return None
-    if any(kinds[paths[role]] != "text" for role in ("prompt", *plan.texts)):
+    if any(kinds[paths[role]] != "text" for role in plan.checked):
         return None
 
     ok = None
     for c in columns:
         valid = pc.is_valid(table[c])
         ok = valid if ok is None else pc.and_(ok, valid)
-    for role in ("prompt", *plan.texts):
+    for role in plan.checked:
         col = table[paths[role]]
         ok = pc.and_(ok, pc.match_substring_regex(col, _HAS_TEXT))
         ok = pc.and_(ok, pc.invert(pc.match_substring_regex(col, _MAY_BE_JSON)))
@@ -173,6 +177,9 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
         if not out.options.keep_ties:
             ok = pc.and_(ok, pc.not_equal(verdicts, 0))
     mask = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+    split = None
+    if plan.kind == "implicit":
+        split = _split_transcripts(table, paths, mask)
     fast_rows = np.flatnonzero(mask)
     slow_rows = np.flatnonzero(~mask)
 
@@ -191,7 +198,10 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
             slow_pair_rows.append(row)
     slow_pairs, rejects = out.drain()
 
-    pairs = _fast_pairs(plan, batch, fast_rows, verdicts, out)
+    if split is not None:
+        pairs = _implicit_pairs(plan, batch, fast_rows, split, out)
+    else:
+        pairs = _fast_pairs(plan, batch, fast_rows, verdicts, out)
     if slow_pairs.num_rows:
         order = np.argsort(np.concatenate([fast_rows, np.array(slow_pair_rows, dtype=fast_rows.dtype)]),
                            kind="stable")
@@ -201,29 +211,9 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
     return pairs, rejects
 
 
-def _fast_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, verdicts: pa.Array | None,
-                out: Collector) -> pa.Table:
-    table, lines, escapes = batch.table, batch.lines, batch.escapes
-    n = len(rows)
-    take = pa.array(rows, pa.int64())
-    sub = table.take(take)
-    paths = plan.paths
-    first, second = (sub[paths[role]].combine_chunks() for role in plan.texts)
-    prompts = sub[paths["prompt"]].combine_chunks()
-    line_texts = pc.cast(pa.array([lines[i] for i in rows.tolist()], pa.int64()), pa.string())
-    if verdicts is not None:
-        verdict = verdicts.take(take)
-        swap = pc.equal(verdict, SECOND)
-        chosen, rejected = pc.if_else(swap, second, first), pc.if_else(swap, first, second)
-        ties = pc.equal(verdict, 0)
-    else:
-        chosen, rejected, ties = first, second, pa.array(np.zeros(n, dtype=bool))
-    p_esc, c_esc, r_esc = (_escaped(a, escapes) for a in (prompts, chosen, rejected))
-    # text.pair_id: the digest of json.dumps([[["user", prompt]], chosen, rejected], ensure_ascii=False)
-    pair_ids = _digest(pc.binary_join_element_wise('[[["user", "', p_esc, '"]], "', c_esc, '", "', r_esc, '"]', ""))
-    prompt_ids = _digest(_normalized(prompts))
-
-    # meta: the unconsumed columns and `_ingest`, as json.dumps(sort_keys=True) writes them
+def _metas(plan: Plan, batch: ColumnarBatch, sub: pa.Table, line_texts: pa.Array, swap: pa.Array | None) -> pa.Array:
+    """meta of each row: the unconsumed columns and `_ingest`, as json.dumps(sort_keys=True) writes them."""
+    table, paths, escapes = batch.table, plan.paths, batch.escapes
     parts: dict[str, list] = {}
     for c in table.column_names:
         if c not in plan.consumed:
@@ -248,7 +238,32 @@ def _fast_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, verdicts: pa
             merged[-1] += piece
         else:
             merged.append(piece)
-    metas = pc.binary_join_element_wise(*merged, "")
+    return pc.binary_join_element_wise(*merged, "")
+
+
+def _fast_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, verdicts: pa.Array | None,
+                out: Collector) -> pa.Table:
+    table, lines, escapes = batch.table, batch.lines, batch.escapes
+    n = len(rows)
+    take = pa.array(rows, pa.int64())
+    sub = table.take(take)
+    paths = plan.paths
+    first, second = (sub[paths[role]].combine_chunks() for role in plan.texts)
+    prompts = sub[paths["prompt"]].combine_chunks()
+    line_texts = pc.cast(pa.array([lines[i] for i in rows.tolist()], pa.int64()), pa.string())
+    if verdicts is not None:
+        verdict = verdicts.take(take)
+        swap = pc.equal(verdict, SECOND)
+        chosen, rejected = pc.if_else(swap, second, first), pc.if_else(swap, first, second)
+        ties = pc.equal(verdict, 0)
+    else:
+        chosen, rejected, ties = first, second, pa.array(np.zeros(n, dtype=bool))
+    p_esc, c_esc, r_esc = (_escaped(a, escapes) for a in (prompts, chosen, rejected))
+    # text.pair_id: the digest of json.dumps([[["user", prompt]], chosen, rejected], ensure_ascii=False)
+    pair_ids = _digest(pc.binary_join_element_wise('[[["user", "', p_esc, '"]], "', c_esc, '", "', r_esc, '"]', ""))
+    prompt_ids = _digest(_normalized(prompts))
+
+    metas = _metas(plan, batch, sub, line_texts, swap if verdicts is not None else None)
 
     schema = pair_schema()
     prompt = pa.LargeListArray.from_arrays(
@@ -265,3 +280,40 @@ def _fast_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, verdicts: pa
     out.written += n
     out.ties_kept += sum(columns["tie"])
     return pa.Table.from_pydict(columns, schema=schema)
+
+
+def _split_transcripts(table: pa.Table, paths: dict, mask: np.ndarray) -> dict[int, tuple]:
+    """split_implicit of each candidate row, in Python as on the per-record path; rows it or the
+    Collector's checks would set aside are dropped from `mask`."""
+    from .trl import split_implicit
+
+    rows = np.flatnonzero(mask)
+    take = pa.array(rows, pa.int64())
+    chosen = table[paths["chosen"]].take(take).to_pylist()
+    rejected = table[paths["rejected"]].take(take).to_pylist()
+    found = {}
+    for row, c, r in zip(rows.tolist(), chosen, rejected):
+        try:
+            prompt, c_text, r_text = split_implicit(c, r)
+        except Reject:
+            mask[row] = False
+            continue
+        if Collector._problem(prompt, c_text, r_text) is not None:
+            mask[row] = False
+            continue
+        found[row] = (prompt, c_text, r_text)
+    return found
+
+
+def _implicit_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, split: dict[int, tuple],
+                    out: Collector) -> pa.Table:
+    n = len(rows)
+    sub = batch.table.take(pa.array(rows, pa.int64()))
+    line_texts = pc.cast(pa.array([batch.lines[i] for i in rows.tolist()], pa.int64()), pa.string())
+    parsed = [split[row] for row in rows.tolist()]
+    out.read += n
+    out.written += n
+    return build_pairs([p for p, _, _ in parsed], [c for _, c, _ in parsed], [r for _, _, r in parsed],
+                       source=[out.source] * n, chosen_score=[None] * n, rejected_score=[None] * n,
+                       label_source=[out.options.label_source] * n, annotator_agreement=[None] * n,
+                       tie=[False] * n, meta=_metas(plan, batch, sub, line_texts, None).to_pylist())
