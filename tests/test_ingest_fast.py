@@ -305,3 +305,30 @@ def test_transcripts_identical(monkeypatch, tmp_path, fast_calls):
     summary = _both(monkeypatch, tmp_path, src, batch_rows=16)
     assert summary["per_source"][0]["format"] == "hh-rlhf" and summary["set_aside"] == len(bad)
     assert fast_calls["batches"] > 0
+
+
+def test_conversational_identical(monkeypatch, tmp_path, fast_calls):
+    """trl conversational rows (message lists) mixed with rows the per-record path must judge."""
+    def conv(i):
+        return {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": f"Q {i} ß"}],
+                "chosen": [{"role": "assistant", "content": f"yes {i}"}],
+                "rejected": [{"role": "assistant", "content": f"no {i}"}], "id": i}
+    rows = [conv(i) for i in range(60)]
+    odd = [{**conv(1), "chosen": [{"role": "user", "content": "x"}]},  # not an assistant turn
+           {**conv(2), "chosen": [{"role": "assistant"}]},  # no content (null in the batch's columns)
+           {**conv(3), "rejected": [{"role": "assistant", "content": "yes 3"}]},  # identical
+           {**conv(4), "prompt": []},  # empty prompt
+           {**conv(5), "prompt": [{"role": "wizard", "content": "hm"}]},  # unknown role
+           {**conv(6), "chosen": [{"role": "user", "content": "Q 6 ß"}, {"role": "assistant", "content": "y"}],
+            "rejected": [{"role": "user", "content": "other"}, {"role": "assistant", "content": "n"}]},
+           {**conv(7), "chosen": [{"role": "human", "content": "Q"}, {"role": "gpt", "content": "y"}],
+            "rejected": [{"role": "human", "content": "Q"}, {"role": "gpt", "content": "n"}]},  # continues
+           {**conv(8), "chosen": [{"role": "assistant", "content": "  "}]},
+           {**conv(9), "chosen": None}]
+    for k, row in enumerate(odd):
+        rows.insert(2 + k * 6, row)
+    src = tmp_path / "conv.jsonl"
+    src.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    _both(monkeypatch, tmp_path, src, batch_rows=16)
+    _both(monkeypatch, tmp_path, SAMPLE / "trl_conversational.jsonl", batch_rows=4)
+    assert fast_calls["batches"] > 0

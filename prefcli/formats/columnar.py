@@ -72,6 +72,10 @@ def _kind(t: pa.DataType) -> str | None:
         return "int"
     if pa.types.is_boolean(t):
         return "bool"
+    if ((pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_struct(t.value_type)
+            and sorted(f.name for f in t.value_type) == ["content", "role"]
+            and all(_kind(f.type) == "text" for f in t.value_type)):
+        return "messages"  # only as a prompt or response (not in meta)
     return None
 
 
@@ -152,12 +156,15 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
         return None
     columns = table.column_names
     kinds = {c: _kind(table.schema.field(c).type) for c in columns}
-    if "_ingest" in kinds or len(kinds) != len(columns) or None in kinds.values():
-        return None
     paths = plan.paths
-    if any(paths[role] not in kinds for role in paths):
+    if "_ingest" in kinds or len(kinds) != len(columns) or any(paths[role] not in kinds for role in paths):
         return None
-    if any(kinds[paths[role]] != "text" for role in plan.checked):
+    roles = {paths[role]: kinds[paths[role]] for role in plan.checked}
+    if None in kinds.values() or any(k == "messages" for c, k in kinds.items() if c not in roles) \
+            or any(k not in ("text", "messages") for k in roles.values()):
+        return None
+    rowwise = plan.kind == "implicit" or "messages" in roles.values()
+    if rowwise and plan.kind == "pairwise":
         return None
 
     ok = None
@@ -166,10 +173,14 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
         ok = valid if ok is None else pc.and_(ok, valid)
     for role in plan.checked:
         col = table[paths[role]]
+        if roles[paths[role]] == "messages":
+            ok = pc.and_(ok, _clean_messages(col))
+            continue
         ok = pc.and_(ok, pc.match_substring_regex(col, _HAS_TEXT))
         ok = pc.and_(ok, pc.invert(pc.match_substring_regex(col, _MAY_BE_JSON)))
-    first, second = (table[paths[role]] for role in plan.texts)
-    ok = pc.and_(ok, pc.not_equal(first, second))
+    if all(roles[paths[role]] == "text" for role in plan.texts):
+        first, second = (table[paths[role]] for role in plan.texts)
+        ok = pc.and_(ok, pc.not_equal(first, second))
     verdicts = None
     if plan.kind == "pairwise":
         verdicts = _verdicts(plan, table[paths["label"]])
@@ -177,9 +188,7 @@ def convert(plan: Plan, batch: ColumnarBatch, out: Collector) -> tuple[pa.Table,
         if not out.options.keep_ties:
             ok = pc.and_(ok, pc.not_equal(verdicts, 0))
     mask = pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
-    split = None
-    if plan.kind == "implicit":
-        split = _split_transcripts(table, paths, mask)
+    split = _rowwise(plan, table, mask) if rowwise else None
     fast_rows = np.flatnonzero(mask)
     slow_rows = np.flatnonzero(~mask)
 
@@ -282,19 +291,39 @@ def _fast_pairs(plan: Plan, batch: ColumnarBatch, rows: np.ndarray, verdicts: pa
     return pa.Table.from_pydict(columns, schema=schema)
 
 
-def _split_transcripts(table: pa.Table, paths: dict, mask: np.ndarray) -> dict[int, tuple]:
-    """split_implicit of each candidate row, in Python as on the per-record path; rows it or the
-    Collector's checks would set aside are dropped from `mask`."""
+def _clean_messages(col: pa.ChunkedArray) -> pa.Array:
+    """Rows whose message list has no null message, role or content (a null may be a missing key,
+    which the per-record path reports as it is)."""
+    col = col.combine_chunks()
+    items = pc.list_flatten(col)
+    bad = pc.invert(pc.and_(pc.is_valid(items), pc.and_(pc.is_valid(pc.struct_field(items, "role")),
+                                                         pc.is_valid(pc.struct_field(items, "content")))))
+    bad = pc.fill_null(bad, True).to_numpy(zero_copy_only=False)
+    ok = np.ones(len(col), dtype=bool)
+    if bad.any():
+        ok[np.unique(pc.list_parent_indices(col).to_numpy()[bad])] = False
+    return pa.array(ok)
+
+
+def _rowwise(plan: Plan, table: pa.Table, mask: np.ndarray) -> dict[int, tuple]:
+    """Prompt and responses of each candidate row, by the adapter's own per-record functions
+    (transcripts, message lists); rows they or the Collector's checks would set aside are dropped
+    from `mask`."""
     from .trl import split_implicit
 
+    adapter, paths = plan.adapter, plan.paths
     rows = np.flatnonzero(mask)
     take = pa.array(rows, pa.int64())
     chosen = table[paths["chosen"]].take(take).to_pylist()
     rejected = table[paths["rejected"]].take(take).to_pylist()
+    prompts = table[paths["prompt"]].take(take).to_pylist() if "prompt" in paths else [None] * len(rows)
     found = {}
-    for row, c, r in zip(rows.tolist(), chosen, rejected):
+    for row, p, c, r in zip(rows.tolist(), prompts, chosen, rejected):
         try:
-            prompt, c_text, r_text = split_implicit(c, r)
+            if p is None:
+                prompt, c_text, r_text = split_implicit(c, r)
+            else:
+                prompt, c_text, r_text = adapter.with_responses(adapter.prompt({paths["prompt"]: p}), c, r)
         except Reject:
             mask[row] = False
             continue
