@@ -204,14 +204,21 @@ def test_chunks_same_sizes(tmp_path):
     """Same tables and the same nbytes per chunk (the output sink cuts row groups by bytes)."""
     src = tmp_path / "t.jsonl"
     src.write_text("\n".join(_edge_rows()) + "\n", encoding="utf-8")
-    runs = {}
-    for fast in (True, False):
-        job = SourceIngest("t.jsonl", str(src), options=IngestOptions(columnar=fast))
-        runs[fast] = list(job.run(io.iter_raw(str(src), batch_rows=16, columnar=fast)))
-    assert len(runs[True]) == len(runs[False])
-    for (p1, r1), (p0, r0) in zip(runs[True], runs[False]):
-        assert p1.equals(p0) and r1.equals(r0)
-        assert (p1.nbytes, r1.nbytes) == (p0.nbytes, r0.nbytes)
+    pairwise = tmp_path / "pw.jsonl"
+    pairwise.write_text("\n".join(json.dumps({"instruction": f"q{i}", "output_1": f"a{i}", "output_2": f"b{i}",
+                                               "preference": ["1", "B", "tie", None, "2"][i % 5], "n": i})
+                                   for i in range(50)) + "\n", encoding="utf-8")
+    files = [src, pairwise, SAMPLE / "hh_rlhf.jsonl.gz", SAMPLE / "trl_conversational.jsonl",
+             SAMPLE / "trl_standard.jsonl"]
+    for path in files:
+        runs = {}
+        for fast in (True, False):
+            job = SourceIngest(path.name, str(path), options=IngestOptions(columnar=fast))
+            runs[fast] = list(job.run(io.iter_raw(str(path), batch_rows=16, columnar=fast)))
+        assert len(runs[True]) == len(runs[False])
+        for (p1, r1), (p0, r0) in zip(runs[True], runs[False]):
+            assert p1.equals(p0) and r1.equals(r0)
+            assert (p1.nbytes, r1.nbytes) == (p0.nbytes, r0.nbytes), path.name
 
 
 def test_python_whitespace_class():
