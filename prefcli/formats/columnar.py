@@ -1,7 +1,9 @@
 """Ingest fast path: whole batches of the common layouts converted with pyarrow, not record by record.
 
 Layouts: trl standard (`prompt`, `chosen`, `rejected` text) and pairwise (prompt, two texts and a label),
-read from plain top-level columns of text, integers or booleans. A row is taken here only when the
+all in Arrow; trl conversational (role/content message lists) and hh-rlhf transcripts, split row by row
+with the adapters' own functions, the rest in Arrow. Fields are plain top-level columns; other columns
+(for `meta`) hold text, integers or booleans. A row is taken here only when the
 per-record path would certainly write it as a pair; every other row (a null or missing field, a value
 that is not text, empty or identical texts, text that may hold JSON messages, a label that is not a clear
 verdict, ...) goes through the adapter as before, so reasons and lines stay exact. The pairs come out
