@@ -581,17 +581,28 @@ class ColumnarBatch:
         return RawBatch(self.source, self.file, records, list(self.lines), problems)
 
 
+COLUMNAR_MAX_BRACKETS = 1000  # per line; pyarrow's JSON parser recurses, and crashes on very deep nesting
+
+
+def _shallow(text: str, texts: list[str]) -> bool:
+    """No line can nest deeper than COLUMNAR_MAX_BRACKETS (it has no more brackets than that)."""
+    if text.count("[") + text.count("{") <= COLUMNAR_MAX_BRACKETS:
+        return True
+    return all(line.count("[") + line.count("{") <= COLUMNAR_MAX_BRACKETS for line in texts)
+
+
 def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) -> ColumnarBatch:
     import pyarrow.json as pa_json
 
     text = "\n".join(texts)
     table = None
-    data = text.encode("utf-8")
-    options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
-    with contextlib.suppress(pa.ArrowException):  # stricter than json.loads (tested): then read per record
-        table = pa_json.read_json(pa.BufferReader(data), read_options=options)
-    if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
-        table = None
+    if _shallow(text, texts):
+        data = text.encode("utf-8")
+        options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
+        with contextlib.suppress(pa.ArrowException):  # stricter than json.loads (tested): then read per record
+            table = pa_json.read_json(pa.BufferReader(data), read_options=options)
+        if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
+            table = None
     return ColumnarBatch(name, path, table, lines, texts, escapes="\\" in text)
 
 

@@ -339,3 +339,16 @@ def test_conversational_identical(monkeypatch, tmp_path, fast_calls):
     _both(monkeypatch, tmp_path, src, batch_rows=16)
     _both(monkeypatch, tmp_path, SAMPLE / "trl_conversational.jsonl", batch_rows=4)
     assert fast_calls["batches"] > 0
+
+
+def test_deep_nesting_left_to_the_record_reader(monkeypatch, tmp_path):
+    """pyarrow's JSON parser recurses: a deeply nested line never reaches it (the record reader
+    refuses it with a one-line error instead of a crash)."""
+    deep = "[" * 100_000 + "]" * 100_000
+    src = tmp_path / "deep.jsonl"
+    src.write_text('{"prompt": "q", "chosen": "a", "rejected": "b"}\n' * 3
+                   + '{"prompt": "q", "chosen": "a", "rejected": "b", "x": ' + deep + "}\n")
+    batches = list(io.iter_raw(str(src), columnar=True))
+    assert batches[0].table is None
+    result = cli("ingest", str(src), "-o", str(tmp_path / "o.parquet"))
+    assert result.exit_code == 2 and "line 4" in result.stderr and "nested" in result.stderr
