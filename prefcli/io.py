@@ -414,8 +414,10 @@ def source_name(spec: str) -> str:
     return Path(spec).name
 
 
-def iter_raw(spec: str, batch_rows: int = BATCH_ROWS) -> Iterator[RawBatch]:
-    """Stream raw records from one source spec in batches; never holds a whole JSONL file in memory."""
+def iter_raw(spec: str, batch_rows: int = BATCH_ROWS, *, columnar: bool = False) -> Iterator[RawBatch | ColumnarBatch]:
+    """Stream raw records from one source spec in batches; never holds a whole JSONL file in memory.
+
+    With `columnar`, .jsonl, .jsonl.gz and .parquet files come as ColumnarBatch (the ingest fast path)."""
     name = source_name(spec)
     try:
         if spec.startswith("hf:"):
@@ -425,7 +427,7 @@ def iter_raw(spec: str, batch_rows: int = BATCH_ROWS) -> Iterator[RawBatch]:
         elif Path(spec).is_dir():
             yield from _iter_saved_dataset(spec, name, batch_rows)
         else:
-            yield from _iter_file(spec, name, batch_rows)
+            yield from _iter_file(spec, name, batch_rows, columnar)
     except InputError:
         raise
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
@@ -444,16 +446,16 @@ def _open_text(path: str):
     return open(path, encoding="utf-8")
 
 
-def _iter_file(path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+def _iter_file(path: str, name: str, batch_rows: int, columnar: bool = False) -> Iterator[RawBatch | ColumnarBatch]:
     lower = path.lower()
     if lower.endswith(".parquet"):
-        yield from _iter_parquet(pq.ParquetFile(path), path, name, batch_rows)
+        yield from _iter_parquet(pq.ParquetFile(path), path, name, batch_rows, columnar)
     elif lower.endswith((".csv", ".csv.gz")):
         with _open_text(path) as fh:
             yield from _iter_csv(fh, path, name, batch_rows)
     elif lower.endswith((".jsonl", ".jsonl.gz")):
         with _open_text(path) as fh:
-            yield from _iter_jsonl(fh, path, name, batch_rows)
+            yield from (_iter_jsonl_columnar if columnar else _iter_jsonl)(fh, path, name, batch_rows)
     else:  # .json / .json.gz: an array, an object holding one array, or JSON lines misnamed
         with _open_text(path) as fh:
             head = _peek_json_kind(fh)
@@ -508,6 +510,20 @@ def records_from_document(doc: Any, where: str) -> list[dict]:
     return records
 
 
+def _jsonl_record(line: str, lineno: int, path: str) -> tuple[dict, str | None]:
+    """One JSON line as a record, and why it must be set aside (a repeated key) or None."""
+    try:
+        rec, find_problems = loads_checked(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from None
+    except RecursionError:
+        raise InputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
+    if not isinstance(rec, dict):
+        raise InputError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
+    found = find_problems([rec])
+    return rec, found[0] if found else None
+
+
 def _iter_jsonl(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
     records: list[dict] = []
     lines: list[int] = []
@@ -515,16 +531,9 @@ def _iter_jsonl(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]
     for lineno, line in enumerate(fh, start=1):
         if not line.strip():
             continue
-        try:
-            rec, find_problems = loads_checked(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from None
-        except RecursionError:
-            raise InputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
-        if not isinstance(rec, dict):
-            raise InputError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
-        if (found := find_problems([rec])):
-            problems[len(records)] = found[0]
+        rec, problem = _jsonl_record(line, lineno, path)
+        if problem is not None:
+            problems[len(records)] = problem
         records.append(rec)
         lines.append(lineno)
         if len(records) >= batch_rows:
@@ -532,6 +541,92 @@ def _iter_jsonl(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]
             records, lines, problems = [], [], {}
     if records:
         yield RawBatch(name, path, records, lines, problems)
+
+
+@dataclass
+class ColumnarBatch:
+    """One batch of a JSONL or Parquet source as an Arrow table, for the ingest fast path.
+
+    `table` is None when pyarrow could not read the batch as plain rows (a repeated key, a type that
+    changes between rows, anything unusual): then only `raw()` applies. `raw()` and `records()` give
+    the records exactly as the per-record reader does (same values, lines and problems).
+    """
+
+    source: str
+    file: str
+    table: pa.Table | None
+    lines: list[int]
+    texts: list[str] | None = None  # JSONL: the batch's lines; None for Parquet
+    # False when no value can hold a quote, a backslash or a control character (JSON text without any
+    # backslash: json must escape those), so nothing needs escaping when written back as JSON
+    escapes: bool = True
+
+    def __len__(self) -> int:
+        return len(self.lines)
+
+    def records(self, rows: Sequence[int]) -> tuple[list[dict], dict[int, str]]:
+        """The records at `rows` (indices into the batch) and their problems, by position in `rows`."""
+        if self.texts is None:
+            return self.table.take(pa.array(rows, pa.int64())).to_pylist(), {}
+        records, problems = [], {}
+        for position, row in enumerate(rows):
+            rec, problem = _jsonl_record(self.texts[row], self.lines[row], self.file)
+            if problem is not None:
+                problems[position] = problem
+            records.append(rec)
+        return records, problems
+
+    def raw(self) -> RawBatch:
+        records, problems = self.records(range(len(self.lines)))
+        return RawBatch(self.source, self.file, records, list(self.lines), problems)
+
+
+COLUMNAR_MAX_BRACKETS = 1000  # per line; pyarrow's JSON parser recurses, and crashes on very deep nesting
+
+
+def _shallow(text: str, texts: list[str]) -> bool:
+    """No line can nest deeper than COLUMNAR_MAX_BRACKETS (it has no more brackets than that)."""
+    if text.count("[") + text.count("{") <= COLUMNAR_MAX_BRACKETS:
+        return True
+    return all(line.count("[") + line.count("{") <= COLUMNAR_MAX_BRACKETS for line in texts)
+
+
+def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) -> ColumnarBatch:
+    import pyarrow.json as pa_json
+
+    text = "\n".join(texts)
+    table = None
+    if _shallow(text, texts):
+        data = text.encode("utf-8")
+        options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
+        with contextlib.suppress(pa.ArrowException):  # stricter than json.loads (tested): then read per record
+            table = pa_json.read_json(pa.BufferReader(data), read_options=options)
+        if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
+            table = None
+    return ColumnarBatch(name, path, table, lines, texts, escapes="\\" in text)
+
+
+def _iter_jsonl_columnar(fh, path: str, name: str, batch_rows: int) -> Iterator[ColumnarBatch]:
+    """The lines _iter_jsonl reads (the text file's lines, blank ones skipped), from large reads."""
+    texts: list[str] = []
+    lines: list[int] = []
+    lineno, rest = 0, ""
+    while True:
+        chunk = fh.read(1 << 22)
+        parts = (rest + chunk).split("\n")
+        rest = parts.pop() if chunk else ""
+        for i, part in enumerate(parts, start=lineno + 1):
+            if part[:1] == "{" or part.strip():
+                texts.append(part)
+                lines.append(i)
+                if len(texts) >= batch_rows:
+                    yield _jsonl_columnar(name, path, texts, lines)
+                    texts, lines = [], []
+        lineno += len(parts)
+        if not chunk:
+            break
+    if texts:
+        yield _jsonl_columnar(name, path, texts, lines)
 
 
 def _iter_csv(fh, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
@@ -565,16 +660,20 @@ def _csv_value(value: str | None) -> Any:
     return value
 
 
-def _iter_parquet(pf: pq.ParquetFile, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+def _iter_parquet(pf: pq.ParquetFile, path: str, name: str, batch_rows: int,
+                  columnar: bool = False) -> Iterator[RawBatch | ColumnarBatch]:
     names = pf.schema_arrow.names
     repeated = next((c for i, c in enumerate(names) if c in names[:i]), None)
     if repeated is not None:
         raise InputError(f"{path}: column '{repeated}' appears twice")
     line = 1
     for batch in pf.iter_batches(batch_size=batch_rows):
-        records = batch.to_pylist()
-        yield RawBatch(name, path, records, list(range(line, line + len(records))))
-        line += len(records)
+        lines = list(range(line, line + batch.num_rows))
+        if columnar:
+            yield ColumnarBatch(name, path, pa.Table.from_batches([batch]), lines)
+        else:
+            yield RawBatch(name, path, batch.to_pylist(), lines)
+        line += batch.num_rows
 
 
 def _iter_bytes(data: bytes, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Annotated, Optional
 
 import typer
@@ -59,7 +60,8 @@ def ingest(
     """Convert raw preference data (hh-rlhf, trl, pairwise, votes, multi-response, oasst, or --map) to pairs."""
     report = reporter(quiet, json_mode, output)
     options = IngestOptions(pairing=pairing, min_margin=min_margin, keep_ties=keep_ties, label_source=label_source,
-                            label_scheme=label_scheme, mapping=parse_mapping(parse_kv(mapping or "", "--map")))
+                            label_scheme=label_scheme, mapping=parse_mapping(parse_kv(mapping or "", "--map")),
+                            columnar=os.environ.get("PREFCLI_INGEST_COLUMNAR", "1") != "0")
     check_format(fmt)
     files = [(spec, file) for spec in sources for file in io.expand_sources([spec])]
     plan = OutputPlan(inputs=[file for _, file in files])
@@ -73,7 +75,7 @@ def ingest(
             for spec, file in files:
                 job = SourceIngest(source_name or source_label(spec, file), file, fmt=fmt, options=options)
                 source = CachedSource(job, cache)
-                for part, table, nbytes in source.chunks(lambda: io.iter_raw(file)):
+                for part, table, nbytes in source.chunks(lambda: io.iter_raw(file, columnar=options.columnar)):
                     sinks[part].write(table, nbytes=nbytes)
                     advance(table.num_rows)
                 summaries.append(source.summary())

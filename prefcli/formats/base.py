@@ -42,6 +42,7 @@ class IngestOptions:
     label_source: str = "human"
     label_scheme: str = "auto"
     mapping: Mapping[str, str] = field(default_factory=dict)
+    columnar: bool = True  # the fast path for common layouts (same output); False: every record one by one
 
     def __post_init__(self):
         if self.pairing not in PAIRINGS:

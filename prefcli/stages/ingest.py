@@ -16,10 +16,14 @@ import pyarrow as pa
 from .. import io
 from ..errors import InputError
 from ..formats import Adapter, Collector, IngestOptions, make_adapter
+from ..formats import columnar
 from ..formats.base import PROMPT_ALIASES, Reject, as_messages, find_alias, sample_columns, value
 from ..formats.detect import detect_format
-from ..io import RawBatch
+from ..io import ColumnarBatch, RawBatch
 from ..schema import empty_pairs
+
+
+ADAPTER_SAMPLE = 64  # detect_format and Adapter read only the first 64 records of a source
 
 
 def source_label(spec: str, file: str) -> str:
@@ -40,11 +44,21 @@ class SourceIngest:
         self.options = options or IngestOptions()
         self.collector = Collector(source, file, self.options)
         self.adapter: Adapter | None = None
+        self.plan: columnar.Plan | None = None
         self.records = 0
 
-    def run(self, batches: Iterable[RawBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
+    def run(self, batches: Iterable[RawBatch | ColumnarBatch]) -> Iterator[tuple[pa.Table, pa.Table]]:
         """Yield (pairs, rejects) per batch, then once more for rows grouped across batches."""
         for batch in batches:
+            if isinstance(batch, ColumnarBatch):
+                if self.adapter is None and self.options.columnar:
+                    self._columnar_adapter(batch)
+                done = columnar.convert(self.plan, batch, self.collector) if self.plan is not None else None
+                if done is not None:
+                    self.records += len(batch)
+                    yield done
+                    continue
+                batch = batch.raw()
             self.records += len(batch.records)
             if batch.problems:  # records the reader already knows are bad (e.g. a repeated key)
                 for index, reason in batch.problems.items():
@@ -55,6 +69,8 @@ class SourceIngest:
             if batch.records:
                 if self.adapter is None:
                     self.adapter = make_adapter(self.fmt, self.options, batch.records, batch.file)
+                    if self.options.columnar:
+                        self.plan = columnar.plan_for(self.adapter)
                 self.adapter.convert(batch, self.collector)
             yield self.collector.drain()
         if self.adapter is None and not self.collector.read:
@@ -66,6 +82,19 @@ class SourceIngest:
         self.adapter.finish(self.collector)
         yield self.collector.drain()
         self._check()
+
+    def _columnar_adapter(self, batch: ColumnarBatch) -> None:
+        """Set up the adapter from the batch's first records (all that detection and adapters look at)
+        when its layout has a fast path; otherwise the batch is read per record as before."""
+        if batch.table is None:
+            return
+        head, problems = batch.records(range(min(len(batch), ADAPTER_SAMPLE)))
+        if problems or not head:
+            return
+        adapter = make_adapter(self.fmt, self.options, head, batch.file)
+        plan = columnar.plan_for(adapter)
+        if plan is not None:
+            self.adapter, self.plan = adapter, plan
 
     def _check(self) -> None:
         c = self.collector
