@@ -61,14 +61,13 @@ def _both(monkeypatch, tmp_path, src, *args, batch_rows=None) -> dict:
 
 
 SAMPLE_ARGS = {"pairwise_signed.json": ["--label-scheme", "signed"],
-               "nested_custom.json": None}  # needs --map (README example); other layouts cover it
+               "nested_custom.json": ["--map", "prompt=conversation_input,chosen=chosen.answer,"
+                                      "rejected=reject.answer"]}
 
 
 @pytest.mark.parametrize("name", sorted(p.name for p in SAMPLE.iterdir()
                                         if p.suffix in (".jsonl", ".json", ".gz", ".csv")))
 def test_sample_data_identical(monkeypatch, tmp_path, name):
-    if name in SAMPLE_ARGS and SAMPLE_ARGS[name] is None:
-        pytest.skip("needs --map")
     _both(monkeypatch, tmp_path, SAMPLE / name, *(SAMPLE_ARGS.get(name) or []), batch_rows=7)
 
 
