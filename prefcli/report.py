@@ -11,41 +11,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 import pyarrow as pa
 
-SET_ASIDE_REASON = "set_aside_reason"
-SET_ASIDE_STAGE = "set_aside_stage"
-
-
-@dataclass
-class StageResult:
-    """What every stage function returns: kept rows, set-aside rows (with a reason), and stats."""
-
-    out: pa.Table
-    set_aside: pa.Table | None = None
-    stats: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def rows_set_aside(self) -> int:
-        return 0 if self.set_aside is None else self.set_aside.num_rows
-
-
-def mark_set_aside(rows: pa.Table, reasons: Sequence[str] | str, stage: str) -> pa.Table:
-    """Attach a reason (one per row, or one for all) and the stage name to rows being set aside."""
-    n = rows.num_rows
-    reason_values = [reasons] * n if isinstance(reasons, str) else list(reasons)
-    for name, values in ((SET_ASIDE_REASON, reason_values), (SET_ASIDE_STAGE, [stage] * n)):
-        array = pa.array(values, pa.large_string())
-        if name in rows.column_names:
-            rows = rows.set_column(rows.column_names.index(name), name, array)
-        else:
-            rows = rows.append_column(name, array)
-    return rows
-
-
-def check_accounting(rows_in: int, result: StageResult, *, added: int = 0) -> None:
-    """rows in (+ rows a stage legitimately adds, e.g. mined pairs) = rows out + rows set aside."""
-    if rows_in + added != result.out.num_rows + result.rows_set_aside:
-        raise AssertionError(f"row accounting broken: in {rows_in} + added {added} != "
-                             f"out {result.out.num_rows} + set aside {result.rows_set_aside}")
+from .result import SET_ASIDE_REASON, SET_ASIDE_STAGE, StageResult, check_accounting, mark_set_aside  # noqa: F401
 
 
 class Reporter:

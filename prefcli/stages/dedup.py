@@ -642,3 +642,171 @@ def graph_floor(graph: NeighbourGraph) -> float:
 def _clip(text: str, width: int = 100) -> str:
     flat = " ".join(text.split())
     return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# --------------------------------------------------------------------------- the Stage object
+
+GRAPH_DIR = "dedup-graphs"  # <cache dir>/dedup-graphs/<fingerprint>.parquet
+
+
+def load_eval_prompts(paths: list[str] | str) -> list[str]:
+    """Eval prompts from any file ingest reads, or a plain .txt / JSON / JSONL list of prompts."""
+    from .ingest import load_prompts
+
+    paths = [paths] if isinstance(paths, str) else list(paths)
+    prompts = [render_messages(m) for m in load_prompts(paths)]
+    if not any(p.strip() for p in prompts):
+        raise InputError(f"--against {' '.join(paths)}: no prompts found")
+    return prompts
+
+
+def graph_source(explicit: str | None, cache_root) -> Callable[[str], pa.Table | None]:
+    """fingerprint -> stored graph table (from --graph, else the cache), or None."""
+    from pathlib import Path
+
+    from .. import io
+
+    def find(fingerprint: str) -> pa.Table | None:
+        for path in (explicit, cache_root and Path(cache_root) / GRAPH_DIR / f"{fingerprint}.parquet"):
+            if path and Path(path).is_file():
+                try:
+                    return io.read_table(path)
+                except InputError:
+                    continue  # an unreadable graph is only a missed shortcut: it is rebuilt
+        return None
+
+    return find
+
+
+from typing import Literal, Optional  # noqa: E402
+
+from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register  # noqa: E402
+
+
+class DedupParams(Params):
+    on: Literal["prompt", "pair", "chosen"] = option(
+        "prompt", "Text compared (prompt = rendered conversation history; pair = prompt + both responses).")
+    threshold: float = option(DEFAULT_THRESHOLD, "Cosine at or above which texts are duplicates.", low=0.0, high=1.0)
+    keep: Literal["first", "longest", "strongest", "random"] = option(
+        "first", "Representative per cluster (strongest = highest pref_mean, from `prefcli vote`).")
+    against_threshold: float = option(DEFAULT_AGAINST_THRESHOLD,
+                                      "Cosine at or above which a prompt matches an eval prompt.", low=0.0, high=1.0)
+    drop: bool = option(False, "Set duplicates and contaminated rows aside (default: keep every row, flagged).")
+    lexical: bool = option(True, "Also link neighbours only a few character edits apart (typos), whatever their "
+                                 "cosine.", negatable=True)
+    model: str = option("static", "Embedding model that searches for neighbours: static (the packaged MiniLM "
+                                  "distilled with model2vec, built once into the cache dir), minilm (the packaged "
+                                  "all-MiniLM-L6-v2), or a sentence-transformers path or hub id (safetensors only).")
+    verify: str = option("minilm", "With --model static: the model that re-scores the static model's candidate "
+                                   "pairs (minilm, a path or hub id), or none to decide on static cosines alone.")
+    propose: float = option(DEFAULT_PROPOSE, "With a --verify model: static cosine at which a pair becomes a "
+                                             "candidate.", flag="--propose-threshold", low=0.0, high=1.0)
+    trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
+                                            "default, so only safetensors weights load.")
+    explain: bool = option(False, "Print the similarity histogram and sample pairs at several thresholds.")
+
+
+@register
+class DedupStage(Stage):
+    """Find exact and semantic near-duplicates (and eval-set contamination); flag them or --drop them."""
+
+    name = "dedup"
+    Params = DedupParams
+    resources = Resources(mode="table", uses_models=True, batch_size=64)
+    uses_seed = True
+    sets_aside = True
+    set_aside_word = "removed"
+    output_help = "Output Parquet file, or - for stdout (optional with --explain)."
+    reads = (Read("against", "--against", "Eval file(s) to decontaminate against: any format ingest reads, or a "
+                  ".txt/.jsonl list of prompts. Repeatable.", load_eval_prompts, multiple=True),)
+    writes = (Write(SET_ASIDE, "--removed", "Where --drop writes removed rows (default OUT.rejects.parquet).",
+                    default_suffix=".rejects.parquet"),
+              Write("graph", "--graph", "Neighbour graph Parquet: read when it matches this input, else (re)written."))
+
+    def output_required(self) -> bool:
+        return not self.params.explain
+
+    def tables_to_stdout(self, output):
+        return output is None
+
+    def validate(self, call) -> None:
+        super().validate(call)
+        if call.writes.get(SET_ASIDE) and not self.params.drop:
+            raise InputError("--removed needs --drop (without --drop every row is kept, flagged)")
+        self._graph_path = call.writes.get("graph")
+
+    def planned_writes(self):
+        return tuple(w for w in self.writes if w.name != SET_ASIDE or self.params.drop)
+
+    def options(self, ctx: Context) -> DedupOptions:
+        p = self.params
+        return DedupOptions(on=p.on, threshold=p.threshold, keep=p.keep, seed=ctx.seed,
+                            against_threshold=p.against_threshold, drop=p.drop, device=ctx.device,
+                            lexical=p.lexical, propose=p.propose)
+
+    def check(self, ctx: Context) -> None:
+        self.options(ctx).check()
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+        from ..models.cache import default_cache_dir
+        from ..models.embed import STATIC, build_embedder
+
+        p = self.params
+        models = dict(device=ctx.device, cache_dir=str(ctx.cache_dir) if ctx.cache_dir else None,
+                      use_cache=ctx.use_cache, trust_remote_code=p.trust_remote_code)
+        embedder = build_embedder(p.model, **models)
+        verifier = build_embedder(p.verify, **models) if p.model == STATIC and p.verify != "none" else None
+        cache_root = None if not ctx.use_cache else (ctx.cache_dir or default_cache_dir())
+        source = ctx.inputs.get("graph_source") or graph_source(getattr(self, "_graph_path", None), cache_root)
+        run = dedup(table, embedder, self.options(ctx), against=ctx.inputs.get("against") or [],
+                    graph_source=source, verifier=verifier)
+        result = run.result
+        result.artifacts["graph"] = run.graph.to_table(run.groups, table.column("pair_id").to_pylist())
+        result.artifacts["graph_fingerprint"] = run.graph.fingerprint
+        self._cache_root = cache_root
+        if p.explain:
+            result.stats["explain"] = explain(run, seed=ctx.seed, lexical=p.lexical)
+        return result
+
+    def write(self, plan, paths, result) -> None:
+        from pathlib import Path
+
+        graph_table = result.artifacts["graph"]
+        reused = result.stats["graph_reused"]
+        if not reused and getattr(self, "_cache_root", None) is not None:
+            cached = plan.add("cache", str(Path(self._cache_root) / GRAPH_DIR
+                                           / f"{result.artifacts['graph_fingerprint']}.parquet"))
+            plan.write(cached, graph_table)
+        graph = paths.get("graph")
+        if graph and not (reused and Path(graph).is_file()):
+            plan.write(graph, graph_table)
+        if "output" in paths:
+            plan.write(paths["output"], result.out)
+            if result.rows_set_aside and SET_ASIDE in paths:
+                plan.write(paths[SET_ASIDE], result.set_aside)
+
+    @classmethod
+    def report_tables(cls, stats):
+        return explain_tables(stats["explain"]) if "explain" in stats else []
+
+
+def explain_tables(data: dict) -> list:
+    from ..report import Table
+
+    hist = Table("histogram", "nearest-neighbour cosine of each unique text",
+                 ["from", "to", "texts"],
+                 [[h["from"] if h["from"] is not None else "<", h["to"], h["texts"]] for h in data["histogram"]])
+    levels = Table("thresholds", "what each --threshold would do", ["threshold", "duplicates", "links",
+                                                                     "largest_cluster"],
+                   [[t["threshold"], t["duplicates"], t["links"], t["largest_cluster"]] for t in data["thresholds"]])
+    samples = Table("samples", "sample pairs just above each threshold", ["threshold", "similarity", "text",
+                                                                          "neighbour"],
+                    [[t["threshold"], s["similarity"], s["text"], s["neighbour"]]
+                     for t in data["thresholds"] for s in t["samples"]])
+    tables = [hist, levels, samples]
+    if "cascade" in data:
+        tables.insert(0, Table("cascade", "cascade: the static model proposes, the verifier re-scores",
+                               ["stage", "model", "threshold", "texts", "pairs"],
+                               [[c["stage"], c["model"], c["threshold"], c["texts"], c["pairs"]]
+                                for c in data["cascade"]]))
+    return tables

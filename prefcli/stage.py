@@ -1,0 +1,253 @@
+"""The Stage contract: one object per stage, called the same way by the CLI, `prefcli run`, the Python API and
+an engine.
+
+A stage declares:
+- `Params`: a pydantic model, the single source of its option names, types, defaults, choices, bounds and help;
+- `requires`: optional packages it needs, checked at construction with a pip hint;
+- `resources`: CPU or GPU, batch size, and whether it works batch by batch or needs the whole table;
+- `reads` / `writes`: the side files a caller may attach (an eval set, a fitted model, a set-aside file). The
+  stage never opens them: the caller loads each `reads` entry into `ctx.inputs[name]` and writes each artefact
+  the stage returns under `StageResult.artifacts[name]`;
+- `run(table, ctx) -> StageResult`.
+
+It knows nothing of flags, files or terminals.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Literal
+
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import InputError
+from .result import StageResult
+
+Mode = Literal["batch", "table"]
+
+
+class Params(BaseModel):
+    """Base of every stage's options. Unknown names are errors; values are validated on construction."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def option(default: Any = ..., help: str = "", *, flag: str | None = None, short: str | None = None,
+           low: float | None = None, high: float | None = None, aliases: tuple[str, ...] = (),
+           metavar: str | None = None, negatable: bool = False) -> Any:
+    """A Params field with what the CLI needs: help text, the flag spelling (default --field-name), a short
+    flag, numeric bounds, and old spellings kept as hidden aliases that print a deprecation note."""
+    extra = {"flag": flag, "short": short, "aliases": list(aliases), "metavar": metavar, "negatable": negatable}
+    return Field(default, description=help, ge=low, le=high, json_schema_extra=extra)
+
+
+def option_info(params: type[Params], name: str) -> dict[str, Any]:
+    field_info = params.model_fields[name]
+    extra = dict(field_info.json_schema_extra or {})
+    extra["flag"] = extra.get("flag") or "--" + name.replace("_", "-")
+    extra["help"] = field_info.description or ""
+    low = high = None
+    for item in field_info.metadata:
+        low = getattr(item, "ge", low)
+        high = getattr(item, "le", high)
+    extra["low"], extra["high"] = low, high
+    return extra
+
+
+def build_params(params: type[Params], values: dict[str, Any], where: str = "") -> Params:
+    """Params from user values (CLI, TOML, keyword arguments): errors become one line naming the option."""
+    try:
+        return params(**values)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        name = str(error["loc"][0]) if error["loc"] else ""
+        flag = option_info(params, name)["flag"] if name in params.model_fields else name
+        message = error["msg"].replace("Value error, ", "")
+        if error["type"] == "extra_forbidden":
+            message = "no such option"
+        raise InputError(f"{where}{flag}: {message} (got {error.get('input')!r})") from None
+
+
+@dataclass(frozen=True)
+class Requirement:
+    module: str  # import name
+    package: str  # what pip installs
+
+    def missing(self) -> bool:
+        return importlib.util.find_spec(self.module) is None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What an engine needs to schedule a stage."""
+
+    mode: Mode = "table"  # batch: rows are independent, any split works; table: needs every row at once
+    gpus: float = 0.0  # per worker, where GPUs exist
+    batch_size: int | None = None  # rows per batch for batch stages
+    uses_models: bool = False  # loads embedders or reward models (device, cache, trust-remote-code apply)
+
+
+@dataclass(frozen=True)
+class Read:
+    """A side file a stage can be given: loaded by the caller with `load(path_or_paths)` into ctx.inputs."""
+
+    name: str  # key in ctx.inputs, and the Python API keyword
+    flag: str
+    help: str
+    load: Callable[[Any], Any]
+    multiple: bool = False
+    required: bool = False
+
+
+@dataclass(frozen=True)
+class Write:
+    """A side file a stage can produce: `StageResult.artifacts[name]` (or the set-aside rows for `set_aside`)."""
+
+    name: str
+    flag: str
+    help: str
+    default_suffix: str | None = None  # derived from --output when not given (e.g. ".rejects.parquet")
+    kind: str = "file"  # or "dir"
+
+
+SET_ASIDE = "set_aside"
+
+
+@dataclass
+class Context:
+    """What a stage may use besides its table: the seed, the device, the caches, loaded side inputs, a sink for
+    progress and warnings. Built by the caller; the stage never reads the environment or the terminal."""
+
+    seed: int = 0
+    device: str = "auto"
+    cache_dir: Path | None = None  # None: the user cache dir
+    use_cache: bool = True
+    inputs: dict[str, Any] = field(default_factory=dict)
+    report: Any = None  # a prefcli.report.Reporter, or None for silence
+
+    def warn(self, message: str) -> None:
+        if self.report is not None:
+            self.report.warn(message)
+
+    def progress(self, description: str, total: int | None = None):
+        from contextlib import nullcontext
+
+        from .report import Advance
+
+        if self.report is None:
+            return nullcontext(Advance(None, None))
+        return self.report.progress(description, total)
+
+
+class Stage:
+    """Base class of every stage. Subclasses set the class attributes and implement `run`."""
+
+    name: ClassVar[str]  # the command, e.g. "dedup" or "length-bias fit"
+    Params: ClassVar[type[Params]]
+    summary: ClassVar[str] = ""  # one line for --help
+    requires: ClassVar[tuple[Requirement, ...]] = ()
+    resources: ClassVar[Resources] = Resources()
+    input: ClassVar[Literal["pairs", "sources", "none"]] = "pairs"
+    output: ClassVar[Literal["parquet", "file", "dir", "none"]] = "parquet"
+    reads: ClassVar[tuple[Read, ...]] = ()
+    writes: ClassVar[tuple[Write, ...]] = ()
+    uses_seed: ClassVar[bool] = False  # the seed changes what the stage does (sampling, shuffles, ties)
+    uses_cache: ClassVar[bool] = False  # keeps a cache even without models (e.g. the ingest memo)
+    sets_aside: ClassVar[bool] = False  # may set rows aside: --max-reject-rate applies
+    input_help: ClassVar[str] = "Input files."
+    output_help: ClassVar[str] = "Output Parquet file, or - for stdout."
+
+    def __init__(self, params: Params | dict[str, Any] | None = None, **values: Any):
+        if params is None or isinstance(params, dict):
+            params = build_params(self.Params, {**(params or {}), **values})
+        elif values:
+            params = params.model_copy(update=values)
+        self.params = params
+        missing = [r.package for r in self.requires if r.missing()]
+        if missing:
+            raise InputError(f"{self.name} needs {', '.join(missing)}: pip install {' '.join(missing)}")
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def check(self, ctx: Context) -> None:
+        """Cross-option checks that need the loaded inputs; raise InputError. Called before any work."""
+
+    # -- hooks of the file path (prefcli.execute); the defaults fit a one-in, one-out Parquet stage
+    set_aside_word: ClassVar[str] = "set aside"  # "removed", "rejected": in the --max-reject-rate message
+
+    def validate(self, call) -> None:
+        """Checks on the paths given (e.g. an option that needs another); before anything is read."""
+        if self.output != "none" and call.output is None and self.output_required():
+            raise InputError("missing option '--output' / '-o'")
+
+    def output_required(self) -> bool:
+        return True
+
+    def output_kind(self, call) -> str:
+        return "dir" if self.output == "dir" else "file"
+
+    def planned_writes(self) -> tuple[Write, ...]:
+        """The side files this invocation may write (e.g. the set-aside file only with --drop)."""
+        return self.writes
+
+    def read(self, call) -> pa.Table | None:
+        from . import io
+
+        if self.input == "pairs":
+            return io.read_pairs(call.inputs[0])
+        return None
+
+    def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
+        from .execute import write_default
+
+        write_default(self, plan, paths, result)
+
+    def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
+        return {**result.stats, "seconds": round(seconds, 2)}
+
+    def after_write(self, stats: dict[str, Any]) -> None:
+        """Checks that fail the command after its outputs are written (exit 1), e.g. too many failed requests."""
+
+    def after_report(self, stats: dict[str, Any]) -> None:
+        """Like after_write, once the summary is printed."""
+
+    def tables_to_stdout(self, output: str | None) -> bool:
+        """Report tables go to stdout when the command writes no data there (e.g. --explain without -o)."""
+        return False
+
+    @classmethod
+    def report_tables(cls, stats: dict[str, Any]) -> list:
+        return []
+
+
+STAGES: dict[str, type[Stage]] = {}
+
+
+def register(cls: type[Stage]) -> type[Stage]:
+    STAGES[cls.name] = cls
+    return cls
+
+
+def stage_class(name: str) -> type[Stage]:
+    """The stage registered under `name` ("dedup", "length-bias fit", or with '_' for spaces)."""
+    _load_all()
+    key = " ".join(name.replace("_", "-").split()) if name not in STAGES else name
+    if key not in STAGES:
+        key = key.replace("-", " ", 1) if key.replace("-", " ", 1) in STAGES else key
+    if key not in STAGES:
+        raise InputError(f"no stage named {name!r} (stages: {', '.join(sorted(STAGES))})")
+    return STAGES[key]
+
+
+def _load_all() -> None:
+    import importlib
+    import pkgutil
+
+    from . import stages
+
+    for info in pkgutil.iter_modules(stages.__path__):
+        importlib.import_module(f"{stages.__name__}.{info.name}")
