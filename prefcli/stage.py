@@ -64,7 +64,7 @@ def build_params(params: type[Params], values: dict[str, Any], where: str = "") 
     except ValidationError as exc:
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""
-        flag = option_info(params, name)["flag"] if name in params.model_fields else name
+        flag = option_info(params, name)["flag"] if name in params.model_fields else "--" + name.replace("_", "-")
         message = error["msg"].replace("Value error, ", "")
         if error["type"] == "extra_forbidden":
             message = "no such option"

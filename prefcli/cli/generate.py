@@ -14,7 +14,7 @@ import typer
 
 from ..execute import Call, execute
 from ..report import Reporter
-from ..stage import SET_ASIDE, Context, Stage, option_info
+from ..stage import Context, Stage, option_info
 from .common import OUTPUT_PATH, handle_errors, number
 
 COMMON_HELP = {
