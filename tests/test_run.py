@@ -237,10 +237,9 @@ def test_bad_pipelines_fail_with_one_line(tmp_path):
         bad.write_text(text)
         with pytest.raises(InputError, match=fragment.replace("(", r"\(")):
             pipeline = load_pipeline(bad)
-            from prefcli.cli.run import ClickStageCli
             from prefcli.pipeline import Runner
 
-            Runner(pipeline, tmp_path / "w", ClickStageCli()).check_commands(pipeline.stages)
+            Runner(pipeline, tmp_path / "w").check_commands(pipeline.stages)
 
 
 def test_lock_wait_in_process(tmp_path):

@@ -8,13 +8,14 @@ import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from .. import io
 from ..errors import InputError
 
 STAGE_KEYS = {"name", "command", "inputs", "input", "output"}  # every other key of a stage is a stage option
-PIPELINE_KEYS = {"name", "description", "seed", "workdir", "cache_dir"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 RESERVED_NAMES = {"cache", "logs"}  # <workdir>/cache holds the caches, <workdir>/logs the cron wrapper's logs
 
@@ -47,6 +48,39 @@ class Pipeline:
         raise InputError(f"{self.path}: no stage named '{name}' (stages: {', '.join(s.name for s in self.stages)})")
 
 
+class _Head(BaseModel):
+    """The [pipeline] table."""
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+    name: Optional[str] = None
+    description: Optional[str] = None
+    seed: Optional[int] = None
+    workdir: Optional[str] = None
+    cache_dir: Optional[str] = None
+
+
+class _Stage(BaseModel):
+    """One [[stage]] table: these keys, plus the stage's own options (checked against its Params later)."""
+
+    model_config = ConfigDict(extra="allow", strict=True)
+    command: Optional[str] = None
+    name: Optional[str] = None
+    inputs: Optional[list[str]] = None
+    input: Optional[str] = None
+    output: Optional[str] = None
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    pipeline: _Head = _Head()
+    stage: list[dict[str, Any]] = []
+
+
+def _first_error(exc: ValidationError) -> tuple[list, str]:
+    error = exc.errors()[0]
+    return list(error["loc"]), error["type"]
+
+
 def load_pipeline(path: str | os.PathLike) -> Pipeline:
     """Parse and check a pipeline TOML; every problem is a one-line InputError naming the file."""
     file = Path(path)
@@ -58,23 +92,28 @@ def load_pipeline(path: str | os.PathLike) -> Pipeline:
         raise InputError(f"{file}: unreadable ({exc})") from None
     except tomllib.TOMLDecodeError as exc:
         raise InputError(f"{file}: invalid TOML ({exc})") from None
-    head = doc.get("pipeline", {})
-    unknown = set(doc) - {"pipeline", "stage"}
-    if unknown:
-        raise InputError(f"{file}: unknown top-level key(s) {sorted(unknown)}; expected [pipeline] and [[stage]]")
-    if not isinstance(head, dict) or set(head) - PIPELINE_KEYS:
-        raise InputError(f"{file}: [pipeline] accepts only {sorted(PIPELINE_KEYS)}")
-    raw_stages = doc.get("stage")
-    if not isinstance(raw_stages, list) or not raw_stages:
+    try:
+        parsed = _File.model_validate(doc)
+    except ValidationError as exc:
+        loc, kind = _first_error(exc)
+        if loc[0] != "pipeline" and kind == "extra_forbidden":
+            raise InputError(f"{file}: unknown top-level key(s) {sorted(set(doc) - {'pipeline', 'stage'})}; "
+                             f"expected [pipeline] and [[stage]]") from None
+        if loc[0] == "pipeline" and loc[1:] == ["seed"]:
+            raise InputError(f"{file}: [pipeline] seed must be an integer") from None
+        if loc[0] == "pipeline" and (kind == "extra_forbidden" or len(loc) == 1):
+            raise InputError(f"{file}: [pipeline] accepts only {sorted(_Head.model_fields)}") from None
+        if loc[0] == "pipeline":
+            raise InputError(f"{file}: [pipeline] {loc[1]} must be a string") from None
+        raise InputError(f"{file}: `stage` must be [[stage]] tables") from None
+    if not parsed.stage:
         raise InputError(f"{file}: no stages; add [[stage]] tables")
-    seed = head.get("seed")
-    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-        raise InputError(f"{file}: [pipeline] seed must be an integer")
     stages: list[StageSpec] = []
-    for number, table in enumerate(raw_stages, start=1):
+    for number, table in enumerate(parsed.stage, start=1):
         stages.append(_stage_spec(file, number, table, {s.name for s in stages}))
-    pipeline = Pipeline(path=file.resolve(), name=str(head.get("name", file.stem)), stages=stages, seed=seed,
-                        workdir=head.get("workdir"), cache_dir=head.get("cache_dir"))
+    head = parsed.pipeline
+    pipeline = Pipeline(path=file.resolve(), name=head.name or file.stem, stages=stages, seed=head.seed,
+                        workdir=head.workdir, cache_dir=head.cache_dir)
     _check_refs(pipeline)
     return pipeline
 
@@ -91,12 +130,13 @@ def _stage_spec(file: Path, number: int, table: dict, seen: set[str]) -> StageSp
         raise InputError(f"{where}: stage name '{name}' is reserved for a workdir folder; choose another `name`")
     if name in seen:
         raise InputError(f"{where}: stage name '{name}' used twice; give each stage a unique `name`")
-    inputs = table.get("inputs")
-    if inputs is not None and (not isinstance(inputs, list) or not all(isinstance(x, str) for x in inputs)):
-        raise InputError(f"{where} ({name}): `inputs` must be a list of strings")
-    for key in ("input", "output"):
-        if key in table and not isinstance(table[key], str):
-            raise InputError(f"{where} ({name}): `{key}` must be a string")
+    try:
+        entry = _Stage.model_validate(table)
+    except ValidationError as exc:
+        key = _first_error(exc)[0][0]
+        kind = "a list of strings" if key == "inputs" else "a string"
+        raise InputError(f"{where} ({name}): `{key}` must be {kind}") from None
+    inputs = entry.inputs
     if "output" in table:
         inside_stage_dir(table["output"], f"{where} ({name}): output")
     options = {k: v for k, v in table.items() if k not in STAGE_KEYS}
