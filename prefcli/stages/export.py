@@ -20,7 +20,7 @@ signed value.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -254,16 +254,16 @@ def to_hf_dataset(table: pa.Table):
 
 class ExportParams(Params):
     to: Literal[FORMATS] = option(..., "Training shape.")
-    where: Optional[str] = option(None, "Keep rows where this polars SQL expression is true, e.g. "
-                                        "\"pref_bucket != 'incorrect' AND dedup_is_rep\".")
-    keep: Optional[str] = option(None, "Extra columns to carry, comma-separated (e.g. pair_id,source).")
+    where: str | None = option(None, "Keep rows where this polars SQL expression is true, e.g. "
+                                     "\"pref_bucket != 'incorrect' AND dedup_is_rep\".")
+    keep: str | None = option(None, "Extra columns to carry, comma-separated (e.g. pair_id,source).")
     shuffle: bool = option(False, "Shuffle rows (with --seed).")
     margin_floor: float = option(0.0, "The written `margin` is at least this (a reward loss never asks for a "
                                       "negative gap); `margin_signed` keeps the vote's signed value.")
     keep_repeats: bool = option(False, "Keep exact repeats of (prompt, chosen, rejected) in the training shapes "
                                        "(left out by default).")
-    push_to_hub: Optional[str] = option(None, "Also push the rows as a Hugging Face dataset to this repo id "
-                                              "(needs a login).")
+    push_to_hub: str | None = option(None, "Also push the rows as a Hugging Face dataset to this repo id "
+                                           "(needs a login).")
     private: bool = option(False, "With --push-to-hub: create a private repo.")
 
 

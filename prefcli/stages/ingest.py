@@ -12,15 +12,15 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Literal, Optional, Sequence
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import pyarrow as pa
 from pydantic import field_validator
 
 from .. import io
 from ..errors import InputError, ProblemsReported
-from ..formats import FORMAT_NAMES, REJECTS_SCHEMA, Adapter, Collector, IngestOptions, make_adapter, parse_mapping
-from ..formats import columnar
+from ..formats import (FORMAT_NAMES, REJECTS_SCHEMA, Adapter, Collector, IngestOptions, columnar, make_adapter,
+                       parse_mapping)
 from ..formats.base import (LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS, PROMPT_ALIASES, Reject, as_messages, find_alias,
                             sample_columns, value)
 from ..formats.detect import detect_format
@@ -28,7 +28,6 @@ from ..io import ColumnarBatch, RawBatch
 from ..result import StageResult
 from ..schema import empty_pairs, pair_schema
 from ..stage import SET_ASIDE, Context, Params, Stage, Write, option, register
-
 
 ADAPTER_SAMPLE = 64  # detect_format and Adapter read only the first 64 records of a source
 
@@ -277,7 +276,7 @@ class IngestParams(Params):
     label_source: Literal[LABEL_SOURCES] = option("human", "Who labelled.")
     label_scheme: Literal[LABEL_SCHEMES] = option("auto", "Numeric pairwise labels: index = 1/2 (AlpacaEval floats in "
                                                           "1..2), signed = negative means first better.")
-    source_name: Optional[str] = option(None, "Value of `source` for every pair (default: the file name).")
+    source_name: str | None = option(None, "Value of `source` for every pair (default: the file name).")
     columnar: bool = option(True, "Convert common layouts in columnar batches (the same output, faster); "
                                   "--no-columnar parses every record one by one.", negatable=True)
 

@@ -122,7 +122,8 @@ def summary_tables(result: dict) -> list:
               [[k, v, v / rows] for k, v in result["label_sources"].items()]),
         Table("lengths", "lengths (chars; words = whitespace tokens)", ["text", *stat_names],
               [[k.replace("_", " "), *v.values()] for k, v in lengths.items()]),
-        Table("turns", "turns per prompt", ["turns", "pairs"], [[k, v] for k, v in result["turns"]["histogram"].items()]),
+        Table("turns", "turns per prompt", ["turns", "pairs"],
+              [[k, v] for k, v in result["turns"]["histogram"].items()]),
         Table("stage_columns", "stage columns present", ["stage", "columns"],
               [[stage, ", ".join(cols)] for stage, cols in result["stage_columns"].items()] or [["none", ""]]),
     ]
