@@ -1,5 +1,5 @@
 """Ingest speed for BENCHMARKS.md (section `ingest`): pairs/s of `prefcli ingest` on the fast path and on the
-per-record path (PREFCLI_INGEST_COLUMNAR=0), and rows/s of `polars.read_ndjson` of the same file in the same
+per-record path (--no-columnar), and rows/s of `polars.read_ndjson` of the same file in the same
 run, with the ratio (goal: ingest within 3x the raw read). Also checks both paths wrote the same bytes.
 
 Each command runs as its own subprocess (import time included); CPU = user + sys of that process.
@@ -68,7 +68,7 @@ def main() -> None:
             ("ingest fast path", [sys.executable, "-m", "prefcli.cli.main", "ingest", str(raw), "-o",
                                   str(OUT / "fast.parquet"), "--quiet"], None),
             ("ingest per-record", [sys.executable, "-m", "prefcli.cli.main", "ingest", str(raw), "-o",
-                                   str(OUT / "slow.parquet"), "--quiet"], {"PREFCLI_INGEST_COLUMNAR": "0"})):
+                                   str(OUT / "slow.parquet"), "--quiet", "--no-columnar"], None)):
         runs[name] = min((timed(cmd, env) for _ in range(args.repeat)), key=lambda r: r[0])
     same = all((OUT / f"fast{s}").read_bytes() == (OUT / f"slow{s}").read_bytes()
                for s in (".parquet", ".rejects.parquet"))

@@ -65,6 +65,8 @@ def build_params(params: type[Params], values: dict[str, Any], where: str = "") 
         error = exc.errors()[0]
         name = str(error["loc"][0]) if error["loc"] else ""
         flag = option_info(params, name)["flag"] if name in params.model_fields else "--" + name.replace("_", "-")
+        if error["type"] == "missing":
+            raise InputError(f"{where}missing option '{flag}'") from None
         message = error["msg"].replace("Value error, ", "")
         if error["type"] == "extra_forbidden":
             message = "no such option"

@@ -66,7 +66,7 @@ def _missing_column_for_format(d):
 
 def _unknown_format(d):
     (d / "t.jsonl").write_text(jsonl(GOOD[:3]))
-    return ["ingest", d / "t.jsonl", "--format", "alpaca"], ["--format", "unknown format 'alpaca'"]
+    return ["ingest", d / "t.jsonl", "--format", "alpaca"], ["--format", "'alpaca' is not one of 'auto'"]
 
 
 def _bad_map_syntax(d):

@@ -9,14 +9,15 @@ import functools
 import gzip
 import itertools
 import json
+import sys
 from pathlib import Path
 
 import pytest
 
 from prefcli import io
-from prefcli.cli.ingest import ingest
 from prefcli.ingest_cache import DIR, ENTRY
 from conftest import run_cli
+from ingest_helpers import cli
 
 ALPACA = "alpaca-eval-annotations/annotations_compact.jsonl.gz"
 HH = "hh-rlhf-harmless/test.jsonl.gz"
@@ -44,11 +45,20 @@ def ingest_json(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
+FLAGS = {"fmt": "--format"}
+
+
 def ingest_here(capsys, sources: list[Path], output: Path, cache: Path | None, **options) -> dict:
-    """`prefcli ingest ... --json` in this process (fast for tests that run it many times)."""
-    ingest(sources=[str(s) for s in sources], output=str(output), cache_dir=str(cache) if cache else None,
-           json_mode=True, **options)
-    return json.loads(capsys.readouterr().out)
+    """`prefcli ingest ... --json` in this process (fast for tests that run it many times); options by
+    their Params names (keep_ties=True, fmt="pairwise")."""
+    args = [*sources, "-o", output, *(["--cache-dir", cache] if cache else []), "--json"]
+    for name, value in options.items():
+        flag = FLAGS.get(name, "--" + name.replace("_", "-"))
+        args += [flag] if value is True else [flag, value]
+    result = cli("ingest", *args)
+    assert result.exit_code == 0, result.stderr
+    sys.stderr.write(result.stderr)  # for capsys, as when the command ran unisolated
+    return json.loads(result.stdout)
 
 
 def same_files(a: Path, b: Path) -> bool:

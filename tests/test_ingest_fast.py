@@ -46,9 +46,9 @@ def _both(monkeypatch, tmp_path, src, *args, batch_rows=None) -> dict:
         monkeypatch.setattr(io, "iter_raw", functools.partial(io.iter_raw, batch_rows=batch_rows))
     outs, summaries = {}, {}
     for mode in ("1", "0"):
-        monkeypatch.setenv("PREFCLI_INGEST_COLUMNAR", mode)
         out = tmp_path / f"{mode}-{src.name}.parquet"
-        result = cli("ingest", str(src), "-o", str(out), "--json", *args)
+        per_record = [] if mode == "1" else ["--no-columnar"]
+        result = cli("ingest", str(src), "-o", str(out), "--json", *args, *per_record)
         assert result.exit_code == 0, result.stderr
         summaries[mode] = json.loads(result.stdout)
         outs[mode] = (out.read_bytes(), out.with_suffix(".rejects.parquet").read_bytes())

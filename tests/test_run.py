@@ -151,7 +151,7 @@ def embedded_count(work: Path, stage: str) -> int:
 def test_pipes_equal_the_pipeline_outputs(reference):
     root, _, final = reference
     work = root / "work"
-    shell = (f"{sys.executable} -m prefcli.cli.main ingest raw -f hh-rlhf --seed 5 -q -o - "
+    shell = (f"{sys.executable} -m prefcli.cli.main ingest raw -f hh-rlhf -q -o - "
              f"| {sys.executable} -m prefcli.cli.main dedup - --threshold 0.9 --seed 5 -q -o - "
              f"| {sys.executable} -m prefcli.cli.main length-bias rebalance - --length words --seed 5 -q -o - "
              f"| tee rebalanced.parquet "

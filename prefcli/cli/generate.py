@@ -101,7 +101,7 @@ def stage_parameters(stage: type[Stage]) -> list[inspect.Parameter]:
                           False))
     if stage.resources.uses_models or stage.uses_cache:
         params.append(_kw("cache_dir", Annotated[Optional[str], typer.Option(
-            "--cache-dir", help=COMMON_HELP["cache_dir"])], None))
+            "--cache-dir", help=getattr(stage, "cache_dir_help", None) or COMMON_HELP["cache_dir"])], None))
     if stage.sets_aside:
         params.append(_kw("max_reject_rate", Annotated[Optional[float], typer.Option(
             "--max-reject-rate", parser=number(float, 0.0, 1.0), help=COMMON_HELP["max_reject_rate"])], None))

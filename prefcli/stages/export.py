@@ -20,15 +20,17 @@ signed value.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from .. import io
 from ..errors import InputError
-from ..report import StageResult
+from ..result import StageResult, mark_set_aside
 from ..schema import MESSAGE_TYPE
+from ..stage import Context, Params, Stage, option, register
 from ..text import texts_for
 
 FORMATS = ("trl", "trl-conversational", "trl-standard", "openrlhf", "jsonl", "hf-dataset", "parquet")
@@ -73,8 +75,13 @@ def check_where(expression: str | None) -> None:
 
 def filter_where(table: pa.Table, expression: str | None) -> pa.Table:
     """Rows where a polars SQL expression is true (null counts as false); one-line error otherwise."""
+    return table if not expression else table.filter(where_mask(table, expression))
+
+
+def where_mask(table: pa.Table, expression: str | None) -> pa.Array:
+    """True for each row where a polars SQL expression is true (null counts as false)."""
     if not expression:
-        return table
+        return pa.array(np.ones(table.num_rows, bool))
     import polars as pl
 
     check_where(expression)
@@ -95,7 +102,7 @@ def filter_where(table: pa.Table, expression: str | None) -> pa.Table:
         raise InputError(f"--where: '{expression}' is not a condition (it gives {mask.dtype}, expected Boolean)")
     if len(mask) != table.num_rows:  # an aggregate such as `count(*) > 1`
         raise InputError(f"--where: '{expression}' does not give one value per row")
-    return table.filter(pa.array(mask.fill_null(False).to_numpy()))
+    return pa.array(mask.fill_null(False).to_numpy())
 
 
 def _first_line(exc: BaseException) -> str:
@@ -199,16 +206,21 @@ def repeated_rows(table: pa.Table) -> np.ndarray:
 def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: Sequence[str] = (),
                  shuffle: bool = False, seed: int = 0, margin_floor: float = 0.0,
                  keep_repeats: bool = False) -> StageResult:
-    """Filter (--where), drop ties and exact repeats from training shapes, optionally shuffle, reshape."""
+    """Filter (--where), drop ties and exact repeats from training shapes, optionally shuffle, reshape.
+    The rows left out are the result's `set_aside`, each with its reason (where, tie, repeat)."""
     rows_in = table.num_rows
-    selected = filter_where(table, where)
+    keep_rows = where_mask(table, where)
+    left_out = [mark_set_aside(table.filter(pc.invert(keep_rows)), "where", "export")]
+    selected = table.filter(keep_rows)
     stats: dict[str, Any] = {"rows_in": rows_in, "filtered_out": rows_in - selected.num_rows, "format": fmt}
     if SHAPE.get(fmt) != "all":
         ties = pc.fill_null(selected.column("tie"), False)
         stats["ties_left_out"] = int(pc.sum(ties.cast(pa.int64())).as_py() or 0)
+        left_out.append(mark_set_aside(selected.filter(ties), "tie", "export"))
         selected = selected.filter(pc.invert(ties))
         repeats = np.zeros(selected.num_rows, bool) if keep_repeats else repeated_rows(selected)
         stats["repeats_left_out"] = int(repeats.sum())
+        left_out.append(mark_set_aside(selected.filter(pa.array(repeats)), "repeat", "export"))
         selected = selected.filter(pa.array(~repeats))
         if "dedup_is_rep" in selected.column_names:  # training on non-representatives repeats near-duplicates
             stats["non_representatives"] = int(pc.sum(pc.invert(pc.fill_null(selected.column("dedup_is_rep"), True))
@@ -224,7 +236,7 @@ def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: S
         stats["margin_floor"] = margin_floor
         stats["margins_raised"] = int(pc.sum(pc.less(out.column("margin_signed"), margin_floor)
                                              .cast(pa.int64())).as_py() or 0)
-    return StageResult(out=out, stats=stats)
+    return StageResult(out=out, set_aside=pa.concat_tables(left_out), stats=stats)
 
 
 def iter_rows(table: pa.Table, batch_rows: int = 4096) -> Iterator[dict]:
@@ -238,3 +250,85 @@ def to_hf_dataset(table: pa.Table):
     import datasets
 
     return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+
+class ExportParams(Params):
+    to: Literal[FORMATS] = option(..., "Training shape.")
+    where: str | None = option(None, "Keep rows where this polars SQL expression is true, e.g. "
+                                     "\"pref_bucket != 'incorrect' AND dedup_is_rep\".")
+    keep: str | None = option(None, "Extra columns to carry, comma-separated (e.g. pair_id,source).")
+    shuffle: bool = option(False, "Shuffle rows (with --seed).")
+    margin_floor: float = option(0.0, "The written `margin` is at least this (a reward loss never asks for a "
+                                      "negative gap); `margin_signed` keeps the vote's signed value.")
+    keep_repeats: bool = option(False, "Keep exact repeats of (prompt, chosen, rejected) in the training shapes "
+                                       "(left out by default).")
+    push_to_hub: str | None = option(None, "Also push the rows as a Hugging Face dataset to this repo id "
+                                           "(needs a login).")
+    private: bool = option(False, "With --push-to-hub: create a private repo.")
+
+
+@register
+class ExportStage(Stage):
+    """Write the pairs in the shape a trainer reads; --where filters first.
+
+    `run` gives the reshaped rows (`out`) and the rows left out (`set_aside`: where, tie, repeat); `write`
+    puts them in the file format of --to, and --push-to-hub pushes them once the files are committed."""
+
+    name = "export"
+    Params = ExportParams
+    summary = ("Write curated pairs for training: TRL (conversational or standard text), OpenRLHF JSONL, plain "
+               "JSONL, HF datasets directory, or Parquet; --where filters.")
+    output = "dir"  # a file, or a directory for --to hf-dataset (see output_kind); either may be replaced
+    output_help = "File (directory for hf-dataset), or - for stdout (JSONL formats and parquet)."
+    uses_seed = True
+
+    def output_kind(self, call) -> str:
+        return "dir" if self.params.to == "hf-dataset" else "file"
+
+    def validate(self, call) -> None:
+        if call.output is None and not self.params.push_to_hub:
+            raise InputError("--output: give -o PATH (or - for stdout), or --push-to-hub REPO")
+        if call.output == io.STDIO and self.params.to == "hf-dataset":
+            raise InputError("-o -: hf-dataset is a directory; use --to jsonl or parquet for stdout")
+
+    def check(self, ctx: Context) -> None:
+        check_where(self.params.where)
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+        p = self.params
+        columns = [c.strip() for c in (p.keep or "").split(",") if c.strip()]
+        return export_pairs(table, p.to, where=p.where, keep=columns, shuffle=p.shuffle, seed=ctx.seed,
+                            margin_floor=p.margin_floor, keep_repeats=p.keep_repeats)
+
+    def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
+        self._written = (paths.get("output"), result.out)
+        output, to, rows = paths.get("output"), self.params.to, result.out
+        if output is None:
+            return
+        if to in JSONL_FORMATS and output == io.STDIO:
+            plan.write(output, "".join(io.jsonl_lines(iter_rows(rows))))
+        elif to in JSONL_FORMATS:
+            plan.write_with(output, lambda tmp: tmp.write_text("".join(io.jsonl_lines(iter_rows(rows))),
+                                                               encoding="utf-8"))
+        elif to == "parquet":
+            plan.write(output, rows)
+        else:
+            plan.write_with(output, lambda tmp: io.save_dataset_to(to_hf_dataset(rows), tmp))
+
+    def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
+        output = getattr(self, "_written", (None, None))[0]
+        return dict(result.stats, output=output or "", pushed_to=self.params.push_to_hub or "")
+
+    def after_write(self, stats: dict[str, Any]) -> None:
+        """--push-to-hub, once the files are committed."""
+        if self.params.push_to_hub:
+            push(self._written[1], self.params.push_to_hub, self.params.private)
+
+
+def push(table: pa.Table, repo: str, private: bool) -> None:
+    """Push to the Hugging Face Hub; only ever called when the user asked with --push-to-hub."""
+    try:
+        to_hf_dataset(table).push_to_hub(repo, private=private)
+    except Exception as exc:  # auth, network, offline mode, bad repo id: all "could not push"
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise InputError(f"--push-to-hub {repo}: could not push ({text[:200]})") from None

@@ -1,6 +1,7 @@
 """ingest: raw records -> canonical pairs, batch by batch, with per-source row accounting.
 
-Plain functions over RawBatch streams; the CLI (prefcli/cli/ingest.py) does the reading and writing.
+Plain functions over RawBatch streams, and the IngestStage at the end: `open_sources` is the only code that
+handles paths (the I/O side); the stage turns the sources' batches into a stream of chunks that the caller writes.
 Per source: read = written + set aside, where `read` counts candidate pairs (one per record for 1:1
 formats; expanding formats such as multi-response and oasst count each candidate pair, plus each
 record that yields none).
@@ -8,20 +9,25 @@ record that yields none).
 
 from __future__ import annotations
 
+import functools
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal, Sequence
 
 import pyarrow as pa
+from pydantic import field_validator
 
 from .. import io
-from ..errors import InputError
-from ..formats import Adapter, Collector, IngestOptions, make_adapter
-from ..formats import columnar
-from ..formats.base import PROMPT_ALIASES, Reject, as_messages, find_alias, sample_columns, value
+from ..errors import InputError, ProblemsReported
+from ..formats import (FORMAT_NAMES, REJECTS_SCHEMA, Adapter, Collector, IngestOptions, columnar, make_adapter,
+                       parse_mapping)
+from ..formats.base import (LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS, PROMPT_ALIASES, Reject, as_messages, find_alias,
+                            sample_columns, value)
 from ..formats.detect import detect_format
 from ..io import ColumnarBatch, RawBatch
-from ..schema import empty_pairs
-
+from ..result import StageResult
+from ..schema import empty_pairs, pair_schema
+from ..stage import SET_ASIDE, Context, Params, Stage, Write, option, register
 
 ADAPTER_SAMPLE = 64  # detect_format and Adapter read only the first 64 records of a source
 
@@ -173,3 +179,196 @@ def _prompts_of_records(batches: Iterable[RawBatch], file: str, mapping: dict[st
             except Reject as problem:
                 raise InputError(f"{file}: line {line}: {problem}") from None
     return found
+
+
+# --------------------------------------------------------------------------- the I/O side: sources to read
+
+@dataclass(frozen=True)
+class RawSource:
+    """One raw source as the I/O layer hands it to the stage: its `source` label, the file it comes from
+    (named in messages and fingerprinted by the ingest memo), and its record batches, read on demand."""
+
+    label: str
+    file: str
+
+    def batches(self, columnar: bool = True) -> Iterator[RawBatch | ColumnarBatch]:
+        return io.iter_raw(self.file, columnar=columnar)
+
+
+def open_sources(specs: Sequence[str]) -> list[RawSource]:
+    """Every source named by files, globs, directories, `-` and `hf:` specs, in order (one-line error for
+    a spec that names nothing). The only place ingest handles paths; nothing is read yet."""
+    return [RawSource(source_label(spec, file), file) for spec in specs for file in io.expand_sources([spec])]
+
+
+# --------------------------------------------------------------------------- the stage
+
+Chunk = tuple[str, pa.Table, int]  # ("pairs" | "rejects", table, the size the output sink counts for it)
+
+
+class IngestStream:
+    """The chunks of every source, parsed or replayed from the memo, consumed once (by the writer, or by
+    `collect()`); `stats` is filled in when the last source is done."""
+
+    def __init__(self, sources: Sequence[RawSource], *, fmt: str, options: IngestOptions, source_name: str | None,
+                 cache, ctx: Context):
+        self.sources, self.fmt, self.options, self.source_name = list(sources), fmt, options, source_name
+        self.cache, self.ctx = cache, ctx
+        self.stats: dict[str, Any] = {}
+        self._used = False
+
+    def __iter__(self) -> Iterator[Chunk]:
+        from ..ingest_cache import CachedSource
+
+        if self._used:
+            raise RuntimeError("an ingest stream is read once")
+        self._used = True
+        summaries, files_cached = [], 0
+        with self.ctx.progress("ingest") as advance:
+            for raw in self.sources:
+                job = SourceIngest(self.source_name or raw.label, raw.file, fmt=self.fmt, options=self.options)
+                source = CachedSource(job, self.cache)
+                for chunk in source.chunks(functools.partial(raw.batches, self.options.columnar)):
+                    yield chunk
+                    advance(chunk[1].num_rows)
+                summaries.append(source.summary())
+                files_cached += source.cached
+        totals = {key: sum(s[key] for s in summaries) for key in ("records", "read", "written", "set_aside")}
+        self.stats.update({"sources": len(summaries), **totals, "files_parsed": len(summaries) - files_cached,
+                           "files_cached": files_cached, "per_source": summaries})
+
+    def collect(self) -> tuple[pa.Table, pa.Table]:
+        """(pairs, rejects) as whole tables, for sources that fit in memory."""
+        parts: dict[str, list[pa.Table]] = {"pairs": [], "rejects": []}
+        for part, table, _ in self:
+            parts[part].append(table)
+        pairs = pa.concat_tables(parts["pairs"]).cast(pair_schema()) if parts["pairs"] else empty_pairs()
+        rejects = (pa.concat_tables(parts["rejects"]).cast(REJECTS_SCHEMA) if parts["rejects"]
+                   else REJECTS_SCHEMA.empty_table())
+        return pairs, rejects
+
+
+def _key_values(value: Any) -> Any:
+    """`a=1,b=x` (the CLI and TOML spelling of --map) as a dict; a dict passes through."""
+    if not isinstance(value, str):
+        return value
+    out: dict[str, str] = {}
+    for item in value.split(",") if value else []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"--map: expected key=value, got '{item}'")
+        out[key.strip()] = text.strip()
+    return out
+
+
+class IngestParams(Params):
+    fmt: Literal[FORMAT_NAMES] = option("auto", "Raw layout (auto: detected from each source's first records).",
+                                        flag="--format", short="-f")
+    mapping: dict[str, str] = option(
+        {}, "Field paths, e.g. prompt=conversation_input,chosen=chosen.answer,rejected=reject.answer (dotted paths, "
+            "[i] indices, JSON strings decoded). Roles: prompt, system, input, chosen, rejected, first, second, label, "
+            "votes (A+B+C), responses, response, score, group, chosen_score, rejected_score, first_score, "
+            "second_score, agreement.", flag="--map")
+    pairing: Literal[PAIRINGS] = option("all", "Multi-response/oasst expansion.")
+    min_margin: float = option(0.0, "Set aside expanded pairs whose score gap is below this (equal scores are "
+                                    "ties).", low=0.0)
+    keep_ties: bool = option(False, "Write ties with tie=True instead of setting them aside.")
+    label_source: Literal[LABEL_SOURCES] = option("human", "Who labelled.")
+    label_scheme: Literal[LABEL_SCHEMES] = option("auto", "Numeric pairwise labels: index = 1/2 (AlpacaEval floats in "
+                                                          "1..2), signed = negative means first better.")
+    source_name: str | None = option(None, "Value of `source` for every pair (default: the file name).")
+    columnar: bool = option(True, "Convert common layouts in columnar batches (the same output, faster); "
+                                  "--no-columnar parses every record one by one.", negatable=True)
+
+    @field_validator("mapping", mode="before")
+    @classmethod
+    def _parse_mapping(cls, value: Any) -> Any:
+        return parse_mapping(_key_values(value)) if value is not None else {}
+
+
+@register
+class IngestStage(Stage):
+    """Convert raw preference data (hh-rlhf, trl, pairwise, votes, multi-response, oasst, or --map) to pairs.
+
+    Sources come from the I/O layer: `validate` resolves the CLI's (or runner's) specs with `open_sources`
+    into `ctx.inputs["sources"]` (a list of RawSource); the Python API passes such a list itself. `run`
+    returns a streaming result: `artifacts["chunks"]` (an IngestStream) yields each (part, table, size)
+    once and then fills `stats`; `artifacts["chunks"].collect()` gives whole tables instead.
+    """
+
+    name = "ingest"
+    Params = IngestParams
+    input = "sources"
+    uses_cache = True
+    sets_aside = True
+    input_help = ("Files, globs, directories, - (stdin), hf:NAME[:CONFIG][@SPLIT], or a datasets.save_to_disk "
+                  "directory.")
+    cache_dir_help = ("Keep each raw file's parsed result here (keyed by its content and these options) and re-parse "
+                      "only new or changed files; the output is the same bytes. `prefcli run` passes its cache dir. "
+                      "Default: no per-file cache.")
+    writes = (Write(SET_ASIDE, "--rejects", "Rejects file (default OUT.rejects.parquet).",
+                    default_suffix=".rejects.parquet"),)
+
+    def validate(self, call) -> None:
+        super().validate(call)
+        sources = open_sources(call.inputs)
+        call.ctx.inputs["sources"] = sources
+        call.inputs = [s.file for s in sources]  # what the outputs are checked against: every file, not the globs
+        self._max_reject_rate = call.max_reject_rate
+
+    def options(self) -> IngestOptions:
+        p = self.params
+        return IngestOptions(pairing=p.pairing, min_margin=p.min_margin, keep_ties=p.keep_ties,
+                             label_source=p.label_source, label_scheme=p.label_scheme, mapping=dict(p.mapping),
+                             columnar=p.columnar)
+
+    def run(self, table: pa.Table | None, ctx: Context) -> StageResult:
+        from ..ingest_cache import IngestCache
+
+        cache = IngestCache(ctx.cache_dir) if ctx.cache_dir and ctx.use_cache else None
+        stream = IngestStream(ctx.inputs.get("sources") or [], fmt=self.params.fmt, options=self.options(),
+                              source_name=self.params.source_name, cache=cache, ctx=ctx)
+        return StageResult(out=None, stats=stream.stats, artifacts={"chunks": stream})
+
+    def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
+        """Stream every chunk into the pairs and rejects files (the same row groups whether parsed or replayed).
+        A file output always gets its rejects file (possibly empty, so no stale one survives); stdout only
+        when there are rejects."""
+        output, rejects = paths["output"], paths[SET_ASIDE]
+        try:
+            sinks = {"pairs": plan.sink(output, pair_schema()), "rejects": plan.sink(rejects, REJECTS_SCHEMA)}
+            for part, chunk, nbytes in result.artifacts["chunks"]:
+                sinks[part].write(chunk, nbytes=nbytes)
+            for sink in sinks.values():
+                sink.commit()
+            if not sinks["rejects"].rows and output == io.STDIO:
+                plan.drop(rejects)
+        except BaseException:
+            plan.abort()
+            raise
+        stats = result.stats
+        stats["output"] = output
+        stats["rejects"] = rejects if stats["set_aside"] or output != io.STDIO else None
+
+    def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
+        keys = ("output", "sources", "records", "read", "written", "set_aside", "files_parsed", "files_cached",
+                "rejects", "per_source")
+        return {key: result.stats[key] for key in keys}
+
+    def after_report(self, stats: dict[str, Any]) -> None:
+        """--max-reject-rate over candidate pairs read, once the summary is printed (the counts exist only
+        after the stream is written)."""
+        limit = getattr(self, "_max_reject_rate", None)
+        read, set_aside = stats["read"], stats["set_aside"]
+        if limit is not None and read and set_aside / read > limit:
+            raise ProblemsReported(f"{set_aside}/{read} rows {self.set_aside_word} ({set_aside / read:.1%}), "
+                                   f"above --max-reject-rate {limit:.1%}")
+
+    @classmethod
+    def report_tables(cls, stats: dict[str, Any]) -> list:
+        from ..report import Table
+
+        return [Table("per_source", "per source", ["source", "format", "records", "read", "written", "set_aside",
+                                                   "reasons"],
+                      [[s["source"], s["format"], s["records"], s["read"], s["written"], s["set_aside"],
+                        ", ".join(f"{k} {v}" for k, v in s["reasons"].items())] for s in stats["per_source"]])]

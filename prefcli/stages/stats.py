@@ -10,7 +10,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..result import StageResult
 from ..schema import stage_columns_present
+from ..stage import Context, Params, Stage, register
 
 QUANTILES = (0.05, 0.5, 0.95)
 _WORD = r"\S+"
@@ -104,3 +106,71 @@ def pair_stats(table: pa.Table) -> dict[str, Any]:
     acc = StatsAccumulator()
     acc.add(table)
     return acc.result()
+
+
+def summary_tables(result: dict) -> list:
+    """The report tables of a stats summary (a `StatsAccumulator.result()`, or the command's stats)."""
+    from ..report import Table
+
+    rows = result["rows"] or 1
+    lengths = result["lengths"]
+    stat_names = list(next(iter(lengths.values())))
+    return [
+        Table("sources", "sources", ["source", "pairs", "share"],
+              [[k, v, v / rows] for k, v in result["sources"].items()]),
+        Table("label_sources", "label sources", ["label_source", "pairs", "share"],
+              [[k, v, v / rows] for k, v in result["label_sources"].items()]),
+        Table("lengths", "lengths (chars; words = whitespace tokens)", ["text", *stat_names],
+              [[k.replace("_", " "), *v.values()] for k, v in lengths.items()]),
+        Table("turns", "turns per prompt", ["turns", "pairs"],
+              [[k, v] for k, v in result["turns"]["histogram"].items()]),
+        Table("stage_columns", "stage columns present", ["stage", "columns"],
+              [[stage, ", ".join(cols)] for stage, cols in result["stage_columns"].items()] or [["none", ""]]),
+    ]
+
+
+class StatsParams(Params):
+    pass
+
+
+@register
+class StatsStage(Stage):
+    """Rows, sources, label sources, length distributions, chosen-longer share, turns, stage columns.
+
+    Read-only: no output. On the file path `read` hands the stage a lazy batch reader
+    (`ctx.inputs["batches"]`, with the file name in `ctx.inputs["file"]`), so millions of pairs fit in
+    little memory; the Python API passes the table itself."""
+
+    name = "stats"
+    Params = StatsParams
+    output = "none"
+
+    def read(self, call) -> pa.Table | None:
+        from .. import io
+
+        call.ctx.inputs["file"] = call.inputs[0]
+        call.ctx.inputs["batches"] = io.iter_pair_batches(call.inputs[0])  # a generator: nothing read yet
+        return None
+
+    def run(self, table: pa.Table | None, ctx: Context) -> StageResult:
+        batches = [table] if table is not None else ctx.inputs["batches"]
+        acc = StatsAccumulator()
+        with ctx.progress("stats") as advance:
+            for batch in batches:
+                acc.add(batch)
+                advance(batch.num_rows)
+        result = acc.result()
+        head = {"file": ctx.inputs.get("file"), "rows": result["rows"], "ties": result["ties"],
+                "scored_rows": result["scored_rows"], "chosen_longer_share": result["chosen_longer_share"],
+                "same_length_share": result["same_length_share"], "mean_turns": result["turns"]["mean"]}
+        return StageResult(out=None, stats={**head, **{k: result[k] for k in result if k not in head}})
+
+    def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
+        return dict(result.stats)
+
+    def tables_to_stdout(self, output: str | None) -> bool:
+        return True
+
+    @classmethod
+    def report_tables(cls, stats: dict[str, Any]) -> list:
+        return summary_tables(stats)
