@@ -57,7 +57,11 @@ def run_stage(name: str, data: Any = None, *, seed: int = 0, device: str = "auto
             value = reads[read.name]
             ctx.inputs[read.name] = read.load([os.fspath(v) for v in value] if isinstance(value, list) and
                                               _is_path(value) else os.fspath(value)) if _is_path(value) else value
-    if cls.input == "none" or (data is None and cls.input != "pairs"):
+    if cls.input == "sources":  # raw files: the stage opens them as it does for the CLI
+        table = None
+        stage.validate(Call(stage=stage, inputs=[os.fspath(p) for p in (data if isinstance(data, list) else [data])],
+                            output=os.devnull, ctx=ctx))
+    elif cls.input == "none" or data is None:
         table = None
     elif _is_path(data) or isinstance(data, str):
         paths = [os.fspath(p) for p in (data if isinstance(data, list) else [data])]
@@ -65,7 +69,13 @@ def run_stage(name: str, data: Any = None, *, seed: int = 0, device: str = "auto
     else:
         table = validate(_as_table(data), where="table")
     stage.check(ctx)
-    return run_on_table(stage, table, ctx)
+    result = run_on_table(stage, table, ctx)
+    stream = result.artifacts.get("chunks")
+    if result.out is None and hasattr(stream, "collect"):  # a streaming stage (ingest): whole tables here
+        result.out, rejects = stream.collect()
+        result.set_aside = rejects if rejects.num_rows else None
+        result.stats = stream.stats
+    return result
 
 
 @dataclass

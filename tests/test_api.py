@@ -81,3 +81,12 @@ def test_every_stage_declares_its_contract():
         assert (cls.__doc__ or cls.summary).strip(), name
         for field_name, info in cls.Params.model_fields.items():
             assert info.description, f"{name} --{field_name} has no help"
+
+
+def test_run_stage_ingest_equals_cli(tmp_path):
+    src = SAMPLE_DATA / "trl_standard.jsonl"
+    out = tmp_path / "cli.parquet"
+    assert cli("ingest", str(src), "-o", str(out), "-q").exit_code == 0
+    result = prefcli.run_stage("ingest", str(src))
+    assert result.table.equals(pq.read_table(out))
+    assert result.stats["written"] == result.table.num_rows
