@@ -25,7 +25,7 @@ import io as _io
 import json
 from collections import Counter
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -256,8 +256,8 @@ def coverage_table(stats: dict[str, Any]) -> Table:
 class CalibrateParams(Params):
     target: float = option(0.9, "Agreement with humans the kept (and flipped) AI labels must reach.", low=0.0,
                            high=1.0)
-    bins: Optional[int] = option(None, "pref_mean bins of the agreement report (default: reviewed/25, within 4..20).",
-                                 low=2)
+    bins: int | None = option(None, "pref_mean bins of the agreement report (default: reviewed/25, within 4..20).",
+                              low=2)
     min_reviewed: int = option(20, "Fewest human-verified pairs to calibrate on.", low=1)
     png: bool = option(False, "Also write the coverage/agreement plot beside the JSON (calib.png).")
 

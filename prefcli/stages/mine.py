@@ -33,7 +33,7 @@ voters on different scales weigh equally and `--min-margin` reads in standard de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -87,17 +87,17 @@ class MineOptions:
         """One-line InputError naming the option for any bad value."""
         choices = {"--strategy": (self.strategy, STRATEGIES), "--mode": (self.mode, MODES),
                    "--selection": (self.selection, SELECTIONS)}
-        for option, (value, allowed) in choices.items():
+        for flag, (value, allowed) in choices.items():
             if value not in allowed:
-                raise InputError(f"{option}: expected one of {', '.join(allowed)}, got '{value}'")
-        for option, value, low in (("--per-pair", self.per_pair, 1), ("--neighbours", self.neighbours, 1),
-                                   ("--max-candidates", self.max_candidates, 1)):
+                raise InputError(f"{flag}: expected one of {', '.join(allowed)}, got '{value}'")
+        for flag, value, low in (("--per-pair", self.per_pair, 1), ("--neighbours", self.neighbours, 1),
+                                 ("--max-candidates", self.max_candidates, 1)):
             if value < low:
-                raise InputError(f"{option}: expected at least {low}, got {value}")
-        for option, value in (("--min-agree", self.min_agree), ("--perc-pos", self.perc_pos),
-                              ("--dup-threshold", self.dup_threshold)):
+                raise InputError(f"{flag}: expected at least {low}, got {value}")
+        for flag, value in (("--min-agree", self.min_agree), ("--perc-pos", self.perc_pos),
+                            ("--dup-threshold", self.dup_threshold)):
             if not 0.0 <= value <= 1.0:
-                raise InputError(f"{option}: expected a value in [0, 1], got {value}")
+                raise InputError(f"{flag}: expected a value in [0, 1], got {value}")
         if self.min_margin < 0:
             raise InputError(f"--min-margin: expected a value >= 0, got {self.min_margin}")
 
@@ -640,8 +640,8 @@ class MineParams(Params):
     no_guard: bool = option(False, "Switch the perc-pos, near-duplicate, margin and agreement guards off (exact "
                                    "duplicates and existing pairs stay out).")
     max_failure_rate: float = option(0.05, MAX_FAILURE_RATE_HELP, low=0.0, high=1.0)
-    model: Optional[str] = option(None, "Embedding model: local path or hub id (default: the packaged "
-                                        "all-MiniLM-L6-v2).")
+    model: str | None = option(None, "Embedding model: local path or hub id (default: the packaged "
+                                     "all-MiniLM-L6-v2).")
     trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
                                             "default, so only safetensors weights load.")
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Optional, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -438,7 +438,7 @@ class VoteParams(Params):
     action: Literal["none", "flip", "drop", "soft"] = option(
         "none", f"What to do with `incorrect` pairs: {'|'.join(ACTIONS)}. flip swaps chosen/rejected (pref_flipped), "
                 "drop sets them aside, soft keeps them with label_prob.")
-    thresholds: Optional[dict[str, str]] = option(
+    thresholds: dict[str, str] | None = option(
         None, "Bucket thresholds on pref_mean: incorrect=-0.5,ambiguous=0.25,strong=1.5[,ambiguous_std=X]; "
               "overrides --calibration.")
     max_length: int = option(4096, "hf: token limit per (prompt, response); longer inputs keep their last tokens "
