@@ -44,7 +44,7 @@ from prefcli.models.reward import parse_rm_spec  # noqa: E402
 from prefcli.pairs import build_pairs, user_prompt  # noqa: E402
 from prefcli.stages.ingest import load_pairs  # noqa: E402
 from prefcli.stages import length_bias as lb  # noqa: E402
-from prefcli.stages.vote import VoteParams, vote  # noqa: E402
+from prefcli.stages.vote import VoteOptions, vote  # noqa: E402
 
 ANNOTATOR = "weighted_alpaca_eval_gpt4_turbo"
 BASELINE = "gpt4_1106_preview"
@@ -133,7 +133,7 @@ def voted(name: str, seed: int, rm_spec: str, voted_dir: Path):
     if rm_spec == "bt":  # vote aggregates the fallback BT scores as its one voter
         table, rm_spec = crossfit_bt_scores(table, seed), "bt=scores:chosen_score,rejected_score"
     scored = vote(table, [parse_rm_spec(rm_spec, cache_dir=os.environ.get("PREFCLI_CACHE_DIR"))],
-                  VoteParams(seed=seed)).out
+                  VoteOptions(seed=seed)).out
     print(f"{name}: vote --rm {rm_spec}, {table.num_rows} pairs in {time.perf_counter() - start:.0f}s", flush=True)
     voted_dir.mkdir(parents=True, exist_ok=True)
     pq.write_table(scored, path)

@@ -43,11 +43,11 @@ os.environ.setdefault("PREFCLI_CACHE_DIR", "/work/cache")
 import numpy as np  # noqa: E402
 import pyarrow as pa  # noqa: E402
 
-from prefcli.cli.mine import DEFAULT_RMS  # noqa: E402
+from prefcli.stages.mine import DEFAULT_RMS  # noqa: E402
 from prefcli.models.embed import build_embedder  # noqa: E402
 from prefcli.models.reward import parse_rm_spec  # noqa: E402
 from prefcli.pairs import build_pairs, user_prompt  # noqa: E402
-from prefcli.stages.mine import QUALIFIED, MineParams, score_candidates  # noqa: E402
+from prefcli.stages.mine import QUALIFIED, MineOptions, score_candidates  # noqa: E402
 from prefcli.stages.vote import robust_scale  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -182,9 +182,9 @@ def main() -> None:
     names = sorted(verdicts)
     folds = [names[0::2], names[1::2]]
     settings = {
-        "guard (defaults)": MineParams(device="cpu", seed=args.seed),
-        "guard, mu-2sigma": MineParams(device="cpu", seed=args.seed, selection="mu-2sigma"),
-        "no guard": MineParams(device="cpu", seed=args.seed, guard=False),
+        "guard (defaults)": MineOptions(device="cpu", seed=args.seed),
+        "guard, mu-2sigma": MineOptions(device="cpu", seed=args.seed, selection="mu-2sigma"),
+        "no guard": MineOptions(device="cpu", seed=args.seed, guard=False),
     }
     # per setting: the stage's picks, and one random draw from the same candidate pool per source pair
     records = {(name, side): _Records() for name in settings for side in (MINED, SAME_POOL)}

@@ -38,7 +38,7 @@ from prefcli.models.embed import build_embedder  # noqa: E402
 from prefcli.models.reward import parse_rm_spec  # noqa: E402
 from prefcli.stages import review  # noqa: E402
 from prefcli.stages.calibrate import calibrate  # noqa: E402
-from prefcli.stages.vote import BucketThresholds, VoteParams, bucketize, thresholds_from_calibration, vote  # noqa: E402
+from prefcli.stages.vote import BucketThresholds, VoteOptions, bucketize, thresholds_from_calibration, vote  # noqa: E402
 
 
 def annotator_votes(table: pa.Table) -> np.ndarray:
@@ -94,7 +94,7 @@ def main() -> None:
     if args.voted and Path(args.voted).exists():  # re-use a scored table from an earlier run
         voted = io.read_pairs(args.voted)
     else:
-        voted = vote(noisy, [parse_rm_spec("ensemble")], VoteParams(seed=args.seed)).out
+        voted = vote(noisy, [parse_rm_spec("ensemble")], VoteOptions(seed=args.seed)).out
         if args.voted:
             io.write_table(voted, args.voted)
     vote_seconds = time.perf_counter() - start

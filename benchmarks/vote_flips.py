@@ -32,7 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import real_pairs  # noqa: E402
 
 from prefcli.models.reward.ensemble import EnsembleConfig, OfflineEnsemble, _fit_bt, last_user_turn  # noqa: E402
-from prefcli.stages.vote import BucketThresholds, VoteParams, vote  # noqa: E402
+from prefcli.stages.vote import BucketThresholds, VoteOptions, vote  # noqa: E402
 
 
 def auroc(score: np.ndarray, positive: np.ndarray) -> float:
@@ -99,7 +99,7 @@ def run(dataset: str, rates: list[float], seed: int, config: EnsembleConfig, onl
         noisy, flipped = real_pairs.inject_flips(table, rate, seed=seed)
         ensemble = OfflineEnsemble(config, device="cpu")
         start = time.perf_counter()
-        result = vote(noisy, [ensemble], VoteParams(seed=seed, thresholds=BucketThresholds()))
+        result = vote(noisy, [ensemble], VoteOptions(seed=seed, thresholds=BucketThresholds()))
         seconds = time.perf_counter() - start
         t = result.out
         mean = t.column("pref_mean").to_numpy()

@@ -38,7 +38,7 @@ PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L40S": 362e12, "A1
 
 def ensemble_speed(args) -> None:
     from prefcli.models.reward.ensemble import OfflineEnsemble, parse_options
-    from prefcli.stages.vote import VoteParams, vote
+    from prefcli.stages.vote import VoteOptions, vote
 
     load = real_pairs.LOADERS[args.dataset]
     table = load(n=args.pairs) if load is real_pairs.alpaca_eval else load()  # alpaca_eval samples 4000 by default
@@ -46,7 +46,7 @@ def ensemble_speed(args) -> None:
     ensemble = OfflineEnsemble(parse_options(args.ensemble), device="cpu")
     start = time.perf_counter()
     cpu0 = time.process_time()
-    vote(table, [ensemble], VoteParams(seed=0))
+    vote(table, [ensemble], VoteOptions(seed=0))
     wall, cpu = time.perf_counter() - start, time.process_time() - cpu0
     print(f"ensemble ({len(ensemble.members)} members) on {table.num_rows} {args.dataset} pairs: {wall:.1f} s wall, "
           f"{cpu:.1f} s CPU, {table.num_rows / wall:.1f} pairs/s; texts embedded this run (cache misses): "

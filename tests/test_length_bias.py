@@ -250,12 +250,12 @@ def test_ensemble_lex_member_keeps_content_after_debiasing(alpaca):
     The default (dlen, balanced) also equalises chosen-longer and chosen-shorter accuracy: both stay above a
     coin, which on 93% chosen-longer labels costs overall accuracy."""
     from prefcli.models.reward import parse_rm_spec
-    from prefcli.stages.vote import VoteParams, vote
+    from prefcli.stages.vote import VoteOptions, vote
 
     table = alpaca.take(np.random.default_rng(0).permutation(alpaca.num_rows)[:1200])
     lengths = lb.response_lengths(table, LengthMeasure("chars"))
     assert lb.label_bias(*lengths)["p_chosen_longer"] > 0.85
-    scored = vote(table, [parse_rm_spec("lex=ensemble:views=lex,k=1")], VoteParams(seed=0)).out
+    scored = vote(table, [parse_rm_spec("lex=ensemble:views=lex,k=1")], VoteOptions(seed=0)).out
     before = lb.score_bias(scored["rm_lex_lex0_chosen"].to_numpy(), scored["rm_lex_lex0_rejected"].to_numpy(),
                            *lengths)
     assert before["accuracy"] > 0.85 and before["rho_margin_dlen"] > 0.5  # it did learn the length-heavy labels
@@ -327,10 +327,10 @@ def test_models_without_a_residual_step_still_apply_and_bad_ones_fail(planted):
 def hh_voted(shared_data) -> pa.Table:
     """HH-RLHF harmless (labels that lean shorter) voted by one TF-IDF ensemble member (cheap, no embeddings)."""
     from prefcli.models.reward import parse_rm_spec
-    from prefcli.stages.vote import VoteParams, vote
+    from prefcli.stages.vote import VoteOptions, vote
 
     return vote(real_pairs.hh_harmless(shared_data), [parse_rm_spec("lex=ensemble:views=lex,k=1")],
-                VoteParams(seed=0)).out
+                VoteOptions(seed=0)).out
 
 
 def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from prefcli.pairs import build_pairs, user_prompt
 from prefcli.schema import core_columns, with_stage_columns
 from prefcli.stages.ingest import load_pairs
-from prefcli.stages.mine import STATUS_STATS, MineParams, mine, score_candidates
+from prefcli.stages.mine import DEFAULT_RMS, STATUS_STATS, MineOptions, mine, score_candidates
 from prefcli.stages.vote import robust_scale
 from prefcli.text import normalize, render_messages
 
@@ -93,7 +93,7 @@ def mined_rows(table: pa.Table) -> pa.Table:
 def test_guards_hold_on_oasst(oasst, embedder):
     pairs, pool = oasst
     rms = [LengthRM(), RelevanceRM(embedder)]
-    params = MineParams(strategy="both", per_pair=2, neighbors=3, device="cpu")
+    params = MineOptions(strategy="both", per_pair=2, neighbours=3, device="cpu")
     result = mine(pairs, embedder, rms, params, pool=pool)
     out = mined_rows(result.out)
     assert out.num_rows > 20, result.stats
@@ -131,8 +131,8 @@ def test_unguarded_mining_breaks_the_guards(oasst, embedder):
     """The same run with --no-guard mines negatives the guard blocks (so the guard test can fail)."""
     pairs, pool = oasst
     rms = [LengthRM(), RelevanceRM(embedder)]
-    guarded = mine(pairs, embedder, rms, MineParams(strategy="both", neighbors=3, device="cpu"), pool=pool)
-    loose = mine(pairs, embedder, rms, MineParams(strategy="both", neighbors=3, device="cpu", guard=False), pool=pool)
+    guarded = mine(pairs, embedder, rms, MineOptions(strategy="both", neighbours=3, device="cpu"), pool=pool)
+    loose = mine(pairs, embedder, rms, MineOptions(strategy="both", neighbours=3, device="cpu", guard=False), pool=pool)
     g, u = mined_rows(guarded.out), mined_rows(loose.out)
     assert u.num_rows > g.num_rows
     assert np.nanmin(u.column("neg_margin").to_numpy(zero_copy_only=False)) < 0  # RM ranks some above the chosen
@@ -164,7 +164,7 @@ def test_near_duplicates_of_the_chosen_are_never_mined(alpaca, embedder):
                 if r in variants_of.get(c, ())]
 
     # only the near-duplicate guard is active: RM and perc-pos guards are opened wide
-    params = MineParams(per_pair=3, min_margin=0.0, min_agree=0.0, perc_pos=1.0, device="cpu")
+    params = MineOptions(per_pair=3, min_margin=0.0, min_agree=0.0, perc_pos=1.0, device="cpu")
     result = mine(alpaca, embedder, [LengthRM()], params, pool=pool)
     out = mined_rows(result.out)
     assert out.num_rows > 0
@@ -172,7 +172,7 @@ def test_near_duplicates_of_the_chosen_are_never_mined(alpaca, embedder):
     assert (out.column("neg_sim_chosen").to_numpy() < 0.92).all()
     assert result.stats["blocked_near_duplicate"] + result.stats["excluded_same_as_chosen"] >= 0.9 * len(planted)
     # without the guard the edited variants are the "hardest" negatives; exact (normalised) copies still stay out
-    loose = mined_rows(mine(alpaca, embedder, [LengthRM()], MineParams(per_pair=3, guard=False, device="cpu"),
+    loose = mined_rows(mine(alpaca, embedder, [LengthRM()], MineOptions(per_pair=3, guard=False, device="cpu"),
                             pool=pool).out)
     assert len(own_variants(loose)) >= len(variants_of)
     assert all(normalize(c) != normalize(r) for c, r in zip(loose.column("chosen").to_pylist(),
@@ -180,7 +180,7 @@ def test_near_duplicates_of_the_chosen_are_never_mined(alpaca, embedder):
 
 
 def test_provenance_columns_and_originals(alpaca, embedder):
-    params = MineParams(strategy="both", per_pair=2, neighbors=2, device="cpu")
+    params = MineOptions(strategy="both", per_pair=2, neighbours=2, device="cpu")
     result = mine(alpaca, embedder, [LengthRM(), RelevanceRM(embedder)], params)
     out = result.out
     assert out.num_rows == alpaca.num_rows + result.stats["mined"] and result.set_aside is None
@@ -208,7 +208,7 @@ def test_score_candidates_exposes_the_pool_mine_picks_from(alpaca, embedder):
     """The candidate table: guard statuses match the features, mine's picks are the top-hardness qualified ones,
     and the hardness ranking prefers high similarity to the chosen and a small margin."""
     rms = [LengthRM(), RelevanceRM(embedder)]
-    params = MineParams(per_pair=2, device="cpu")
+    params = MineOptions(per_pair=2, device="cpu")
     cands = score_candidates(alpaca, embedder, rms, params).to_pandas()
     result = mine(alpaca, embedder, rms, params)
     status = cands["status"]
@@ -248,8 +248,8 @@ def test_score_candidates_exposes_the_pool_mine_picks_from(alpaca, embedder):
 
 def test_mu_2sigma_picks_lower_rewards_than_hardest(alpaca, embedder):
     rms = [LengthRM(), RelevanceRM(embedder)]
-    hardest = mined_rows(mine(alpaca, embedder, rms, MineParams(device="cpu")).out)
-    sweet = mine(alpaca, embedder, rms, MineParams(selection="mu-2sigma", device="cpu"))
+    hardest = mined_rows(mine(alpaca, embedder, rms, MineOptions(device="cpu")).out)
+    sweet = mine(alpaca, embedder, rms, MineOptions(selection="mu-2sigma", device="cpu"))
     picked = mined_rows(sweet.out)
     # prompts with fewer than 4 scored responses fall back to hardest; most have enough here
     assert picked.num_rows > 0 and sweet.stats["mu2sigma_fallback"] < picked.num_rows / 2
@@ -292,18 +292,19 @@ def test_cli_output_is_deterministic(alpaca, tmp_path, session_cache):
     src = tmp_path / "in.parquet"
     pq.write_table(alpaca, src)
     outputs = []
-    for name in ("a", "b"):
+    # the second run spells the option the old way: a hidden alias that only adds a deprecation note
+    for name, flag in (("a", "--neighbours"), ("b", "--neighbors")):
         path = tmp_path / f"{name}.parquet"
-        proc = run_cli("mine", str(src), "-o", str(path), "--strategy", "both", "--per-pair", "2", "--neighbors", "2",
+        proc = run_cli("mine", str(src), "-o", str(path), "--strategy", "both", "--per-pair", "2", flag, "2",
                        "--rm", "ensemble:views=emb,repeats=1", "--seed", "7", "--device", "cpu", "-q")
-        assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode()
+        note = b"" if flag == "--neighbours" else b"prefcli: note: --neighbors is deprecated; use --neighbours\n"
+        assert proc.returncode == 0 and proc.stderr == note, proc.stderr.decode()
         outputs.append(pq.read_table(path))
     assert outputs[0].equals(outputs[1])
     assert outputs[0].num_rows > alpaca.num_rows
 
 
 def test_default_reward_models_are_two_voters():
-    from prefcli.cli.mine import DEFAULT_RMS
     from prefcli.models.reward import parse_rm_spec
 
     assert [parse_rm_spec(spec).name for spec in DEFAULT_RMS] == ["emb", "lex"]

@@ -251,7 +251,7 @@ def test_mine_and_review_select_take_the_same_specs(proxies, tmp_path):
     pq.write_table(pairs(6, "m"), src)
     proc = run_cli("mine", str(src), "-o", str(tmp_path / "mined.parquet"), "--rm", served_spec(proxies),
                    "--rm", judge_spec(proxies), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json",
-                   "--no-guard", "--strategy", "neighbor-prompts", "--neighbors", "2")
+                   "--no-guard", "--strategy", "neighbor-prompts", "--neighbours", "2")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     assert stats["failed"] == 0 and set(stats["remote"]) == {"srv", "jd"}

@@ -14,7 +14,7 @@ from conftest import ROOT, assert_one_line_error, run_cli
 from prefcli.errors import InputError
 from prefcli.models.reward import parse_rm_spec
 from prefcli.models.reward.ensemble import EnsembleConfig, OfflineEnsemble
-from prefcli.stages.vote import (BucketThresholds, VoteParams, aggregate_margins, calibration_document,
+from prefcli.stages.vote import (BucketThresholds, VoteOptions, aggregate_margins, calibration_document,
                                  robust_scale, thresholds_from_calibration, vote)
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -171,7 +171,7 @@ def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, s
     noisy, flipped = alpaca_noisy
     config = EnsembleConfig(repeats=1, folds=4)
     first = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
-    out = vote(noisy, [first], VoteParams(seed=7)).out
+    out = vote(noisy, [first], VoteOptions(seed=7)).out
     mean = out.column("pref_mean").to_numpy()
     assert roc_auc_score(flipped, -mean) > 0.75
     assert len(first.members) == 2 and out.num_rows == noisy.num_rows
@@ -180,10 +180,10 @@ def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, s
     assert flipped[incorrect].mean() > 2 * flipped.mean()  # flagged pairs are mostly the injected flips
 
     again = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
-    out2 = vote(noisy, [again], VoteParams(seed=7)).out
+    out2 = vote(noisy, [again], VoteOptions(seed=7)).out
     assert again.computed == 0  # every embedding came from the cache
     assert out2.equals(out)
-    other = vote(noisy, [OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))], VoteParams(seed=8)).out
+    other = vote(noisy, [OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))], VoteOptions(seed=8)).out
     assert not np.array_equal(other.column("pref_mean").to_numpy(), mean)  # the seed picks the fold split
 
 
@@ -246,7 +246,7 @@ def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_
         assert np.array_equal(ma.chosen, mb.chosen) and np.array_equal(ma.rejected, mb.rejected)
         assert ma.chosen.shape == (noisy.num_rows,) and np.isfinite(ma.chosen).all()
     assert not np.array_equal(c.members[0].fold >= 0, inside)  # the seed picks the sample
-    out = vote(noisy, [OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))], VoteParams(seed=0)).out
+    out = vote(noisy, [OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))], VoteOptions(seed=0)).out
     assert out.num_rows == noisy.num_rows
     margin = out.column("rm_ens_emb0_margin").to_numpy()  # scaled by vote: same signs, one positive factor
     raw = a.members[0].chosen - a.members[0].rejected

@@ -22,13 +22,18 @@ humans saw it) when present.
 from __future__ import annotations
 
 import io as _io
+import json
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
+from ..report import Table
+from ..result import StageResult
+from ..stage import Context, Params, Stage, Write, option, register
 from .vote import BucketThresholds, calibration_document
 
 REQUIRES = {
@@ -230,3 +235,80 @@ def coverage_summary(doc: dict[str, Any]) -> dict[str, Any]:
             "kept_agreement": doc["kept_agreement"], "flipped_share": doc["flipped_share"],
             "target_met": doc["met"]["ambiguous"]}
 
+
+
+# --------------------------------------------------------------------------- the Stage
+
+def png_path(output: str) -> str:
+    """Where --png writes the figure: beside the JSON (calib.json -> calib.png), calib.png for stdout."""
+    if output == "-":
+        return "calib.png"
+    path = Path(output)
+    return str(path.with_suffix(".png") if path.suffix else path.with_name(path.name + ".png"))
+
+
+def coverage_table(stats: dict[str, Any]) -> Table:
+    rows = [[r["threshold"], r["keep_coverage"], r["keep_agreement"], r["keep_reviewed"]] for r in stats["coverage"]]
+    return Table("coverage", "Coverage vs agreement (pairs with pref_mean >= threshold kept)",
+                 ["threshold", "coverage", "agreement", "reviewed"], rows)
+
+
+class CalibrateParams(Params):
+    target: float = option(0.9, "Agreement with humans the kept (and flipped) AI labels must reach.", low=0.0,
+                           high=1.0)
+    bins: int | None = option(None, "pref_mean bins of the agreement report (default: reviewed/25, within 4..20).",
+                              low=2)
+    min_reviewed: int = option(20, "Fewest human-verified pairs to calibrate on.", low=1)
+    png: bool = option(False, "Also write the coverage/agreement plot beside the JSON (calib.png).")
+
+
+PNG = Write("png", "--png", "The coverage/agreement plot (calib.png beside the JSON).")
+
+
+@register
+class CalibrateStage(Stage):
+    """Choose incorrect/ambiguous/strong thresholds on pref_mean that meet --target agreement with humans."""
+
+    name = "calibrate"
+    Params = CalibrateParams
+    summary = "Bucket thresholds for `prefcli vote --calibration` from human-verified pairs (review import output)."
+    output = "file"
+    output_help = "calib.json to write, or - for stdout."
+
+    def validate(self, call) -> None:
+        super().validate(call)
+        if self.params.png:  # --png is a switch: the figure goes beside the JSON
+            call.writes[PNG.name] = png_path(call.output)
+
+    def planned_writes(self):
+        return (PNG,) if self.params.png else ()
+
+    def read(self, call) -> pa.Table:
+        from .. import io
+
+        return io.read_pairs(call.inputs[0], require=REQUIRES)
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+        p = self.params
+        doc = calibrate(table, target=p.target, bins=p.bins, min_reviewed=p.min_reviewed)
+        stats = {**coverage_summary(doc), "coverage": doc["coverage"]}
+        artifacts: dict[str, Any] = {"calibration": doc}
+        if p.png:
+            artifacts[PNG.name] = coverage_plot(doc)
+        self._ctx = ctx
+        return StageResult(out=None, stats=stats, artifacts=artifacts)
+
+    def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
+        plan.write(paths["output"], json.dumps(result.artifacts["calibration"], indent=2, ensure_ascii=False) + "\n")
+        if PNG.name in paths:
+            plan.write(paths[PNG.name], result.artifacts[PNG.name])
+
+    def after_write(self, stats: dict[str, Any]) -> None:
+        ctx = getattr(self, "_ctx", None)
+        if ctx is not None and not stats["target_met"]:
+            ctx.warn(f"no pref_mean cut reaches agreement {stats['target']}: every pair lands in ambiguous; review "
+                     "more pairs or lower --target")
+
+    @classmethod
+    def report_tables(cls, stats: dict[str, Any]) -> list:
+        return [coverage_table(stats)]

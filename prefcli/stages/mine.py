@@ -33,7 +33,7 @@ voters on different scales weigh equally and `--min-margin` reads in standard de
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -43,7 +43,9 @@ from ..errors import InputError
 from ..pairs import build_pairs
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
+from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
 from ..text import digest, normalize, render_messages
+from .vote import MAX_FAILURE_RATE_HELP, build_reward_models, enforce_failure_rate
 
 STAGE = "mine"
 STRATEGIES = ("same-prompt", "neighbor-prompts", "both")
@@ -56,10 +58,15 @@ EASY_BUCKET = "strong"
 SCORE_CHUNK = 8192
 # Similarities are computed over flat candidate lists in chunks of this many rows (bounded memory).
 SIM_CHUNK = 65536
+# The default voters: two single-view offline ensembles, so that "the ensemble agrees" (--min-agree) has two
+# voters to count.
+DEFAULT_RMS = ("emb=ensemble:views=emb", "lex=ensemble:views=lex")
+GUARD_COUNTS = ("excluded_same_as_chosen", "excluded_existing_pair", "excluded_labelled_better", "blocked_perc_pos",
+                "blocked_near_duplicate", "blocked_margin", "blocked_agree")
 
 
 @dataclass(frozen=True)
-class MineParams:
+class MineOptions:
     strategy: str = "same-prompt"
     per_pair: int = 1
     mode: str = "add"
@@ -67,7 +74,7 @@ class MineParams:
     min_agree: float = 0.8
     perc_pos: float = 0.95
     dup_threshold: float = 0.92
-    neighbors: int = 5
+    neighbours: int = 5
     selection: str = "hardest"
     guard: bool = True
     max_candidates: int = 32
@@ -80,17 +87,17 @@ class MineParams:
         """One-line InputError naming the option for any bad value."""
         choices = {"--strategy": (self.strategy, STRATEGIES), "--mode": (self.mode, MODES),
                    "--selection": (self.selection, SELECTIONS)}
-        for option, (value, allowed) in choices.items():
+        for flag, (value, allowed) in choices.items():
             if value not in allowed:
-                raise InputError(f"{option}: expected one of {', '.join(allowed)}, got '{value}'")
-        for option, value, low in (("--per-pair", self.per_pair, 1), ("--neighbors", self.neighbors, 1),
-                                   ("--max-candidates", self.max_candidates, 1)):
+                raise InputError(f"{flag}: expected one of {', '.join(allowed)}, got '{value}'")
+        for flag, value, low in (("--per-pair", self.per_pair, 1), ("--neighbours", self.neighbours, 1),
+                                 ("--max-candidates", self.max_candidates, 1)):
             if value < low:
-                raise InputError(f"{option}: expected at least {low}, got {value}")
-        for option, value in (("--min-agree", self.min_agree), ("--perc-pos", self.perc_pos),
-                              ("--dup-threshold", self.dup_threshold)):
+                raise InputError(f"{flag}: expected at least {low}, got {value}")
+        for flag, value in (("--min-agree", self.min_agree), ("--perc-pos", self.perc_pos),
+                            ("--dup-threshold", self.dup_threshold)):
             if not 0.0 <= value <= 1.0:
-                raise InputError(f"{option}: expected a value in [0, 1], got {value}")
+                raise InputError(f"{flag}: expected a value in [0, 1], got {value}")
         if self.min_margin < 0:
             raise InputError(f"--min-margin: expected a value >= 0, got {self.min_margin}")
 
@@ -106,7 +113,7 @@ STATUS_STATS = {"perc-pos": "blocked_perc_pos", "near-duplicate": "blocked_near_
                 "margin": "blocked_margin", "agree": "blocked_agree"}
 
 
-def mine(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
+def mine(table: pa.Table, embedder, reward_models: Sequence, params: MineOptions,
          pool: pa.Table | None = None) -> StageResult:
     """Mine hard negatives for the pairs of a validated table. Reward models must be ready to `score`."""
     scored = _score(table, embedder, reward_models, params, pool)
@@ -114,7 +121,7 @@ def mine(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
     return _assemble(table, scored.sources, picked, scored.responses, params, scored.stats)
 
 
-def score_candidates(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
+def score_candidates(table: pa.Table, embedder, reward_models: Sequence, params: MineOptions,
                      pool: pa.Table | None = None) -> pa.Table:
     """Every candidate `mine` considers, one row per (source pair, candidate response), with its features,
     its guard `status` (`qualified` or the first guard that blocked it, or `not-scored` when beyond
@@ -152,7 +159,7 @@ class _Scored:
     stats: dict
 
 
-def _score(table: pa.Table, embedder, reward_models: Sequence, params: MineParams,
+def _score(table: pa.Table, embedder, reward_models: Sequence, params: MineOptions,
            pool: pa.Table | None) -> _Scored:
     """Candidates, guard, reward-model consensus, hardness and the picks: everything but the output table."""
     params.check()
@@ -277,7 +284,7 @@ def text_key(text: str) -> int:
     return int(digest(normalize(text))[:16], 16)
 
 
-def _source_rows(table: pa.Table, params: MineParams) -> np.ndarray:
+def _source_rows(table: pa.Table, params: MineOptions) -> np.ndarray:
     """Rows to mine for: every non-tie pair (add), or the `strong` (easy) pairs (replace-easy)."""
     mask = ~table.column("tie").to_numpy(zero_copy_only=False).astype(bool)
     if params.mode == "replace-easy":
@@ -319,7 +326,7 @@ def _expand(responses: _ResponsePool, owner: np.ndarray, group: np.ndarray) -> t
 
 
 def _candidates(responses: _ResponsePool, sources: np.ndarray, prompt_vectors: np.ndarray,
-                params: MineParams) -> _Candidates:
+                params: MineOptions) -> _Candidates:
     parts = []
     source_group = responses.row_group[sources]
     positions = np.arange(len(sources), dtype=np.int64)
@@ -331,11 +338,11 @@ def _candidates(responses: _ResponsePool, sources: np.ndarray, prompt_vectors: n
 
         index = NeighbourIndex(prompt_vectors, device=params.device)
         unique_groups = np.unique(source_group)
-        _, neighbour_ids = index.search(prompt_vectors[unique_groups], params.neighbors + 1)
+        _, neighbour_ids = index.search(prompt_vectors[unique_groups], params.neighbours + 1)
         # drop self and padding, keep the k nearest other groups
         ok = (neighbour_ids >= 0) & (neighbour_ids != unique_groups[:, None])
         ranks = np.cumsum(ok, axis=1)
-        ok &= ranks <= params.neighbors
+        ok &= ranks <= params.neighbours
         row_of_group = np.full(len(responses.group_names), -1, np.int64)
         row_of_group[unique_groups] = np.arange(len(unique_groups))
         rows = row_of_group[source_group]
@@ -506,7 +513,7 @@ def mining_voters(reward_models: Sequence) -> list[tuple[object, float]]:
 # --------------------------------------------------------------------------- selection
 
 def _select(cand: _Candidates, qualified: np.ndarray, scored: np.ndarray, source_reward: np.ndarray, per_pair: int,
-            params: MineParams, stats: dict) -> np.ndarray:
+            params: MineOptions, stats: dict) -> np.ndarray:
     """Indices (into cand) of the picked negatives, per source pair in rank order."""
     idx = np.flatnonzero(qualified)
     hardest = idx[_top_per_group(cand.pair[idx], cand.hardness[idx], per_pair)]
@@ -535,7 +542,7 @@ def _select(cand: _Candidates, qualified: np.ndarray, scored: np.ndarray, source
 # --------------------------------------------------------------------------- output
 
 def _assemble(table: pa.Table, sources: np.ndarray, picked: _Candidates, responses: _ResponsePool,
-              params: MineParams, stats: dict) -> StageResult:
+              params: MineOptions, stats: dict) -> StageResult:
     rows = sources[picked.pair]
     prompts = table.column("prompt").to_pylist()
     meta = table.column("meta").to_pylist()
@@ -596,3 +603,110 @@ def _original_columns(n: int) -> dict[str, pa.Array]:
             "neg_agree": null_num, "neg_hardness": null_num, "neg_strategy": null_text,
             "neg_replaced_rejected": null_text}
 
+
+
+# --------------------------------------------------------------------------- the Stage
+
+def _load_pool(path: str) -> pa.Table:
+    from .. import io
+
+    return io.read_pairs(path)
+
+
+class MineParams(Params):
+    strategy: Literal["same-prompt", "neighbor-prompts", "both"] = option(
+        "same-prompt", f"Candidate pool: {'|'.join(STRATEGIES)}. same-prompt: other responses to the prompt (or its "
+                       "dedup cluster); neighbor-prompts: responses to the --neighbours nearest prompts.")
+    per_pair: int = option(1, "Mined negatives per source pair (mode add).", low=1)
+    mode: Literal["add", "replace-easy"] = option(
+        "add", f"{'|'.join(MODES)}: append mined pairs, or swap the rejected of `strong` (easy) pairs for a harder "
+               "one (needs `prefcli vote` columns).")
+    rm: list[str] = option([], "Reward model spec, repeatable, as for `prefcli vote` (scores: specs cannot score new "
+                               f"responses). Default: {' '.join(DEFAULT_RMS)}.", metavar="SPEC")
+    min_margin: float = option(0.25, "Guard: consensus margin chosen - candidate, in pref_mean units, at least this.")
+    min_agree: float = option(0.8, "Guard: weighted share of reward models that put the candidate below the chosen, "
+                                   "at least this.", low=0.0, high=1.0)
+    perc_pos: float = option(0.95, "Guard (TopK-PercPos): sim(candidate, prompt) < this x sim(chosen, prompt).",
+                             low=0.0)
+    dup_threshold: float = option(0.92, "Guard: cosine to the chosen at or above this = near-duplicate, never mined.",
+                                  low=0.0, high=1.0)
+    neighbours: int = option(5, "neighbor-prompts: nearest prompts searched.", low=1, aliases=("--neighbors",))
+    selection: Literal["hardest", "mu-2sigma"] = option(
+        "hardest", f"{'|'.join(SELECTIONS)}: highest hardness, or the reward closest to mu - 2 sigma of the prompt's "
+                   "scored responses.")
+    max_candidates: int = option(32, "Candidates per pair scored by the reward models (the most similar to the "
+                                     "chosen).", low=1)
+    margin_weight: float = option(0.1, "hardness = sim(candidate, chosen) - this x margin.", low=0.0)
+    no_guard: bool = option(False, "Switch the perc-pos, near-duplicate, margin and agreement guards off (exact "
+                                   "duplicates and existing pairs stay out).")
+    max_failure_rate: float = option(0.05, MAX_FAILURE_RATE_HELP, low=0.0, high=1.0)
+    model: str | None = option(None, "Embedding model: local path or hub id (default: the packaged "
+                                     "all-MiniLM-L6-v2).")
+    trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
+                                            "default, so only safetensors weights load.")
+
+
+@register
+class MineStage(Stage):
+    """Mine hard negatives: near-correct but worse responses, with a false-negative guard."""
+
+    name = "mine"
+    Params = MineParams
+    summary = ("Mine hard negatives (same prompt or nearest prompts) with a false-negative guard; add them as new "
+               "pairs or replace the rejected of easy pairs.")
+    resources = Resources(mode="table", uses_models=True)
+    uses_seed = True
+    reads = (Read("pool", "--pool", "Extra unlabelled candidates: a pairs Parquet file whose chosen and rejected "
+                  "responses join the pool.", _load_pool),)
+    writes = (Write(SET_ASIDE, "--set-aside", "replace-easy: where the replaced original rows go (default "
+                    "OUT.rejects.parquet).", default_suffix=".rejects.parquet"),)
+
+    def options(self, ctx: Context) -> MineOptions:
+        p = self.params
+        return MineOptions(strategy=p.strategy, per_pair=p.per_pair, mode=p.mode, min_margin=p.min_margin,
+                           min_agree=p.min_agree, perc_pos=p.perc_pos, dup_threshold=p.dup_threshold,
+                           neighbours=p.neighbours, selection=p.selection, guard=not p.no_guard,
+                           max_candidates=p.max_candidates, margin_weight=p.margin_weight, device=ctx.device,
+                           seed=ctx.seed)
+
+    def reward_models(self, ctx: Context) -> list:
+        if getattr(self, "_models", None) is None:
+            self._models = build_reward_models(self.params.rm or DEFAULT_RMS, ctx)
+        return self._models
+
+    def check(self, ctx: Context) -> None:
+        self.options(ctx).check()
+        self.reward_models(ctx)
+
+    def read(self, call) -> pa.Table:
+        table = super().read(call)
+        if not table.num_rows:
+            raise InputError(f"{call.inputs[0]}: no pairs to mine for")
+        return table
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+        from ..models.embed import build_embedder
+
+        p = self.params
+        embedder = build_embedder(p.model, device=ctx.device, cache_dir=str(ctx.cache_dir) if ctx.cache_dir else None,
+                                  use_cache=ctx.use_cache, trust_remote_code=p.trust_remote_code)
+        models, self._models = self.reward_models(ctx), None
+        result = mine(table, embedder, models, self.options(ctx), pool=ctx.inputs.get("pool"))
+        result.added = result.stats["new_rows"]
+        result.stats["embedded"] = embedder.computed
+        return result
+
+    def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
+        stats = dict(result.stats)
+        embedded = stats.pop("embedded", None)
+        return {**stats, "seconds": round(seconds, 2), "embedded": embedded}
+
+    def after_report(self, stats: dict[str, Any]) -> None:
+        enforce_failure_rate(stats, self.params.max_failure_rate)
+
+    @classmethod
+    def report_tables(cls, stats: dict[str, Any]) -> list:
+        from ..report import Table
+
+        return [Table("guard", "candidates removed, by reason", ["reason", "candidates"],
+                      [[key, stats[key]] for key in GUARD_COUNTS if key in stats])]

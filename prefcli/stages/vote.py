@@ -18,15 +18,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Sequence
+from typing import Any, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from pydantic import field_validator
 
-from ..errors import InputError
+from ..errors import InputError, ProblemsReported
 from ..report import StageResult, Table, mark_set_aside
 from ..schema import with_stage_columns
+from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
 
 STAGE = "vote"
 BUCKETS = ("incorrect", "ambiguous", "normal", "strong")
@@ -161,7 +163,7 @@ def aggregate_margins(margins: np.ndarray, thresholds: BucketThresholds | None =
 # --------------------------------------------------------------------------- the stage
 
 @dataclass
-class VoteParams:
+class VoteOptions:
     action: str = "none"
     thresholds: BucketThresholds = field(default_factory=BucketThresholds)
     seed: int = 0
@@ -185,13 +187,13 @@ def voters_of(reward_models: Sequence) -> list[tuple[Any, float]]:
     return out
 
 
-def vote(table: pa.Table, reward_models: Sequence, params: VoteParams | None = None) -> StageResult:
+def vote(table: pa.Table, reward_models: Sequence, params: VoteOptions | None = None) -> StageResult:
     """Score every pair with every reward model, aggregate, bucket, and apply the action.
 
     A remote voter (served:, judge:) that gave no usable answer for a pair leaves a NaN: that pair's
     pref_* use the other voters, and a pair no voter answered is set aside with the reason.
     """
-    params = params or VoteParams()
+    params = params or VoteOptions()
     if not reward_models:
         raise InputError("vote: give at least one --rm")
     n_in = table.num_rows
@@ -317,7 +319,7 @@ def swap_sides(table: pa.Table, mask: np.ndarray) -> pa.Table:
 
 # --------------------------------------------------------------------------- report
 
-def vote_stats(n: int, before: dict, after: dict, raw_margins: np.ndarray, voters, params: VoteParams,
+def vote_stats(n: int, before: dict, after: dict, raw_margins: np.ndarray, voters, params: VoteOptions,
                flipped: np.ndarray, set_aside: pa.Table | None) -> dict[str, Any]:
     buckets = {b: int((before["bucket"] == b).sum()) for b in BUCKETS}
     stats: dict[str, Any] = {
@@ -384,3 +386,136 @@ def report_tables(stats: dict[str, Any]) -> list[Table]:
                                                                        "std_mean"],
                         [list(r.values()) for r in stats["strength_by_uncertainty"]]))
     return tables
+
+
+# --------------------------------------------------------------------------- the Stage
+
+def enforce_failure_rate(stats: dict, limit: float) -> None:
+    """Remote voters' failures are counted, never silent: past the limit the command exits 1."""
+    rate = stats.get("failure_rate")
+    if rate is not None and rate > limit:
+        worst = max(stats["remote"].items(), key=lambda kv: kv[1].get("pairs_without_answer", kv[1]["failed"]))
+        reasons = ", ".join(f"{k} {v}" for k, v in worst[1]["failed_by_reason"].items()) or "none"
+        raise ProblemsReported(f"--rm {worst[0]}: no usable answer for {rate:.1%} of what it was asked, above "
+                               f"--max-failure-rate {limit:.1%} (failed: {reasons})")
+
+
+def parse_thresholds(value: Any, where: str = "--thresholds") -> dict[str, str] | None:
+    """`incorrect=-0.5,strong=1.5` (the CLI) or a mapping (TOML, Python) -> {name: text} for with_overrides."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        return {str(k): ("none" if v is None else str(v)) for k, v in value.items()}
+    if not isinstance(value, str):
+        raise InputError(f"{where}: expected key=value[,key=value], got {value!r}")
+    out: dict[str, str] = {}
+    for item in value.split(",") if value else ():
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise InputError(f"{where}: expected key=value, got '{item}'")
+        out[key.strip()] = raw.strip()
+    return out
+
+
+RM_HELP = ("Reward model spec, repeatable: hf:<path-or-hub-id> | ensemble[:k=6,folds=5,views=emb+lex,drop=0.15] | "
+           "scores:<col_chosen>,<col_rejected> | served:<model>,base_url=URL[,api=vllm|sglang|tei,tokenizer=PATH,"
+           "concurrency=8,...] | judge:<model>,base_url=URL[,mode=pairwise|pointwise,template=FILE,"
+           "both_orders=true,...]; prefix NAME= to name its columns (rm_NAME_*). ${VAR} in options reads the "
+           "environment.")
+MAX_FAILURE_RATE_HELP = ("served:/judge: exit 1 (after writing) when a voter gave no usable answer for more than "
+                         "this share of the pairs (failed requests, unparseable answers, max_requests spent).")
+
+
+def load_calibration(path: str) -> BucketThresholds:
+    """--calibration: a calib.json written by `prefcli calibrate`, read as thresholds."""
+    from .. import io
+
+    return thresholds_from_calibration(io.read_json(path), where=path)
+
+
+class VoteParams(Params):
+    rm: list[str] = option([], RM_HELP, metavar="SPEC")
+    action: Literal["none", "flip", "drop", "soft"] = option(
+        "none", f"What to do with `incorrect` pairs: {'|'.join(ACTIONS)}. flip swaps chosen/rejected (pref_flipped), "
+                "drop sets them aside, soft keeps them with label_prob.")
+    thresholds: dict[str, str] | None = option(
+        None, "Bucket thresholds on pref_mean: incorrect=-0.5,ambiguous=0.25,strong=1.5[,ambiguous_std=X]; "
+              "overrides --calibration.")
+    max_length: int = option(4096, "hf: token limit per (prompt, response); longer inputs keep their last tokens "
+                                   "and are counted.", low=1)
+    batch_size: int = option(8, "hf: sequences per forward pass.", low=1)
+    trust_remote_code: bool = option(False, "hf: allow the model repository's own Python code (off by default).")
+    max_failure_rate: float = option(0.05, MAX_FAILURE_RATE_HELP, low=0.0, high=1.0)
+
+    @field_validator("thresholds", mode="before")
+    @classmethod
+    def _thresholds(cls, value: Any) -> dict[str, str] | None:
+        return parse_thresholds(value)
+
+
+def build_reward_models(specs: Sequence[str], ctx: Context, **opts: Any) -> list:
+    """The reward models of `--rm` specs, on the context's device and cache."""
+    from ..models.reward import parse_rm_spec
+
+    cache_dir = str(ctx.cache_dir) if ctx.cache_dir else None
+    return [parse_rm_spec(spec, device=ctx.device, cache_dir=cache_dir, use_cache=ctx.use_cache, **opts)
+            for spec in specs]
+
+
+@register
+class VoteStage(Stage):
+    """Score every pair with one or more reward models and flag incorrect / ambiguous labels."""
+
+    name = "vote"
+    Params = VoteParams
+    summary = "Score pairs with reward models; flag incorrect/ambiguous labels; flip, drop or soft-label them."
+    resources = Resources(mode="table", uses_models=True)
+    uses_seed = True
+    reads = (Read("calibration", "--calibration", "calib.json written by `prefcli calibrate` (thresholds from "
+                  "human review).", load_calibration),)
+    writes = (Write(SET_ASIDE, "--set-aside", "Where --action drop writes its rows (default OUT.rejects.parquet).",
+                    default_suffix=".rejects.parquet"),)
+
+    def validate(self, call) -> None:
+        super().validate(call)
+        if not self.params.rm:
+            raise InputError("missing option '--rm'")
+
+    def thresholds(self, ctx: Context) -> BucketThresholds:
+        """Defaults, then the calibration (ctx.inputs), then --thresholds overrides."""
+        base = ctx.inputs.get("calibration") or BucketThresholds()
+        if isinstance(base, dict):
+            base = thresholds_from_calibration(base)
+        return base.with_overrides(self.params.thresholds or {})
+
+    def reward_models(self, ctx: Context) -> list:
+        if getattr(self, "_models", None) is None:
+            p = self.params
+            self._models = build_reward_models(p.rm, ctx, max_length=p.max_length, batch_size=p.batch_size,
+                                               trust_remote_code=p.trust_remote_code)
+        return self._models
+
+    def check(self, ctx: Context) -> None:
+        self.thresholds(ctx)
+        self.reward_models(ctx)
+
+    def read(self, call) -> pa.Table:
+        table = super().read(call)
+        if not table.num_rows:
+            raise InputError(f"{call.inputs[0]}: no pairs to vote on")
+        return table
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+        options = VoteOptions(action=self.params.action, thresholds=self.thresholds(ctx), seed=ctx.seed)
+        models, self._models = self.reward_models(ctx), None
+        return vote(table, models, options)
+
+    def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
+        return {**result.stats, "seconds": round(seconds, 2), "pairs_per_s": round(rows_in / max(seconds, 1e-9), 1)}
+
+    def after_report(self, stats: dict[str, Any]) -> None:
+        enforce_failure_rate(stats, self.params.max_failure_rate)
+
+    @classmethod
+    def report_tables(cls, stats: dict[str, Any]) -> list:
+        return report_tables(stats)
