@@ -66,6 +66,8 @@ def build_params(params: type[Params], values: dict[str, Any], where: str = "") 
         name = str(error["loc"][0]) if error["loc"] else ""
         flag = option_info(params, name)["flag"] if name in params.model_fields else name
         message = error["msg"].replace("Value error, ", "")
+        if error["type"] == "missing":
+            raise InputError(f"{where}missing option '{flag}'") from None
         if error["type"] == "extra_forbidden":
             message = "no such option"
         raise InputError(f"{where}{flag}: {message} (got {error.get('input')!r})") from None
