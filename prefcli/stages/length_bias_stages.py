@@ -7,7 +7,7 @@ summary tables and the rho warnings).
 
 from __future__ import annotations
 
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pyarrow as pa
 from pydantic import field_validator
@@ -142,9 +142,9 @@ class FitParams(Params):
     residual: Literal["balanced", "rank", "none"] = option(
         "balanced", "Step after the curve: balanced (default: rho(margin, dlen) = 0 and equal accuracy on "
                     "chosen-longer and chosen-shorter pairs, on the fitted pairs), rank (rho only) or none.")
-    thresholds: Optional[dict[str, str]] = option(
+    thresholds: dict[str, str] | None = option(
         None, "Vote bucket thresholds for len_pref_bucket, e.g. incorrect=-0.5,strong=1.5.")
-    glm_groups: Optional[str] = option(None, GLM_GROUPS_HELP)
+    glm_groups: str | None = option(None, GLM_GROUPS_HELP)
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -252,8 +252,8 @@ class ApplyStage(_LengthStage):
 class ReportParams(Params):
     score: str = option("all", "all, pref_mean or rm_<name> (when fitting on the fly).")
     length: str = option("chars", LENGTH_HELP)
-    ratio_edges: Optional[str] = option(None, RATIO_EDGES_HELP)
-    glm_groups: Optional[str] = option(None, GLM_GROUPS_HELP)
+    ratio_edges: str | None = option(None, RATIO_EDGES_HELP)
+    glm_groups: str | None = option(None, GLM_GROUPS_HELP)
 
 
 @register
@@ -317,7 +317,7 @@ class RebalanceParams(Params):
     mode: Literal["subsample", "weight"] = option("subsample",
                                                   "subsample (set surplus pairs aside) or weight (add len_weight).")
     length: str = option("chars", LENGTH_HELP)
-    ratio_edges: Optional[str] = option(None, RATIO_EDGES_HELP)
+    ratio_edges: str | None = option(None, RATIO_EDGES_HELP)
 
 
 @register

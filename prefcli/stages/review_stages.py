@@ -8,7 +8,7 @@ format dispatch, reading verdict files).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal
 
 import pyarrow as pa
 
@@ -45,12 +45,12 @@ class SelectParams(Params):
     on: Literal["prompt", "pair", "chosen", "rejected"] = option(
         "prompt", "Text embedded for groups and retrieval: prompt (the rendered conversation), pair (prompt and both "
                   "responses), chosen or rejected.")
-    rm: Optional[list[str]] = option(None, "Vote first with these reward models (specs as for `prefcli vote`, e.g. "
+    rm: list[str] | None = option(None, "Vote first with these reward models (specs as for `prefcli vote`, e.g. "
                                            "served: or judge:), for input that has no vote columns yet.")
     max_failure_rate: float = option(
         0.05, "served:/judge: exit 1 (after writing) when a voter gave no usable answer for more than this share "
               "of the pairs (failed requests, unparseable answers, max_requests spent).", low=0.0, high=1.0)
-    model: Optional[str] = option(None, "Embedding model: local path or hub id (default: the packaged "
+    model: str | None = option(None, "Embedding model: local path or hub id (default: the packaged "
                                         "all-MiniLM-L6-v2).")
     trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
                                             "default, so only safetensors weights load.")
