@@ -68,6 +68,8 @@ def build_params(params: type[Params], values: dict[str, Any], where: str = "") 
         if error["type"] == "missing":
             raise InputError(f"{where}missing option '{flag}'") from None
         message = error["msg"].replace("Value error, ", "")
+        if error["type"] == "missing":
+            raise InputError(f"{where}missing option '{flag}'") from None
         if error["type"] == "extra_forbidden":
             message = "no such option"
         raise InputError(f"{where}{flag}: {message} (got {error.get('input')!r})") from None
@@ -238,8 +240,9 @@ def stage_class(name: str) -> type[Stage]:
     """The stage registered under `name` ("dedup", "length-bias fit", or with '_' for spaces)."""
     _load_all()
     key = " ".join(name.replace("_", "-").split()) if name not in STAGES else name
-    if key not in STAGES:
-        key = key.replace("-", " ", 1) if key.replace("-", " ", 1) in STAGES else key
+    if key not in STAGES:  # length_bias_fit -> length-bias-fit: one of its dashes is the space
+        key = next((c for i in range(len(key)) if key[i] == "-"
+                    for c in [key[:i] + " " + key[i + 1:]] if c in STAGES), key)
     if key not in STAGES:
         raise InputError(f"no stage named {name!r} (stages: {', '.join(sorted(STAGES))})")
     return STAGES[key]
