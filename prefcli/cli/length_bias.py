@@ -12,7 +12,7 @@ from ..models.length import LengthMeasure
 from ..outputs import OutputPlan
 from ..report import Table, check_accounting
 from ..stages import length_bias as lb
-from ..stages.vote import BucketThresholds
+from ..scoring import BucketThresholds
 from .common import (OUTPUT_PATH, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors,
                      parse_kv, plan_stage, reporter, write_stage)
 

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..errors import InputError
-from .vote import BucketThresholds, calibration_document
+from ..scoring import BucketThresholds, calibration_document
 
 REQUIRES = {
     "pref_mean": "run `prefcli vote` first",

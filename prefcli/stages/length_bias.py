@@ -28,7 +28,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
-from .vote import BucketThresholds, aggregate_margins, prefixed_columns, robust_scale
+from ..scoring import BucketThresholds, aggregate_margins, prefixed_columns, robust_scale
 
 STAGE = "length_bias"
 MODEL_FORMAT = "prefcli.length_bias.v1"

@@ -424,7 +424,7 @@ def _consensus(table: pa.Table, sources: np.ndarray, cand: _Candidates, response
     Each voter's scores are divided by vote's robust scale of its margins over all input pairs, so
     `min_margin` reads in the same units as pref_mean. `source_reward` holds (chosen, rejected) per source.
     """
-    from .vote import aggregate_margins, robust_scale
+    from ..scoring import aggregate_margins, robust_scale
 
     n = len(cand.pair)
     if not reward_models:
@@ -495,7 +495,7 @@ def _pairwise_scores(voter, table: pa.Table, sources: np.ndarray, cand: _Candida
 def mining_voters(reward_models: Sequence) -> list[tuple[object, float]]:
     """The vote stage's voters (members vote separately, each --rm weighs 1) when every member can score
     new responses; otherwise each --rm is one voter (its `score` averages its members)."""
-    from .vote import voters_of
+    from ..scoring import voters_of
 
     voters = voters_of(reward_models)
     if all(callable(getattr(voter, "score", None)) for voter, _ in voters):

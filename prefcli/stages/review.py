@@ -36,7 +36,7 @@ from ..errors import InputError
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
 from ..text import digest, texts_for
-from .vote import swap_sides
+from ..pairs import swap_sides
 
 STAGE = "review"
 VERDICTS = ("keep", "flip", "tie", "both-bad")

@@ -186,7 +186,7 @@ def _fit_bt(delta, weights: np.ndarray, c: float) -> np.ndarray:
 
 
 def _zscale(m: np.ndarray) -> np.ndarray:
-    from ...stages.vote import robust_scale
+    from ...scoring import robust_scale
 
     return m / robust_scale(m)
 
@@ -362,7 +362,7 @@ class OfflineEnsemble:
 
 
 def _member_scale(member: _Member) -> float:
-    from ...stages.vote import robust_scale
+    from ...scoring import robust_scale
 
     return float(robust_scale(member.chosen - member.rejected)[0])
 
