@@ -10,8 +10,9 @@ import typer
 
 from .. import io
 from ..outputs import OutputPlan
+from ..plots import coverage_plot
 from ..report import Table
-from ..stages.calibrate import REQUIRES, calibrate, coverage_plot, coverage_summary
+from ..stages.calibrate import REQUIRES, calibrate, coverage_summary
 from .common import OUTPUT_PATH, Input, Json, Quiet, Seed, handle_errors, number, reporter
 
 ORDER = 75

@@ -10,9 +10,10 @@ from .. import io
 from ..errors import InputError
 from ..models.length import LengthMeasure
 from ..outputs import OutputPlan
+from ..plots import length_bias_figure
 from ..report import Table, check_accounting
-from ..stages import length_bias as lb
 from ..scoring import BucketThresholds
+from ..stages import length_bias as lb
 from .common import (OUTPUT_PATH, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors,
                      parse_kv, plan_stage, reporter, write_stage)
 
@@ -204,7 +205,7 @@ def report_cmd(
     glm = _glm(table, lengths, glm_groups, input) if table.num_rows >= lb.MIN_PAIRS else None
     diag = lb.diagnose(table, lengths, edges=edges, debiased=debiased)
     if png:
-        fig = lb.figure(table, model, debiased, lengths, edges=edges, seed=seed)
+        fig = length_bias_figure(lb.plot_data(table, model, debiased, lengths, edges=edges, seed=seed))
         plan.write_with(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
         plan.commit()
     stats = {**_headline(diag, glm), **_rho_stats(diag), "length": measure.spec, **({"png": png} if png else {})}

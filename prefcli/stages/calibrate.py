@@ -21,7 +21,6 @@ humans saw it) when present.
 
 from __future__ import annotations
 
-import io as _io
 from collections import Counter
 from typing import Any
 
@@ -188,39 +187,6 @@ def _by_pref_agree(table: pa.Table, reviewed: np.ndarray, keep: np.ndarray) -> l
         out.append({"pref_agree": value, "population": population[value], "reviewed": int(mask.sum()),
                     "agreement": float(keep[mask].mean()) if mask.any() else None})
     return out
-
-
-def coverage_plot(doc: dict[str, Any]) -> bytes:
-    """PNG: coverage vs agreement of kept labels, and human agreement per μ̂ bin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    points = [(r["keep_coverage"], r["keep_agreement"]) for r in doc["coverage"] if r["keep_agreement"] is not None]
-    left.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-    left.axhline(doc["target"], color="grey", linestyle="--", label=f"target {doc['target']:.2f}")
-    if doc["kept_agreement"] is not None:
-        left.scatter([doc["kept_coverage"]], [doc["kept_agreement"]], color="red", zorder=3,
-                     label=f"ambiguous < {doc['thresholds']['ambiguous']:.3g}")
-    left.set_xlabel("coverage (share of pairs kept)")
-    left.set_ylabel("agreement of kept labels with humans")
-    left.legend(loc="lower left")
-    bins = doc["bins"]
-    labels = [f"<{b['hi']:.2g}" if b["lo"] is None else f"≥{b['lo']:.2g}" for b in bins]
-    right.bar(range(len(bins)), [b["agreement"] or 0 for b in bins], label="reviewed pairs")
-    right.plot(range(len(bins)), [b["model_agreement"] or 0 for b in bins], color="black", marker=".",
-               label="model, all pairs")
-    right.legend(loc="lower right")
-    right.set_xticks(range(len(bins)), labels, rotation=45, fontsize=7)
-    right.set_xlabel("pref_mean bin")
-    right.set_ylabel("share of reviewed pairs humans kept")
-    fig.tight_layout()
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
 
 
 def coverage_summary(doc: dict[str, Any]) -> dict[str, Any]:
