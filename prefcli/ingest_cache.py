@@ -38,7 +38,7 @@ DIR = "ingest-files"
 ENTRY_FORMAT = "prefcli-ingest-cache/1"
 ENTRY = "entry.json"
 PARTS = {"pairs": pair_schema, "rejects": lambda: REJECTS_SCHEMA}  # part -> schema; file = <part>.parquet
-PARSER_CODE = ("formats", "stages/ingest.py", "pairs.py", "text.py", "schema.py", "io.py")
+PARSER_CODE = ("formats", "stages/ingest.py", "pairs.py", "text.py", "schema.py", "io")
 CACHE_WRITE_ERRORS = (OSError, pa.ArrowException, CannotCreate, IOFailure)  # the sinks name their path
 ENTRY_COMPRESSION = "lz4"  # ~2x the size of zstd, but written and replayed several times faster
 

@@ -9,7 +9,8 @@ import typer
 from .. import io
 from ..errors import InputError
 from ..outputs import OutputPlan
-from ..stages.export import FORMATS, JSONL_FORMATS, check_where, export_pairs, iter_rows, to_hf_dataset
+from ..stages.export import (FORMATS, JSONL_FORMATS, check_where, export_pairs, iter_rows, save_dataset_to,
+                              to_hf_dataset)
 from .common import OUTPUT_PATH, Input, Json, Overwrite, Quiet, Seed, handle_errors, number, reporter
 
 ORDER = 90
@@ -66,7 +67,7 @@ def export_command(
             elif to == "parquet":
                 plan.write(output, result.out)
             else:
-                plan.write_with(output, lambda tmp: io.save_dataset_to(to_hf_dataset(result.out), tmp))
+                plan.write_with(output, lambda tmp: save_dataset_to(to_hf_dataset(result.out), tmp))
             plan.commit()
     if push_to_hub:
         push(result.out, push_to_hub, private)

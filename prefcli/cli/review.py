@@ -8,7 +8,7 @@ import typer
 
 from .. import io
 from ..errors import InputError
-from ..outputs import OutputPlan
+from ..outputs import OutputPlan, write_files_into
 from ..report import Table, check_accounting
 from ..schema import validate
 from ..stages import review as stage
@@ -122,10 +122,10 @@ def export_command(
     elif to == "argilla":
         files = stage.argilla_dataset(tasks, name=name)
     else:
-        files = {"tasks.csv": io.csv_text(stage.csv_tasks(tasks), stage.CSV_COLUMNS)}
+        files = {"tasks.csv": stage.csv_text(stage.csv_tasks(tasks), stage.CSV_COLUMNS)}
     files[EXPORT_MARKER] = {"command": "prefcli review export", "format": to, "tasks": len(tasks), "queue": queue,
                             "note": "left/right order is random per task; the mapping stays in the queue"}
-    plan.write_with(output, lambda tmp: io.write_files_into(tmp, files))
+    plan.write_with(output, lambda tmp: write_files_into(tmp, files))
     plan.commit()
     rep.summary("review export", {"format": to, "tasks": len(tasks), "output": output,
                                   "files": ",".join(sorted(f for f in files if f != EXPORT_MARKER))})

@@ -19,6 +19,7 @@ signed value.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Iterator, Sequence
 
@@ -238,3 +239,11 @@ def to_hf_dataset(table: pa.Table):
     import datasets
 
     return datasets.Dataset(datasets.table.InMemoryTable(table))
+
+
+def save_dataset_to(dataset, directory: str | os.PathLike) -> None:
+    """`datasets.Dataset.save_to_disk` into a new directory (an OutputPlan's staged temp)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # no bars in cron logs
+    dataset.save_to_disk(str(directory))

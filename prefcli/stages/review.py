@@ -22,6 +22,8 @@ The previous label source stays in `review_prev_label_source`, the swap in `revi
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 from collections import Counter, deque
@@ -358,6 +360,15 @@ def csv_tasks(tasks: Sequence[Task]) -> list[dict[str, str]]:
     """Rows for spreadsheet reviewers: fill `verdict` with left, right, tie or both-bad, and `annotator`."""
     return [{"task_id": t.task_id, "prompt": t.prompt, "left": t.left, "right": t.right,
              "verdict": "", "annotator": "", "justification": ""} for t in tasks]
+
+
+def csv_text(rows: list[dict], columns: Sequence[str]) -> str:
+    """CSV text with a header row; fields are quoted as needed (newlines inside cells survive)."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
 
 
 # --------------------------------------------------------------------------- verdict import
