@@ -9,7 +9,7 @@ import pyarrow as pa
 import pytest
 
 from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
-from prefcli.models.cache import VectorStore
+from prefcli.cache.vectors import VectorStore
 from prefcli.models.embed import CachedEmbedder
 from prefcli.models.index import UnionFind, connected_components
 from prefcli.report import check_accounting

@@ -15,7 +15,7 @@ import pytest
 
 from prefcli import io
 from prefcli.cli.ingest import ingest
-from prefcli.ingest_cache import DIR, ENTRY
+from prefcli.cache.ingest import DIR, ENTRY
 from conftest import run_cli
 
 ALPACA = "alpaca-eval-annotations/annotations_compact.jsonl.gz"

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 import typer
 
 from .. import io
+from ..cache.ingest import CachedSource, IngestCache
 from ..formats import FORMAT_NAMES, REJECTS_SCHEMA, IngestOptions, check_format, parse_mapping
 from ..formats.base import LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS
-from ..ingest_cache import CachedSource, IngestCache
 from ..outputs import OutputPlan
 from ..report import Table
 from ..schema import pair_schema

@@ -19,6 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..cache.graphs import GRAPH_DIR, graph_source
 from ..errors import InputError
 from ..models.index import NeighbourIndex, connected_components
 from ..report import StageResult, mark_set_aside
@@ -646,9 +647,6 @@ def _clip(text: str, width: int = 100) -> str:
 
 # --------------------------------------------------------------------------- the Stage object
 
-GRAPH_DIR = "dedup-graphs"  # <cache dir>/dedup-graphs/<fingerprint>.parquet
-
-
 def load_eval_prompts(paths: list[str] | str) -> list[str]:
     """Eval prompts from any file ingest reads, or a plain .txt / JSON / JSONL list of prompts."""
     from .ingest import load_prompts
@@ -658,24 +656,6 @@ def load_eval_prompts(paths: list[str] | str) -> list[str]:
     if not any(p.strip() for p in prompts):
         raise InputError(f"--against {' '.join(paths)}: no prompts found")
     return prompts
-
-
-def graph_source(explicit: str | None, cache_root) -> Callable[[str], pa.Table | None]:
-    """fingerprint -> stored graph table (from --graph, else the cache), or None."""
-    from pathlib import Path
-
-    from .. import io
-
-    def find(fingerprint: str) -> pa.Table | None:
-        for path in (explicit, cache_root and Path(cache_root) / GRAPH_DIR / f"{fingerprint}.parquet"):
-            if path and Path(path).is_file():
-                try:
-                    return io.read_table(path)
-                except InputError:
-                    continue  # an unreadable graph is only a missed shortcut: it is rebuilt
-        return None
-
-    return find
 
 
 from typing import Literal, Optional  # noqa: E402
@@ -748,7 +728,7 @@ class DedupStage(Stage):
         self.options(ctx).check()
 
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
-        from ..models.cache import default_cache_dir
+        from ..cache.vectors import default_cache_dir
         from ..models.embed import STATIC, build_embedder
 
         p = self.params

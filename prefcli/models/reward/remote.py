@@ -24,8 +24,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...cache.vectors import VectorStore
 from ...errors import InputError
-from ..cache import VectorStore
 
 FLUSH_SECONDS = 0.2
 TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
