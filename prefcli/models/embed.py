@@ -13,7 +13,7 @@ from ..cache.memo import memoised
 from ..cache.vectors import VectorStore
 from ..errors import InputError
 from ..io import remove_path
-from ..text import digest, normalize
+from ..text import text_keys
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -150,7 +150,7 @@ class CachedEmbedder:
         return self.embedder.dim
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        vectors, computed = memoised([digest(normalize(t)) for t in texts], self.store,
+        vectors, computed = memoised(text_keys(texts), self.store,
                                      lambda rows: self.embedder.encode([texts[i] for i in rows]),
                                      width=lambda: self.dim)
         self.computed += computed
@@ -160,7 +160,7 @@ class CachedEmbedder:
         """(found mask, vectors) from the cache alone: never embeds; rows not found are zeros."""
         if self.store is None:
             return np.zeros(len(texts), bool), np.zeros((len(texts), self.dim), np.float32)
-        return self.store.get([digest(normalize(t)) for t in texts])
+        return self.store.get(text_keys(texts))
 
 
 # --------------------------------------------------------------------------- static tier

@@ -24,7 +24,7 @@ from ..errors import InputError
 from ..models.index import NeighbourIndex, connected_components
 from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
-from ..text import digest, normalize, render_messages, texts_for
+from ..text import digest, normalize, render_messages, text_key, text_keys, texts_for
 
 STAGE = "dedup"
 TEXT_VIEWS = ("prompt", "pair", "chosen")
@@ -87,13 +87,6 @@ class ExactGroups:
     @property
     def nodes(self) -> int:
         return len(self.keys)
-
-
-def text_keys(texts: Sequence[str]) -> list[str]:
-    """Content key of each text: hash of its normalised form (the embedding cache uses the same key).
-    Repeated texts (many pairs share a prompt) are normalised once."""
-    keys: dict[str, str] = {}
-    return [keys[t] if t in keys else keys.setdefault(t, digest(normalize(t))) for t in texts]
 
 
 def exact_groups(keys: Sequence[str]) -> ExactGroups:
@@ -260,7 +253,7 @@ def contamination(table: pa.Table, eval_prompts: Sequence[str], embedder, *, thr
     rendered = [render_messages(m) for m in prompts]
     groups = exact_groups(text_keys(rendered))
     node_exact = np.array([k in eval_keys for k in groups.keys], dtype=bool)
-    turn_exact = np.array([any(m["role"] == "user" and digest(normalize(m["content"])) in eval_keys for m in turns)
+    turn_exact = np.array([any(m["role"] == "user" and text_key(m["content"]) in eval_keys for m in turns)
                            for turns in prompts], dtype=bool)
     exact = node_exact[groups.node_of_row] | turn_exact
     node_texts = [rendered[i] for i in groups.first_row]

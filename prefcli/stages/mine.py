@@ -43,7 +43,7 @@ from ..errors import InputError
 from ..pairs import build_pairs
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
-from ..text import digest, normalize, render_messages
+from ..text import render_messages, text_key
 
 STAGE = "mine"
 STRATEGIES = ("same-prompt", "neighbor-prompts", "both")
@@ -239,7 +239,7 @@ class _ResponsePool:
                                                     frame.column(side).to_pylist())):
                     g = group_index[group_of_prompt[pid]]
                     first_prompt.setdefault(g, prompts[r])
-                    key = text_key(text)
+                    key = int(text_key(text)[:16], 16)  # 64 bits of it: equal keys = exact duplicates
                     slot = index.get((g, key))
                     if slot is None:
                         slot = index[(g, key)] = len(texts)
@@ -270,11 +270,6 @@ def _prompt_groups(table: pa.Table, prompt_ids: list[str]) -> dict[str, str]:
             if cluster is not None and groups.get(pid, "").startswith("p:"):
                 groups[pid] = f"c:{cluster}"
     return groups
-
-
-def text_key(text: str) -> int:
-    """64-bit key of a response's normalised text: equal keys = exact duplicates after normalisation."""
-    return int(digest(normalize(text))[:16], 16)
 
 
 def _source_rows(table: pa.Table, params: MineParams) -> np.ndarray:
