@@ -16,6 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from .errors import InputError
+from .options import coerce
 
 BUCKETS = ("incorrect", "ambiguous", "normal", "strong")
 CALIBRATION_VERSION = 1
@@ -50,10 +51,7 @@ class BucketThresholds:
             if key == "ambiguous_std" and raw.lower() in ("", "none", "null"):
                 values[key] = None
                 continue
-            try:
-                values[key] = float(raw)
-            except ValueError:
-                raise InputError(f"{where}: {key}={raw!r} is not a number") from None
+            values[key] = coerce(raw, 0.0, where, key)
             if not math.isfinite(values[key]):
                 raise InputError(f"{where}: {key}={raw!r} is not finite")
         return BucketThresholds(**values)

@@ -11,12 +11,13 @@ from .. import io
 from ..cache.ingest import CachedSource, IngestCache
 from ..formats import FORMAT_NAMES, REJECTS_SCHEMA, IngestOptions, check_format, parse_mapping
 from ..formats.base import LABEL_SCHEMES, LABEL_SOURCES, PAIRINGS
+from ..options import parse_key_values
 from ..outputs import OutputPlan
 from ..report import Table
 from ..schema import pair_schema
 from ..stages.ingest import SourceIngest, source_label
 from .common import (OUTPUT_PATH, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors, number,
-                     parse_kv, reporter, side_path)
+                     reporter, side_path)
 
 ORDER = 10
 
@@ -60,7 +61,7 @@ def ingest(
     """Convert raw preference data (hh-rlhf, trl, pairwise, votes, multi-response, oasst, or --map) to pairs."""
     report = reporter(quiet, json_mode, output)
     options = IngestOptions(pairing=pairing, min_margin=min_margin, keep_ties=keep_ties, label_source=label_source,
-                            label_scheme=label_scheme, mapping=parse_mapping(parse_kv(mapping or "", "--map")),
+                            label_scheme=label_scheme, mapping=parse_mapping(parse_key_values(mapping or "", "--map")),
                             columnar=os.environ.get("PREFCLI_INGEST_COLUMNAR", "1") != "0")
     check_format(fmt)
     files = [(spec, file) for spec in sources for file in io.expand_sources([spec])]

@@ -9,13 +9,14 @@ import typer
 from .. import io
 from ..errors import InputError
 from ..models.length import LengthMeasure
+from ..options import parse_key_values
 from ..outputs import OutputPlan
 from ..plots import length_bias_figure
 from ..report import Table, check_accounting
 from ..scoring import BucketThresholds
 from ..stages import length_bias as lb
 from .common import (OUTPUT_PATH, Input, Json, MaxRejectRate, Output, Quiet, Seed, enforce_reject_rate, handle_errors,
-                     parse_kv, plan_stage, reporter, write_stage)
+                     plan_stage, reporter, write_stage)
 
 ORDER = 60
 
@@ -126,7 +127,7 @@ def fit_cmd(
     plan.add("--table", table_out)
     if method not in lb.METHODS:
         raise InputError(f"--method: expected one of {', '.join(lb.METHODS)}, got '{method}'")
-    bucket_thresholds = BucketThresholds().with_overrides(parse_kv(thresholds or "", "--thresholds"))
+    bucket_thresholds = BucketThresholds().with_overrides(parse_key_values(thresholds or "", "--thresholds"))
     measure = LengthMeasure(length)
     table = io.read_pairs(input)
     keys = lb.select_scores(table, score, where=input)

@@ -9,9 +9,10 @@ import typer
 from .. import io
 from ..errors import InputError, ProblemsReported
 from ..models.reward import parse_rm_spec
+from ..options import parse_key_values
 from ..report import Timer, check_accounting
 from ..stages.vote import ACTIONS, BucketThresholds, VoteParams, report_tables, thresholds_from_calibration, vote
-from .common import (OUTPUT_PATH, CacheDir, Device, Input, Json, Output, Quiet, Seed, handle_errors, number, parse_kv,
+from .common import (OUTPUT_PATH, CacheDir, Device, Input, Json, Output, Quiet, Seed, handle_errors, number,
                      plan_stage, reporter, write_stage)
 
 ORDER = 40
@@ -42,7 +43,7 @@ def build_thresholds(thresholds: str | None, calibration: str | None) -> BucketT
     base = BucketThresholds()
     if calibration:
         base = thresholds_from_calibration(io.read_json(calibration), where=calibration)
-    return base.with_overrides(parse_kv(thresholds or "", "--thresholds"))
+    return base.with_overrides(parse_key_values(thresholds or "", "--thresholds"))
 
 
 @handle_errors
