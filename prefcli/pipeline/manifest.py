@@ -60,7 +60,7 @@ def load_manifest(workdir: Path) -> dict:
 
 
 def stage_key(material: dict) -> str:
-    from .text import digest
+    from ..text import digest
 
     return digest(json.dumps(material, sort_keys=True, ensure_ascii=False, default=str))
 
