@@ -66,3 +66,9 @@ def os_failure(exc: OSError, path: str | os.PathLike | None = None) -> PrefcliEr
     if exc.errno in _CANT_CREATE and not any(m in text for m in _IO_MESSAGES):
         return CannotCreate(f"{where}: cannot create output ({cause})")
     return IOFailure(f"{where}: I/O error ({cause})")
+
+
+def exception_summary(exc: BaseException) -> str:
+    """The first line of an exception's message (at most 200 characters), or its type name."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return text[:200]

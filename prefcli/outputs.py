@@ -247,7 +247,7 @@ def _as_bytes(data: bytes | str | dict | list) -> bytes:
         return data
     if isinstance(data, str):
         return data.encode("utf-8")
-    return (json.dumps(data, indent=2, ensure_ascii=False, default=io._json_default) + "\n").encode("utf-8")
+    return (json.dumps(data, indent=2, ensure_ascii=False, default=io.json_default) + "\n").encode("utf-8")
 
 
 def _backup(final: Path) -> Path | None:
@@ -293,3 +293,15 @@ def _fsync_dir(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_files_into(directory: str | os.PathLike, files: dict[str, Any]) -> None:
+    """Fill a new directory (an OutputPlan's staged temp) with files; dict/list values become JSON."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    for name, content in files.items():
+        dest = root / name
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if isinstance(content, (dict, list)):
+            content = json.dumps(content, indent=2, ensure_ascii=False, default=io.json_default) + "\n"
+        dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)

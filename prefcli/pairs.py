@@ -1,11 +1,14 @@
-"""Build canonical pair tables from columns: the one constructor used by ingest adapters, stages and tests."""
+"""Build canonical pair tables from columns (the one constructor used by ingest adapters, stages and tests),
+and swap the sides of chosen/rejected pairs."""
 
 from __future__ import annotations
 
 import json
 from typing import Any, Sequence
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from .schema import pair_schema
 from .text import pair_id as _pair_id, prompt_id as _prompt_id
@@ -59,3 +62,16 @@ def build_pairs(
 
 def user_prompt(text: str) -> list[dict]:
     return [{"role": "user", "content": text}]
+
+
+def swap_sides(table: pa.Table, mask: np.ndarray) -> pa.Table:
+    """chosen <-> rejected (and their scores) where mask; pair_id keeps naming the original pair."""
+    if not mask.any():
+        return table
+    m = pa.array(mask)
+    for a, b in (("chosen", "rejected"), ("chosen_score", "rejected_score")):
+        col_a, col_b = table.column(a), table.column(b)
+        new_a, new_b = pc.if_else(m, col_b, col_a), pc.if_else(m, col_a, col_b)
+        table = table.set_column(table.column_names.index(a), a, new_a)
+        table = table.set_column(table.column_names.index(b), b, new_b)
+    return table

@@ -6,10 +6,9 @@ import json
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator
 
-import pyarrow as pa
 
 from .result import SET_ASIDE_REASON, SET_ASIDE_STAGE, StageResult, check_accounting, mark_set_aside  # noqa: F401
 

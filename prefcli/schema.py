@@ -1,4 +1,4 @@
-"""The canonical pair schema, built from schemas/pairs.v1.json (the one source of truth).
+"""The canonical pair schema, built from prefcli/schemas/pairs.v1.json (the one source of truth).
 
 `validate` checks a table against it and returns it cast to the canonical Arrow types;
 `with_stage_columns` is how a stage adds its prefixed columns without touching others'.
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from pathlib import Path
+from importlib import resources
 from typing import Mapping
 
 import pyarrow as pa
@@ -32,18 +32,10 @@ _TYPES = {
 }
 
 
-def _schema_path() -> Path:
-    # Installed (site-packages) or source tree: schemas/ sits beside the package.
-    here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "schemas" / _SCHEMA_FILE, here / "schemas" / _SCHEMA_FILE):
-        if candidate.exists():
-            return candidate
-    raise FileNotFoundError(f"schema document {_SCHEMA_FILE} not found beside {here}")
-
-
 @lru_cache(maxsize=1)
 def schema_document() -> dict:
-    return json.loads(_schema_path().read_text())
+    """The packaged schema document, prefcli/schemas/pairs.v1.json (package data)."""
+    return json.loads(resources.files(__package__).joinpath("schemas", _SCHEMA_FILE).read_text(encoding="utf-8"))
 
 
 @lru_cache(maxsize=1)

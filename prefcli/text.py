@@ -35,6 +35,18 @@ def render_messages(messages: Sequence[dict] | None) -> str:
     return "\n\n".join(f"{m['role']}: {m['content']}" for m in messages)
 
 
+def text_key(text: str) -> str:
+    """Content key of a text: the digest of its normalised form, so equal keys mean the same text after
+    normalisation. The embedding cache, dedup's exact groups and mine's duplicate check all use it."""
+    return digest(normalize(text))
+
+
+def text_keys(texts: Sequence[str]) -> list[str]:
+    """text_key of each text; repeated texts (many pairs share a prompt) are normalised once."""
+    keys: dict[str, str] = {}
+    return [keys[t] if t in keys else keys.setdefault(t, text_key(t)) for t in texts]
+
+
 def prompt_id(messages: Sequence[dict]) -> str:
     return digest(normalize(render_messages(messages)))
 

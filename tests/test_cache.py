@@ -9,7 +9,7 @@ import time
 import numpy as np
 
 from conftest import assert_one_line_error, run_cli
-from prefcli.models.cache import VectorStore
+from prefcli.cache.vectors import VectorStore
 from prefcli.text import digest
 
 

@@ -9,9 +9,9 @@ import pyarrow as pa
 import pytest
 
 from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
-from prefcli.models.cache import VectorStore
+from prefcli.cache.vectors import VectorStore
 from prefcli.models.embed import CachedEmbedder
-from prefcli.models.index import UnionFind, connected_components
+from prefcli.models.index import connected_components
 from prefcli.report import check_accounting
 from prefcli.stages.dedup import DedupOptions, dedup, dedup_new_rows, explain, text_keys
 
@@ -201,17 +201,20 @@ def test_explain_histogram_and_thresholds(variant_table, embedder):
     assert all(s["similarity"] >= t["threshold"] for t in report["thresholds"] for s in t["samples"])
 
 
-def test_vectorised_union_find_matches_sequential():
+def test_connected_components_label_each_node_with_its_smallest_member():
+    """What dedup clusters with: checked against label propagation (each edge takes the smaller label of
+    its ends until nothing changes, which leaves every node the smallest index of its component)."""
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 500, 300), rng.integers(0, 500, 300)
-    sequential = UnionFind(500)
-    for x, y in zip(a, b):
-        sequential.union(int(x), int(y))
-    batched = UnionFind(500)
-    batched.union_many(a[:150], b[:150])
-    batched.union_many(a[150:], b[150:])
-    assert np.array_equal(sequential.roots(), batched.roots())
-    assert np.array_equal(connected_components(500, a, b), sequential.roots())
+    expected = np.arange(500)
+    while True:
+        low = np.minimum(expected[a], expected[b])
+        if np.array_equal(expected[a], low) and np.array_equal(expected[b], low):
+            break
+        np.minimum.at(expected, a, low)
+        np.minimum.at(expected, b, low)
+    assert np.array_equal(connected_components(500, a, b), expected)
+    assert np.array_equal(connected_components(4, [], []), np.arange(4))
 
 
 def test_ivf_search_finds_planted_near_duplicates():

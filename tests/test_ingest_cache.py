@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from prefcli import io
-from prefcli.ingest_cache import DIR, ENTRY
+from prefcli.cache.ingest import DIR, ENTRY
 from conftest import run_cli
 from ingest_helpers import cli
 
@@ -131,8 +131,8 @@ def test_replay_reproduces_row_groups_split_by_bytes(tmp_path, shared_data, monk
     for name, part in {"x.jsonl": lines[:70], "y.jsonl": lines[70:]}.items():
         (tmp_path / name).write_text("".join(part))
     monkeypatch.setattr(io, "iter_raw", functools.partial(io.iter_raw, batch_rows=16))
-    monkeypatch.setattr(io, "ROW_GROUP_ROWS", 60)
-    monkeypatch.setattr(io, "ROW_GROUP_BYTES", 40_000)
+    monkeypatch.setattr(io.parquet, "ROW_GROUP_ROWS", 60)  # read by ParquetSink
+    monkeypatch.setattr(io.parquet, "ROW_GROUP_BYTES", 40_000)
 
     def run(output: str, cache: Path | None) -> Path:
         ingest_here(capsys, [tmp_path / "x.jsonl", tmp_path / "y.jsonl"], tmp_path / output, cache)

@@ -260,7 +260,7 @@ def test_pyarrow_json_not_looser_than_python():
 def test_switch_and_cache_key(tmp_path):
     """The per-record switch is an option (part of the cache key); the fast path's code is in the
     parser digest, so a cache entry never outlives a change to it."""
-    from prefcli.ingest_cache import IngestCache, parser_digest, PARSER_CODE
+    from prefcli.cache.ingest import IngestCache, parser_digest, PARSER_CODE
 
     assert "formats" in PARSER_CODE and columnar.__file__.endswith("formats/columnar.py")
     src = tmp_path / "a.jsonl"

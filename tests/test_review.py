@@ -14,6 +14,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli
 from prefcli import io
 from prefcli.errors import InputError
+from prefcli.outputs import write_files_into
 from prefcli.stages import review
 from prefcli.text import texts_for
 from review_data import majority_prefers_chosen, pandalm_pairs, pandalm_records, simulated_choice
@@ -190,7 +191,7 @@ def test_argilla_round_trip(pairs, queue, files):
             "justification": [{"value": "looked fine", "user_id": "user-0"}],
         }
     layout["records.json"] = records
-    io.write_files_into(files / "argilla", layout)
+    write_files_into(files / "argilla", layout)
     proc = run_cli("review", "import", str(files / "argilla"), "--into", str(files / "in.parquet"),
                    "--queue", str(files / "queue.parquet"), "-o", str(files / "arg_out.parquet"), "--quiet")
     assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode()
@@ -200,7 +201,7 @@ def test_argilla_round_trip(pairs, queue, files):
 
 def test_csv_round_trip_with_one_file_per_annotator(pairs, queue, files):
     (files / "csv").mkdir(exist_ok=True)
-    io.write_text(io.csv_text(review.csv_tasks(review.tasks_from_queue(queue)), review.CSV_COLUMNS),
+    io.write_text(review.csv_text(review.csv_tasks(review.tasks_from_queue(queue)), review.CSV_COLUMNS),
                   files / "csv" / "tasks.csv")
     truth = _truth_for_task(queue, pairs[1])
     words = {"left": "A", "right": "B", "tie": "Tie"}
@@ -212,7 +213,7 @@ def test_csv_round_trip_with_one_file_per_annotator(pairs, queue, files):
             row["verdict"] = words[simulated_choice(truth[row["task_id"]], k, row["left"])]
             row["annotator"] = f"reviewer{k}"
         path = files / "csv" / f"reviewer{k}.csv"
-        io.write_text(io.csv_text(rows, review.CSV_COLUMNS), path)
+        io.write_text(review.csv_text(rows, review.CSV_COLUMNS), path)
         paths.append(str(path))
     proc = run_cli("review", "import", *paths, "--into", str(files / "in.parquet"),
                    "--queue", str(files / "queue.parquet"), "-o", str(files / "csv_out.parquet"), "--json")
@@ -235,8 +236,8 @@ def test_bad_verdict_files_fail_with_one_line_and_write_nothing(pairs, queue, fi
     task = queue.column("review_task_id")[0].as_py()
     (files / "bad").mkdir(exist_ok=True)
     dup = [{"task_id": task, "verdict": "left", "annotator": "x"}]
-    io.write_text(io.csv_text(dup, review.CSV_COLUMNS), files / "bad" / "one.csv")
-    io.write_text(io.csv_text(dup, review.CSV_COLUMNS), files / "bad" / "two.csv")
+    io.write_text(review.csv_text(dup, review.CSV_COLUMNS), files / "bad" / "one.csv")
+    io.write_text(review.csv_text(dup, review.CSV_COLUMNS), files / "bad" / "two.csv")
     out = files / "bad" / "out.parquet"
     common = ["--into", str(files / "in.parquet"), "--queue", str(files / "queue.parquet"), "-o", str(out)]
     proc = run_cli("review", "import", str(files / "bad" / "one.csv"), str(files / "bad" / "two.csv"), *common)

@@ -1,8 +1,11 @@
-"""The canonical schema: built from schemas/pairs.v1.json, validate() round trip, stage column ownership."""
+"""The canonical schema: the packaged prefcli/schemas/pairs.v1.json is what validate() enforces; round trip,
+stage column ownership."""
 
 from __future__ import annotations
 
 import json
+from importlib import resources
+from pathlib import Path
 
 import pyarrow as pa
 import pytest
@@ -10,7 +13,7 @@ import pytest
 from conftest import ROOT
 from prefcli.errors import SchemaError
 from prefcli.pairs import build_pairs
-from prefcli.schema import (MESSAGES_TYPE, core_columns, pair_schema, stage_columns_present, validate,
+from prefcli.schema import (MESSAGES_TYPE, core_columns, pair_schema, stage_columns_present, stage_of, validate,
                             with_stage_columns)
 from prefcli.text import pair_id
 
@@ -22,10 +25,44 @@ def small() -> pa.Table:
                        chosen_score=[2.0, None], label_source=["human", "ai"], meta=[{"k": 1}, None])
 
 
-def test_schema_matches_json_document():
-    doc = json.loads((ROOT / "schemas" / "pairs.v1.json").read_text())
-    assert core_columns() == [c["name"] for c in doc["columns"]]
+def packaged_document() -> dict:
+    return json.loads(resources.files("prefcli").joinpath("schemas", "pairs.v1.json").read_text(encoding="utf-8"))
+
+
+def test_packaged_document_is_what_validate_enforces():
+    """The packaged JSON's columns, types, nullability, enums and non-empty rules are what validate() checks."""
+    doc = packaged_document()
+    table = small()
+    assert validate(table).num_rows == 2
+    assert pair_schema().names == core_columns() == [c["name"] for c in doc["columns"]]
     assert pair_schema().field("prompt").type == MESSAGES_TYPE
+    for spec in doc["columns"]:
+        name = spec["name"]
+        with pytest.raises(SchemaError, match=f"missing column '{name}'"):
+            validate(table.drop_columns([name]))
+        column = table.column_names.index(name)
+        nulled = table.set_column(column, name, pa.nulls(2, table.schema.field(name).type))
+        if spec["nullable"]:
+            assert validate(nulled).column(name).null_count == 2
+        else:
+            with pytest.raises(SchemaError, match=f"column '{name}' is null"):
+                validate(nulled)
+        if spec.get("non_empty"):
+            with pytest.raises(SchemaError, match=f"column '{name}' is empty text"):
+                validate(table.set_column(column, name, pa.array([" ", "x"], pa.large_string())))
+        if "enum" in spec:
+            for value in spec["enum"]:
+                validate(table.set_column(column, name, pa.array([value] * 2, pa.large_string())))
+            with pytest.raises(SchemaError, match=f"column '{name}' is 'other', expected one of"):
+                validate(table.set_column(column, name, pa.array(["other"] * 2, pa.large_string())))
+    for stage, spec in doc["stage_columns"].items():
+        assert all(stage_of(f"{prefix}x") == stage for prefix in spec["prefixes"])
+        assert all(stage_of(column) == stage for column in spec["columns"])
+
+
+def test_top_level_schemas_dir_links_to_the_packaged_document():
+    packaged = resources.files("prefcli").joinpath("schemas", "pairs.v1.json")
+    assert (ROOT / "schemas" / "pairs.v1.json").resolve() == Path(str(packaged)).resolve()
 
 
 def test_validate_round_trip_through_parquet(tmp_path):

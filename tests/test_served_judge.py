@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import assert_one_line_error, run_cli
-from prefcli.models.cache import VectorStore, list_namespaces
+from prefcli.cache.vectors import VectorStore, list_namespaces
 from prefcli.pairs import build_pairs, user_prompt
 from served_helpers import FaultProxy, VllmServer, build_tiny_pair, vllm_python
 from test_vote_hf import CORPUS

@@ -168,19 +168,6 @@ def enforce_reject_rate(rows_in: int, set_aside: int, limit: float | None, what:
                                f"above --max-reject-rate {limit:.1%}")
 
 
-def parse_kv(spec: str, option: str) -> dict[str, str]:
-    """Parse `a=1,b=x` option values; a one-line InputError names the option on a bad item."""
-    out: dict[str, str] = {}
-    if not spec:
-        return out
-    for item in spec.split(","):
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"{option}: expected key=value, got '{item}'")
-        out[key.strip()] = value.strip()
-    return out
-
-
 EXIT_CODES_DOC = (f"Exit codes: 0 ok; 1 ran but reported problems; {EXIT_BAD_INPUT} bad input or usage; 3 workdir "
                   f"locked; {EXIT_SOFTWARE} internal error; {EXIT_CANT_CREATE} an output cannot be created; "
                   f"{EXIT_IO} I/O error (e.g. disk full).")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from ..stages.dedup import GRAPH_DIR, DedupStage, explain_tables, graph_source, load_eval_prompts  # noqa: F401
+from ..stages.dedup import DedupStage
 from .generate import register_stage
 
 ORDER = 20

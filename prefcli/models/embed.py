@@ -9,10 +9,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from ..cache.memo import memoised
+from ..cache.vectors import VectorStore
 from ..errors import InputError
 from ..io import remove_path
-from ..text import digest, normalize
-from .cache import VectorStore
+from ..text import text_keys
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -149,31 +150,17 @@ class CachedEmbedder:
         return self.embedder.dim
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        keys = [digest(normalize(t)) for t in texts]
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
-        unique_keys = list(first)
-        unique_texts = [texts[first[k]] for k in unique_keys]
-        if self.store is not None:
-            found, vectors = self.store.get(unique_keys)
-        else:
-            found, vectors = np.zeros(len(unique_keys), bool), np.zeros((len(unique_keys), self.dim), np.float32)
-        missing = np.flatnonzero(~found)
-        if len(missing):
-            fresh = self.embedder.encode([unique_texts[i] for i in missing])
-            vectors[missing] = fresh
-            self.computed += len(missing)
-            if self.store is not None:
-                self.store.put([unique_keys[i] for i in missing], fresh)
-        position = {k: i for i, k in enumerate(unique_keys)}
-        return vectors[[position[k] for k in keys]]
+        vectors, computed = memoised(text_keys(texts), self.store,
+                                     lambda rows: self.embedder.encode([texts[i] for i in rows]),
+                                     width=lambda: self.dim)
+        self.computed += computed
+        return vectors
 
     def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, vectors) from the cache alone: never embeds; rows not found are zeros."""
         if self.store is None:
             return np.zeros(len(texts), bool), np.zeros((len(texts), self.dim), np.float32)
-        return self.store.get([digest(normalize(t)) for t in texts])
+        return self.store.get(text_keys(texts))
 
 
 # --------------------------------------------------------------------------- static tier

@@ -1,4 +1,5 @@
-"""Nearest-neighbour search over L2-normalised vectors with faiss (GPU when present), and union-find."""
+"""Nearest-neighbour search over L2-normalised vectors with faiss (GPU when present), and the connected
+components of a link graph."""
 
 from __future__ import annotations
 
@@ -67,46 +68,6 @@ class NeighbourIndex:
         k = max(1, min(k, self.vectors.shape[0]))
         sims, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
         return sims, ids
-
-
-class UnionFind:
-    def __init__(self, n: int):
-        self.parent = np.arange(n)
-
-    def find(self, x: int) -> int:
-        parent = self.parent
-        root = x
-        while parent[root] != root:
-            root = parent[root]
-        while parent[x] != root:
-            parent[x], x = root, parent[x]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            # the smaller index becomes the root, so cluster ids follow first occurrence
-            if ra < rb:
-                self.parent[rb] = ra
-            else:
-                self.parent[ra] = rb
-
-    def union_many(self, a: np.ndarray, b: np.ndarray) -> None:
-        """Union every pair (a[i], b[i]) at once (vectorised); roots stay the smallest member."""
-        roots = self.roots()
-        merged = connected_components(len(roots), roots[np.asarray(a)], roots[np.asarray(b)])
-        self.parent = merged[roots]
-
-    def roots(self) -> np.ndarray:
-        """Root of every element, by vectorised pointer jumping (also compresses all paths)."""
-        parent = self.parent
-        while True:
-            grand = parent[parent]
-            if np.array_equal(grand, parent):
-                break
-            parent = grand
-        self.parent = parent
-        return parent.copy()
 
 
 def connected_components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:

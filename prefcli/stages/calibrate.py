@@ -21,7 +21,6 @@ humans saw it) when present.
 
 from __future__ import annotations
 
-import io as _io
 import json
 from collections import Counter
 from pathlib import Path
@@ -34,7 +33,7 @@ from ..errors import InputError
 from ..report import Table
 from ..result import StageResult
 from ..stage import Context, Params, Stage, Write, option, register
-from .vote import BucketThresholds, calibration_document
+from ..scoring import BucketThresholds, calibration_document
 
 REQUIRES = {
     "pref_mean": "run `prefcli vote` first",
@@ -195,39 +194,6 @@ def _by_pref_agree(table: pa.Table, reviewed: np.ndarray, keep: np.ndarray) -> l
     return out
 
 
-def coverage_plot(doc: dict[str, Any]) -> bytes:
-    """PNG: coverage vs agreement of kept labels, and human agreement per μ̂ bin."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    points = [(r["keep_coverage"], r["keep_agreement"]) for r in doc["coverage"] if r["keep_agreement"] is not None]
-    left.plot([p[0] for p in points], [p[1] for p in points], marker="o")
-    left.axhline(doc["target"], color="grey", linestyle="--", label=f"target {doc['target']:.2f}")
-    if doc["kept_agreement"] is not None:
-        left.scatter([doc["kept_coverage"]], [doc["kept_agreement"]], color="red", zorder=3,
-                     label=f"ambiguous < {doc['thresholds']['ambiguous']:.3g}")
-    left.set_xlabel("coverage (share of pairs kept)")
-    left.set_ylabel("agreement of kept labels with humans")
-    left.legend(loc="lower left")
-    bins = doc["bins"]
-    labels = [f"<{b['hi']:.2g}" if b["lo"] is None else f"≥{b['lo']:.2g}" for b in bins]
-    right.bar(range(len(bins)), [b["agreement"] or 0 for b in bins], label="reviewed pairs")
-    right.plot(range(len(bins)), [b["model_agreement"] or 0 for b in bins], color="black", marker=".",
-               label="model, all pairs")
-    right.legend(loc="lower right")
-    right.set_xticks(range(len(bins)), labels, rotation=45, fontsize=7)
-    right.set_xlabel("pref_mean bin")
-    right.set_ylabel("share of reviewed pairs humans kept")
-    fig.tight_layout()
-    buffer = _io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    return buffer.getvalue()
-
-
 def coverage_summary(doc: dict[str, Any]) -> dict[str, Any]:
     t = doc["thresholds"]
     return {"reviewed": doc["reviewed"], "target": doc["target"], "incorrect": t["incorrect"],
@@ -294,14 +260,16 @@ class CalibrateStage(Stage):
         stats = {**coverage_summary(doc), "coverage": doc["coverage"]}
         artifacts: dict[str, Any] = {"calibration": doc}
         if p.png:
-            artifacts[PNG.name] = coverage_plot(doc)
+            artifacts[PNG.name] = doc
         self._ctx = ctx
         return StageResult(out=None, stats=stats, artifacts=artifacts)
 
     def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
         plan.write(paths["output"], json.dumps(result.artifacts["calibration"], indent=2, ensure_ascii=False) + "\n")
         if PNG.name in paths:
-            plan.write(paths[PNG.name], result.artifacts[PNG.name])
+            from ..plots import coverage_plot
+
+            plan.write(paths[PNG.name], coverage_plot(result.artifacts[PNG.name]))
 
     def after_write(self, stats: dict[str, Any]) -> None:
         ctx = getattr(self, "_ctx", None)

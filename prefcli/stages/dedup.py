@@ -13,17 +13,19 @@ Everything here is pure: tables, vectors and models come in, a StageResult comes
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from ..cache.graphs import GRAPH_DIR, graph_path, graph_source  # noqa: F401 (GRAPH_DIR re-exported)
 from ..errors import InputError
 from ..models.index import NeighbourIndex, connected_components
 from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
-from ..text import digest, normalize, render_messages, texts_for
+from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
+from ..text import digest, normalize, render_messages, text_key, text_keys, texts_for
 
 STAGE = "dedup"
 TEXT_VIEWS = ("prompt", "pair", "chosen")
@@ -86,13 +88,6 @@ class ExactGroups:
     @property
     def nodes(self) -> int:
         return len(self.keys)
-
-
-def text_keys(texts: Sequence[str]) -> list[str]:
-    """Content key of each text: hash of its normalised form (the embedding cache uses the same key).
-    Repeated texts (many pairs share a prompt) are normalised once."""
-    keys: dict[str, str] = {}
-    return [keys[t] if t in keys else keys.setdefault(t, digest(normalize(t))) for t in texts]
 
 
 def exact_groups(keys: Sequence[str]) -> ExactGroups:
@@ -259,7 +254,7 @@ def contamination(table: pa.Table, eval_prompts: Sequence[str], embedder, *, thr
     rendered = [render_messages(m) for m in prompts]
     groups = exact_groups(text_keys(rendered))
     node_exact = np.array([k in eval_keys for k in groups.keys], dtype=bool)
-    turn_exact = np.array([any(m["role"] == "user" and digest(normalize(m["content"])) in eval_keys for m in turns)
+    turn_exact = np.array([any(m["role"] == "user" and text_key(m["content"]) in eval_keys for m in turns)
                            for turns in prompts], dtype=bool)
     exact = node_exact[groups.node_of_row] | turn_exact
     node_texts = [rendered[i] for i in groups.first_row]
@@ -646,9 +641,6 @@ def _clip(text: str, width: int = 100) -> str:
 
 # --------------------------------------------------------------------------- the Stage object
 
-GRAPH_DIR = "dedup-graphs"  # <cache dir>/dedup-graphs/<fingerprint>.parquet
-
-
 def load_eval_prompts(paths: list[str] | str) -> list[str]:
     """Eval prompts from any file ingest reads, or a plain .txt / JSON / JSONL list of prompts."""
     from .ingest import load_prompts
@@ -660,27 +652,6 @@ def load_eval_prompts(paths: list[str] | str) -> list[str]:
     return prompts
 
 
-def graph_source(explicit: str | None, cache_root) -> Callable[[str], pa.Table | None]:
-    """fingerprint -> stored graph table (from --graph, else the cache), or None."""
-    from pathlib import Path
-
-    from .. import io
-
-    def find(fingerprint: str) -> pa.Table | None:
-        for path in (explicit, cache_root and Path(cache_root) / GRAPH_DIR / f"{fingerprint}.parquet"):
-            if path and Path(path).is_file():
-                try:
-                    return io.read_table(path)
-                except InputError:
-                    continue  # an unreadable graph is only a missed shortcut: it is rebuilt
-        return None
-
-    return find
-
-
-from typing import Literal, Optional  # noqa: E402
-
-from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register  # noqa: E402
 
 
 class DedupParams(Params):
@@ -748,7 +719,7 @@ class DedupStage(Stage):
         self.options(ctx).check()
 
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
-        from ..models.cache import default_cache_dir
+        from ..cache.vectors import default_cache_dir
         from ..models.embed import STATIC, build_embedder
 
         p = self.params
@@ -774,8 +745,7 @@ class DedupStage(Stage):
         graph_table = result.artifacts["graph"]
         reused = result.stats["graph_reused"]
         if not reused and getattr(self, "_cache_root", None) is not None:
-            cached = plan.add("cache", str(Path(self._cache_root) / GRAPH_DIR
-                                           / f"{result.artifacts['graph_fingerprint']}.parquet"))
+            cached = plan.add("cache", str(graph_path(self._cache_root, result.artifacts["graph_fingerprint"])))
             plan.write(cached, graph_table)
         graph = paths.get("graph")
         if graph and not (reused and Path(graph).is_file()):

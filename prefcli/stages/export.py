@@ -19,6 +19,7 @@ signed value.
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Iterator, Literal, Sequence
 
@@ -313,7 +314,7 @@ class ExportStage(Stage):
         elif to == "parquet":
             plan.write(output, rows)
         else:
-            plan.write_with(output, lambda tmp: io.save_dataset_to(to_hf_dataset(rows), tmp))
+            plan.write_with(output, lambda tmp: save_dataset_to(to_hf_dataset(rows), tmp))
 
     def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
         output = getattr(self, "_written", (None, None))[0]
@@ -332,3 +333,11 @@ def push(table: pa.Table, repo: str, private: bool) -> None:
     except Exception as exc:  # auth, network, offline mode, bad repo id: all "could not push"
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"--push-to-hub {repo}: could not push ({text[:200]})") from None
+
+
+def save_dataset_to(dataset, directory: str | os.PathLike) -> None:
+    """`datasets.Dataset.save_to_disk` into a new directory (an OutputPlan's staged temp)."""
+    import datasets
+
+    datasets.disable_progress_bars()  # no bars in cron logs
+    dataset.save_to_disk(str(directory))

@@ -218,7 +218,7 @@ class IngestStream:
         self._used = False
 
     def __iter__(self) -> Iterator[Chunk]:
-        from ..ingest_cache import CachedSource
+        from ..cache.ingest import CachedSource
 
         if self._used:
             raise RuntimeError("an ingest stream is read once")
@@ -323,7 +323,7 @@ class IngestStage(Stage):
                              columnar=p.columnar)
 
     def run(self, table: pa.Table | None, ctx: Context) -> StageResult:
-        from ..ingest_cache import IngestCache
+        from ..cache.ingest import IngestCache
 
         cache = IngestCache(ctx.cache_dir) if ctx.cache_dir and ctx.use_cache else None
         stream = IngestStream(ctx.inputs.get("sources") or [], fmt=self.params.fmt, options=self.options(),

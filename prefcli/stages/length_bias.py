@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,7 +28,7 @@ import pyarrow as pa
 from ..errors import InputError
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
-from .vote import BucketThresholds, aggregate_margins, prefixed_columns, robust_scale
+from ..scoring import BucketThresholds, aggregate_margins, prefixed_columns, robust_scale
 
 STAGE = "length_bias"
 MODEL_FORMAT = "prefcli.length_bias.v1"
@@ -639,56 +639,62 @@ def meta_groups(table: pa.Table, key_chosen: str, key_rejected: str, where: str 
     return chosen, rejected
 
 
-# --------------------------------------------------------------------------- plot
+# --------------------------------------------------------------------------- what the plot shows
 
-def figure(table: pa.Table, model: dict[str, Any] | None, debiased: pa.Table | None,
-           lengths: tuple[np.ndarray, np.ndarray], *, edges: Sequence[float] = DEFAULT_RATIO_EDGES,
-           seed: int = 0, max_points: int = 4000):
-    """A matplotlib Figure (Agg): per fitted score, score vs length with the fit and the debiased cloud;
-    last panel, P(chosen longer) per length-ratio bucket. The caller saves it."""
-    import matplotlib
+@dataclass
+class ScorePanel:
+    """One fitted score against length: a sample of its points (and their debiased values), the fit."""
 
-    matplotlib.use("Agg")
-    from matplotlib.figure import Figure
+    score: str
+    xlabel: str
+    x: np.ndarray
+    y: np.ndarray
+    debiased: np.ndarray | None
+    fit: tuple[np.ndarray, np.ndarray, str] | None  # (grid, curve, label), None when nothing is drawn
+    title: str
 
+
+@dataclass
+class PlotData:
+    """What `prefcli length-bias report --png` draws (prefcli.plots.length_bias_figure)."""
+
+    panels: list[ScorePanel]
+    bucket_labels: list[str]
+    p_chosen_longer: list[float]  # per length-ratio bucket; 0.0 where a bucket has no unequal pair
+
+
+def plot_data(table: pa.Table, model: dict[str, Any] | None, debiased: pa.Table | None,
+              lengths: tuple[np.ndarray, np.ndarray], *, edges: Sequence[float] = DEFAULT_RATIO_EDGES,
+              seed: int = 0, max_points: int = 4000) -> PlotData:
+    """Per fitted score, score vs length with the fit and the debiased cloud (a seeded sample of at most
+    `max_points` points); then P(chosen longer) per length-ratio bucket."""
     len_c, len_r = lengths
     keys = list(model["scores"]) if model else []
-    fig = Figure(figsize=(5.2 * (len(keys) + 1), 4.2), layout="constrained")
-    axes = fig.subplots(1, len(keys) + 1, squeeze=False)[0]
     rng = np.random.default_rng(seed)
-    for ax, key in zip(axes, keys):
+    panels = []
+    for key in keys:
         curve = model["scores"][key]
         if key == "pref_mean":
             x, y = log_ratio(len_c, len_r), _scores(table, "pref_mean")
             after = _scores(debiased, "len_pref_mean") if debiased is not None else None
-            ax.set_xlabel("log length ratio, chosen / rejected")
+            xlabel = "log length ratio, chosen / rejected"
         else:
             x = np.log1p(np.concatenate([len_c, len_r]))
             y = np.concatenate([_scores(table, f"{key}_chosen"), _scores(table, f"{key}_rejected")])
             after = None if debiased is None else np.concatenate(
                 [_scores(debiased, f"len_{key}_chosen"), _scores(debiased, f"len_{key}_rejected")])
-            ax.set_xlabel(f"log(1 + length) [{model['length']}]")
+            xlabel = f"log(1 + length) [{model['length']}]"
         pick = rng.choice(len(x), size=min(max_points, len(x)), replace=False)
-        ax.scatter(x[pick], y[pick], s=4, alpha=0.25, color="tab:blue", label="score")
-        if after is not None:
-            ax.scatter(x[pick], after[pick], s=4, alpha=0.25, color="tab:orange", label="debiased")
+        fit = None
         if curve["kind"] != "zero" and (key != "pref_mean" or curve["x_is"] == "log_length_ratio"):
             grid = np.linspace(x.min(), x.max(), 300)
             level = y.mean() - curve["offset"] if curve["x_is"] == "log1p_length" else 0.0  # overlay the cloud
-            ax.plot(grid, eval_curve(curve, grid) + level, color="black", lw=2, label=f"fit f ({curve['kind']})")
-        ax.set_ylabel(key)
+            fit = (grid, eval_curve(curve, grid) + level, f"fit f ({curve['kind']})")
         rho_after = "" if after is None else f" -> {_signed(_rho(after, x))}"
-        ax.set_title(f"{key}: Spearman rho(score, x) {_signed(_rho(y, x))}{rho_after}", fontsize=10)
-        ax.legend(loc="best", markerscale=3, fontsize=8)
-    ax = axes[-1]
+        panels.append(ScorePanel(key, xlabel, x[pick], y[pick], None if after is None else after[pick], fit,
+                                 f"{key}: Spearman rho(score, x) {_signed(_rho(y, x))}{rho_after}"))
     buckets = length_buckets(len_c, len_r, edges)
     labels = bucket_labels(edges)[1:]
-    shares = [label_bias(len_c[buckets == i + 1], len_r[buckets == i + 1])["p_chosen_longer"] for i in range(len(labels))]
-    ax.bar(labels, [s if s is not None else 0.0 for s in shares], color="tab:green")
-    ax.axhline(0.5, color="black", ls="--", lw=1)
-    ax.set_ylim(0, 1)
-    ax.set_ylabel("P(chosen longer)")
-    ax.set_xlabel("length ratio bucket")
-    ax.set_title("label length bias")
-    ax.tick_params(axis="x", labelrotation=30)
-    return fig
+    shares = [label_bias(len_c[buckets == i + 1], len_r[buckets == i + 1])["p_chosen_longer"]
+              for i in range(len(labels))]
+    return PlotData(panels, labels, [s if s is not None else 0.0 for s in shares])

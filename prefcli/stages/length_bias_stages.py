@@ -301,8 +301,10 @@ class ReportStage(_LengthStage):
                  **({"png": png} if png else {}), "diagnosis": diag, "glm": glm_result}
 
         def plot(tmp) -> None:
-            fig = lb.figure(table, model, debiased, lengths, edges=edges, seed=ctx.seed)
-            fig.savefig(tmp, format="png", dpi=110)
+            from ..plots import length_bias_figure
+
+            data = lb.plot_data(table, model, debiased, lengths, edges=edges, seed=ctx.seed)
+            length_bias_figure(data).savefig(tmp, format="png", dpi=110)
 
         return StageResult(out=None, stats=stats, artifacts={"png": plot})
 

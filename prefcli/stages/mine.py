@@ -44,7 +44,7 @@ from ..pairs import build_pairs
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
 from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
-from ..text import digest, normalize, render_messages
+from ..text import render_messages, text_key
 from .vote import MAX_FAILURE_RATE_HELP, build_reward_models, enforce_failure_rate
 
 STAGE = "mine"
@@ -246,7 +246,7 @@ class _ResponsePool:
                                                     frame.column(side).to_pylist())):
                     g = group_index[group_of_prompt[pid]]
                     first_prompt.setdefault(g, prompts[r])
-                    key = text_key(text)
+                    key = int(text_key(text)[:16], 16)  # 64 bits of it: equal keys = exact duplicates
                     slot = index.get((g, key))
                     if slot is None:
                         slot = index[(g, key)] = len(texts)
@@ -277,11 +277,6 @@ def _prompt_groups(table: pa.Table, prompt_ids: list[str]) -> dict[str, str]:
             if cluster is not None and groups.get(pid, "").startswith("p:"):
                 groups[pid] = f"c:{cluster}"
     return groups
-
-
-def text_key(text: str) -> int:
-    """64-bit key of a response's normalised text: equal keys = exact duplicates after normalisation."""
-    return int(digest(normalize(text))[:16], 16)
 
 
 def _source_rows(table: pa.Table, params: MineOptions) -> np.ndarray:
@@ -431,7 +426,7 @@ def _consensus(table: pa.Table, sources: np.ndarray, cand: _Candidates, response
     Each voter's scores are divided by vote's robust scale of its margins over all input pairs, so
     `min_margin` reads in the same units as pref_mean. `source_reward` holds (chosen, rejected) per source.
     """
-    from .vote import aggregate_margins, robust_scale
+    from ..scoring import aggregate_margins, robust_scale
 
     n = len(cand.pair)
     if not reward_models:
@@ -502,7 +497,7 @@ def _pairwise_scores(voter, table: pa.Table, sources: np.ndarray, cand: _Candida
 def mining_voters(reward_models: Sequence) -> list[tuple[object, float]]:
     """The vote stage's voters (members vote separately, each --rm weighs 1) when every member can score
     new responses; otherwise each --rm is one voter (its `score` averages its members)."""
-    from .vote import voters_of
+    from ..scoring import voters_of
 
     voters = voters_of(reward_models)
     if all(callable(getattr(voter, "score", None)) for voter, _ in voters):

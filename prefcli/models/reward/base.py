@@ -13,8 +13,9 @@ from typing import Protocol, Sequence, runtime_checkable
 import numpy as np
 import pyarrow as pa
 
+from ...cache.memo import memoised
+from ...cache.vectors import VectorStore
 from ...text import digest, render_messages
-from ..cache import VectorStore
 
 
 @runtime_checkable
@@ -66,26 +67,11 @@ class ScoreCache:
 
     def lookup(self, prompts, responses, compute) -> np.ndarray:
         """Scores from the cache; `compute(prompts, responses)` runs only on misses (deduplicated)."""
-        keys = score_keys(prompts, responses)
-        first: dict[str, int] = {}
-        for i, key in enumerate(keys):
-            first.setdefault(key, i)
-        unique = list(first)
-        if self.store is not None:
-            found, values = self.store.get(unique)
-            values = values[:, 0].astype(np.float64)
-        else:
-            found, values = np.zeros(len(unique), bool), np.zeros(len(unique), np.float64)
-        missing = np.flatnonzero(~found)
-        if len(missing):
-            rows = [first[unique[i]] for i in missing]
-            fresh = np.asarray(compute([prompts[i] for i in rows], [responses[i] for i in rows]), np.float64)
-            values[missing] = fresh
-            self.computed += len(missing)
-            if self.store is not None:
-                self.store.put([unique[i] for i in missing], fresh.astype(np.float32)[:, None])
-        position = {k: i for i, k in enumerate(unique)}
-        return values[[position[k] for k in keys]]
+        values, computed = memoised(score_keys(prompts, responses), self.store,
+                                    lambda rows: compute([prompts[i] for i in rows], [responses[i] for i in rows]),
+                                    width=lambda: 1, dtype=np.float64)
+        self.computed += computed
+        return values[:, 0]
 
 
 class PointwiseRewardModel:

@@ -39,6 +39,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from ...errors import InputError
+from ...options import coerce, parse_key_values
 from .base import column_safe
 
 VIEWS = ("emb", "lex")
@@ -70,32 +71,23 @@ def parse_options(arg: str) -> EnsembleConfig:
         return config
     values: dict[str, object] = {}
     k = None
-    for item in arg.split(","):
-        key, sep, raw = item.partition("=")
-        key, raw = key.strip(), raw.strip()
-        if not sep or not raw:
-            raise InputError(f"--rm ensemble:{arg}: expected key=value items, got '{item}'")
-        try:
-            if key == "k":
-                k = int(raw)
-            elif key in ("folds", "repeats", "max_train"):
-                values[key] = int(raw)
-            elif key in ("drop", "c_emb", "c_lex"):
-                values[key] = float(raw)
-            elif key == "views":
-                views = tuple(v for v in raw.split("+") if v)
-                bad = [v for v in views if v not in VIEWS]
-                if bad or not views:
-                    raise InputError(f"--rm ensemble: unknown view '{bad[0] if bad else raw}' "
-                                     f"(expected {'+'.join(VIEWS)})")
-                values["views"] = views
-            elif key == "model":
-                values["embed_model"] = raw
-            else:
-                raise InputError(f"--rm ensemble: unknown option '{key}' "
-                                 f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model, max_train)")
-        except ValueError:
-            raise InputError(f"--rm ensemble: {key}={raw!r} is not a number") from None
+    for key, raw in parse_key_values(arg, f"--rm ensemble:{arg}", empty_values=False).items():
+        if key == "k":
+            k = coerce(raw, 0, "--rm ensemble", key)
+        elif key in ("folds", "repeats", "max_train", "drop", "c_emb", "c_lex"):
+            values[key] = coerce(raw, getattr(config, key), "--rm ensemble", key)
+        elif key == "views":
+            views = tuple(v for v in raw.split("+") if v)
+            bad = [v for v in views if v not in VIEWS]
+            if bad or not views:
+                raise InputError(f"--rm ensemble: unknown view '{bad[0] if bad else raw}' "
+                                 f"(expected {'+'.join(VIEWS)})")
+            values["views"] = views
+        elif key == "model":
+            values["embed_model"] = raw
+        else:
+            raise InputError(f"--rm ensemble: unknown option '{key}' "
+                             f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model, max_train)")
     config = replace(config, **values)
     if k is not None:
         if k < 1:
@@ -186,7 +178,7 @@ def _fit_bt(delta, weights: np.ndarray, c: float) -> np.ndarray:
 
 
 def _zscale(m: np.ndarray) -> np.ndarray:
-    from ...stages.vote import robust_scale
+    from ...scoring import robust_scale
 
     return m / robust_scale(m)
 
@@ -362,7 +354,7 @@ class OfflineEnsemble:
 
 
 def _member_scale(member: _Member) -> float:
-    from ...stages.vote import robust_scale
+    from ...scoring import robust_scale
 
     return float(robust_scale(member.chosen - member.rejected)[0])
 

@@ -24,8 +24,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from ...cache.vectors import VectorStore
 from ...errors import InputError
-from ..cache import VectorStore
+from ...options import coerce, parse_key_values
 
 FLUSH_SECONDS = 0.2
 TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -81,26 +82,10 @@ def parse_options(arg: str, backend: str, allowed: dict[str, Any]) -> tuple[str,
     if not model or "=" in model:
         raise InputError(f"{where}: expected {backend}:<model>,base_url=URL[,key=value...]")
     opts = dict(allowed)
-    for part in rest:
-        key, sep, value = part.partition("=")
-        key = key.strip()
-        if not sep or key not in allowed:
+    for key, value in parse_key_values(rest, where).items():
+        if key not in allowed:
             raise InputError(f"{where}: unknown option '{key}' (expected {', '.join(sorted(allowed))})")
-        value = expand_env(value.strip(), where)
-        default = allowed[key]
-        try:
-            if isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError
-                opts[key] = value.lower() in ("true", "1", "yes")
-            elif isinstance(default, int):
-                opts[key] = int(value)
-            elif isinstance(default, float):
-                opts[key] = float(value)
-            else:
-                opts[key] = value
-        except ValueError:
-            raise InputError(f"{where}: {key}={value!r} is not a valid {type(default).__name__}") from None
+        opts[key] = coerce(expand_env(value, where), allowed[key], where, key)
     if opts.get("base_url_env"):
         name = opts["base_url_env"]
         if not os.environ.get(name):

@@ -26,19 +26,19 @@ from typing import Any, Callable, Iterable, Iterator
 
 import pyarrow as pa
 
-from . import __version__, io
-from .errors import CannotCreate, InputError, IOFailure
-from .formats import REJECTS_SCHEMA
-from .io import RawBatch
-from .schema import SCHEMA_VERSION, pair_schema
-from .stages.ingest import SourceIngest
-from .text import digest
+from .. import __version__, io
+from ..errors import CannotCreate, InputError, IOFailure
+from ..formats import REJECTS_SCHEMA
+from ..io import RawBatch
+from ..schema import SCHEMA_VERSION, pair_schema
+from ..stages.ingest import SourceIngest
+from ..text import digest
 
 DIR = "ingest-files"
 ENTRY_FORMAT = "prefcli-ingest-cache/1"
 ENTRY = "entry.json"
 PARTS = {"pairs": pair_schema, "rejects": lambda: REJECTS_SCHEMA}  # part -> schema; file = <part>.parquet
-PARSER_CODE = ("formats", "stages/ingest.py", "pairs.py", "text.py", "schema.py", "io.py")
+PARSER_CODE = ("formats", "stages/ingest.py", "pairs.py", "text.py", "schema.py", "io")
 CACHE_WRITE_ERRORS = (OSError, pa.ArrowException, CannotCreate, IOFailure)  # the sinks name their path
 ENTRY_COMPRESSION = "lz4"  # ~2x the size of zstd, but written and replayed several times faster
 
@@ -48,7 +48,7 @@ Chunk = tuple[str, pa.Table, int]  # (part, table, size the output sink counts f
 @lru_cache(maxsize=1)
 def parser_digest() -> str:
     """Digest of the source files that decide how raw records become pairs (edits invalidate entries)."""
-    package = Path(__file__).parent
+    package = Path(__file__).parent.parent
     files = sorted(p for name in PARSER_CODE for p in ((package / name).glob("*.py") if (package / name).is_dir()
                                                       else [package / name]))
     return digest("\n".join(f"{p.relative_to(package)}:{io.file_digest(p)}" for p in files))

@@ -1,10 +1,5 @@
-"""The one door to disk: every read and write of Parquet, JSON, JSONL, CSV and datasets goes here.
-
-- Writes are atomic: a temp file in the target directory, fsync, then rename. A crash or an
-  error never leaves a half-written output; the previous file (if any) stays intact.
-- `-` reads stdin or writes stdout, so stages can be piped.
-- Every failure to read becomes a one-line InputError naming the file (and line, where known).
-"""
+"""Raw sources for ingest: JSON, JSONL, CSV and Parquet files (gzipped or not), globs, directories,
+saved datasets, `hf:` hub datasets and stdin, streamed as batches of records with their line numbers."""
 
 from __future__ import annotations
 
@@ -15,9 +10,7 @@ import gzip
 import io as _io
 import json
 import os
-import re
 import sys
-import tempfile
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,307 +19,12 @@ from typing import Any, Callable, Iterator, Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .errors import InputError, SchemaError
-from .schema import validate
+from ..errors import InputError, exception_summary
+from .atomic import STDIO
+from .parquet import BATCH_ROWS
 
-STDIO = "-"
-BATCH_ROWS = 4096
-ROW_GROUP_ROWS = 64 * 1024
-ROW_GROUP_BYTES = 64 * 1024 * 1024  # ParquetSink also flushes at this much buffered data (long texts)
-OUTPUT_MARKER = ".prefcli-output.json"  # marks a directory prefcli wrote; not part of its content
 RAW_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv", ".csv.gz")
 
-
-# --------------------------------------------------------------------------- atomic writes
-
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
-    """Yield a temp path beside `path`; on success fsync and rename it over `path`, else delete it.
-
-    Works for files and directories (e.g. `datasets.save_to_disk`).
-    """
-    target = Path(path)
-    with writing(target):
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix + ".tmp", dir=target.parent)
-        os.close(fd)
-    tmp = Path(tmp_name)
-    tmp.unlink()
-    try:
-        yield tmp
-        if tmp.is_file():
-            with open(tmp, "rb") as fh:
-                os.fsync(fh.fileno())
-        if target.is_dir() and tmp.is_dir():
-            old = target.with_name(f".{target.name}.old")
-            remove_path(old)
-            os.replace(target, old)
-            os.replace(tmp, target)
-            remove_path(old)
-        else:
-            os.replace(tmp, target)
-        _fsync_dir(target.parent)
-    except BaseException:
-        remove_path(tmp)
-        raise
-
-
-@contextlib.contextmanager
-def writing(path: str | os.PathLike) -> Iterator[None]:
-    """An OSError while writing `path` becomes a one-line error naming it (exit 73 or 74)."""
-    try:
-        yield
-    except OSError as exc:
-        from .errors import os_failure
-
-        raise os_failure(exc, path) from None
-
-
-def remove_path(path: Path) -> None:
-    """Delete a file or a whole directory; a missing path is fine."""
-    if path.is_dir() and not path.is_symlink():
-        import shutil
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
-def _fsync_dir(directory: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
-def write_bytes(data: bytes, path: str | os.PathLike) -> None:
-    if str(path) == STDIO:
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    with atomic_path(path) as tmp, writing(path):
-        tmp.write_bytes(data)
-
-
-def write_text(text: str, path: str | os.PathLike) -> None:
-    write_bytes(text.encode("utf-8"), path)
-
-
-def write_json(obj: Any, path: str | os.PathLike) -> None:
-    write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=_json_default) + "\n", path)
-
-
-def jsonl_lines(rows: Iterator[dict] | list[dict]) -> Iterator[str]:
-    """Each row as one JSON line (non-ASCII kept, numpy and dates converted)."""
-    for row in rows:
-        yield json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
-
-
-def write_jsonl(rows: Iterator[dict] | list[dict], path: str | os.PathLike) -> int:
-    """Write JSON lines atomically (or to stdout); returns the row count."""
-    count = 0
-    if str(path) == STDIO:
-        for line in jsonl_lines(rows):
-            sys.stdout.write(line)
-            count += 1
-        sys.stdout.flush()
-        return count
-    with atomic_path(path) as tmp, writing(path), open(tmp, "w", encoding="utf-8") as fh:
-        for line in jsonl_lines(rows):
-            fh.write(line)
-            count += 1
-    return count
-
-
-def _json_default(obj: Any):
-    if hasattr(obj, "tolist"):
-        return obj.tolist()
-    if hasattr(obj, "isoformat"):
-        return obj.isoformat()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
-
-
-def _parquet_writer(sink, schema: pa.Schema, compression: str = "zstd") -> pq.ParquetWriter:
-    return pq.ParquetWriter(sink, schema, compression=compression,
-                            compression_level=3 if compression == "zstd" else None)
-
-
-def write_table(table: pa.Table, path: str | os.PathLike) -> None:
-    """Write one Arrow table as zstd Parquet, atomically (or to stdout for `-`)."""
-    if str(path) == STDIO:
-        buffer = _io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-        write_bytes(buffer.getvalue(), STDIO)
-        return
-    with atomic_path(path) as tmp, writing(path):
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-
-
-class ParquetSink:
-    """Streaming atomic Parquet writer: `write(table)` many times, `commit()` once.
-
-    Nothing is visible at `path` until commit; `abort()` (or an exception in a `with`) removes the temp.
-    With `staged=TMP` it writes TMP and `commit()` only finishes the file: an OutputPlan renames it
-    together with the command's other outputs. With `deliver`, stdout bytes are handed over at commit
-    instead of written. An OSError while writing names `path` (exit 73 or 74).
-    """
-
-    def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, keep_chunks: bool = False,
-                 compression: str = "zstd", staged: Path | None = None, deliver=None):
-        self.path = str(path)
-        self.schema = schema
-        self.keep_chunks = keep_chunks  # each write() is its own row group, so `iter_row_groups` gives it back
-        self.rows = 0
-        self._stdout = self.path == STDIO
-        self._deliver = deliver
-        self._buffer = _io.BytesIO() if self._stdout else None
-        self._atomic = None if self._stdout or staged is not None else atomic_path(self.path)
-        self._staged = staged
-        with self._errors():
-            target = self._buffer if self._stdout else (staged or self._atomic.__enter__())
-            self._writer = _parquet_writer(target if self._stdout else str(target), schema, compression)
-        self._pending: list[pa.Table] = []
-        self._pending_rows = self._pending_bytes = 0
-
-    @contextlib.contextmanager
-    def _errors(self) -> Iterator[None]:
-        try:
-            yield
-        except OSError as exc:
-            from .errors import os_failure
-
-            raise os_failure(exc, self.path) from None
-
-    def write(self, table: pa.Table, *, nbytes: int | None = None) -> None:
-        """Buffer `table`; `nbytes` is the size it counts for (default table.nbytes: a replay of
-        recorded chunks passes the original sizes, so the row groups and the bytes come out the same)."""
-        if table.num_rows == 0:
-            return
-        self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
-        self._pending_rows += table.num_rows
-        self._pending_bytes += table.nbytes if nbytes is None else nbytes
-        self.rows += table.num_rows
-        if self.keep_chunks or self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
-            self._flush()
-
-    def _flush(self) -> None:
-        if self._pending:
-            group_rows = max(ROW_GROUP_ROWS, self._pending_rows) if self.keep_chunks else ROW_GROUP_ROWS
-            with self._errors():
-                self._writer.write_table(pa.concat_tables(self._pending), row_group_size=group_rows)
-            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
-
-    def commit(self) -> None:
-        self._flush()
-        with self._errors():
-            self._writer.close()
-        if self._stdout:
-            if self._deliver is not None:
-                self._deliver(self._buffer.getvalue())
-            else:
-                write_bytes(self._buffer.getvalue(), STDIO)
-        elif self._atomic is not None:
-            with self._errors():
-                self._atomic.__exit__(None, None, None)
-
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._writer.close()
-        if self._atomic is not None:
-            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
-        elif self._staged is not None:
-            remove_path(self._staged)
-
-    def __enter__(self) -> "ParquetSink":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> bool:
-        if exc_type is None:
-            self.commit()
-        else:
-            with contextlib.suppress(BaseException):
-                self.abort()
-        return False
-
-
-# --------------------------------------------------------------------------- reading Parquet
-
-def _display_name(path: str | os.PathLike) -> str:
-    return "<stdin>" if str(path) == STDIO else str(path)
-
-
-def _parquet_source(path: str | os.PathLike):
-    """A readable Parquet source for a path, or an in-memory buffer of stdin for `-`."""
-    name = _display_name(path)
-    if str(path) == STDIO:
-        data = sys.stdin.buffer.read()
-        if not data:
-            raise InputError(f"{name}: empty input (expected Parquet)")
-        return pa.BufferReader(data)
-    if not Path(path).exists():
-        raise InputError(f"{name}: no such file")
-    if Path(path).is_dir():
-        raise InputError(f"{name}: is a directory, expected a Parquet file")
-    return str(path)
-
-
-@contextlib.contextmanager
-def _parquet_errors(path: str | os.PathLike) -> Iterator[None]:
-    try:
-        yield
-    except InputError:
-        raise
-    except (pa.ArrowException, OSError, ValueError) as exc:
-        raise InputError(f"{_display_name(path)}: not a readable Parquet file ({_short(exc)})") from None
-
-
-def read_table(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file (or stdin for `-`) with a one-line error on failure."""
-    with _parquet_errors(path):
-        return pq.read_table(_parquet_source(path), columns=columns)
-
-
-def read_pairs(path: str | os.PathLike, *, require: dict[str, str] | None = None) -> pa.Table:
-    """Read a pairs Parquet file and validate it against the canonical schema."""
-    return validate(read_table(path), where=_display_name(path), require_stage=require)
-
-
-def iter_pair_batches(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
-    """Stream a pairs Parquet file (or stdin) as validated tables of at most `batch_rows` rows,
-    so a reader never holds the whole file (e.g. `prefcli stats` on millions of pairs)."""
-    name = _display_name(path)
-    with _parquet_errors(path):
-        source = pq.ParquetFile(_parquet_source(path))
-        validate(source.schema_arrow.empty_table(), where=name)
-        offset = 0
-        for batch in source.iter_batches(batch_size=batch_rows):
-            table = pa.Table.from_batches([batch])
-            try:
-                yield validate(table, where=name)
-            except SchemaError as exc:  # re-number the row from the file's start
-                raise SchemaError(_renumber(str(exc), offset)) from None
-            offset += table.num_rows
-
-
-def iter_row_groups(path: str | os.PathLike) -> Iterator[pa.Table]:
-    """Each row group of a Parquet file as one table, in file order (one-line InputError if unreadable)."""
-    with _parquet_errors(path):
-        source = pq.ParquetFile(_parquet_source(path))
-        for index in range(source.num_row_groups):
-            yield source.read_row_group(index)
-
-
-def _renumber(message: str, offset: int) -> str:
-    return re.sub(r"row (\d+)", lambda m: f"row {int(m.group(1)) + offset}", message, count=1)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-    return text[:200]
-
-
-# --------------------------------------------------------------------------- raw sources for ingest
 
 @dataclass
 class RawBatch:
@@ -431,13 +129,13 @@ def iter_raw(spec: str, batch_rows: int = BATCH_ROWS, *, columnar: bool = False)
     except InputError:
         raise
     except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
-        raise InputError(f"{spec}: truncated or corrupt gzip ({_short(exc)})") from None
+        raise InputError(f"{spec}: truncated or corrupt gzip ({exception_summary(exc)})") from None
     except UnicodeDecodeError as exc:
-        raise InputError(f"{spec}: not UTF-8 text ({_short(exc)})") from None
+        raise InputError(f"{spec}: not UTF-8 text ({exception_summary(exc)})") from None
     except RecursionError:
         raise InputError(f"{spec}: nested too deeply to read") from None
     except (pa.ArrowException, OSError, ValueError, csv.Error) as exc:
-        raise InputError(f"{spec}: unreadable ({_short(exc)})") from None
+        raise InputError(f"{spec}: unreadable ({exception_summary(exc)})") from None
 
 
 def _open_text(path: str):
@@ -731,7 +429,7 @@ def _iter_hf(spec: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
     try:
         ds = datasets.load_dataset(ds_name, config, split=split, streaming=True)
     except Exception as exc:  # datasets raises many types; all mean "could not load"
-        raise InputError(f"{spec}: could not load dataset ({_short(exc)})") from None
+        raise InputError(f"{spec}: could not load dataset ({exception_summary(exc)})") from None
     records, lines, line = [], [], 1
     for rec in ds:
         records.append(dict(rec))
@@ -752,148 +450,8 @@ def read_text_list(path: str) -> list[str]:
             with _open_text(path) as fh:
                 return [line.rstrip("\n") for line in fh if line.strip()]
         except (OSError, EOFError, UnicodeDecodeError) as exc:
-            raise InputError(f"{path}: unreadable ({_short(exc)})") from None
+            raise InputError(f"{path}: unreadable ({exception_summary(exc)})") from None
     raise InputError(f"{path}: not a plain text list")
-
-
-# --------------------------------------------------------------------------- workdir helpers (`prefcli run`)
-
-def file_digest(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """xxh3-128 hex of a file's bytes (streamed), or of a directory's sorted (name, digest) list.
-
-    A content fingerprint for change detection (run manifests, caches), not a security hash:
-    xxh3 reads at memory speed, so fingerprinting large raw and output files stays cheap."""
-    import xxhash
-
-    target = Path(path)
-    if target.is_dir():
-        listing = "\n".join(f"{name}\t{file_digest(target / name)}" for name in list_files(target))
-        return xxhash.xxh3_128_hexdigest(listing.encode())
-    hasher = xxhash.xxh3_128()
-    try:
-        with open(target, "rb") as fh:
-            while block := fh.read(chunk):
-                hasher.update(block)
-    except OSError as exc:
-        raise InputError(f"{path}: unreadable ({_short(exc)})") from None
-    return hasher.hexdigest()
-
-
-def list_files(directory: str | os.PathLike) -> list[str]:
-    """Relative paths of the plain files under `directory`, sorted; temp files of atomic writes left out."""
-    root = Path(directory)
-    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.is_file() and not p.name.endswith(".tmp") and p.name != OUTPUT_MARKER)
-
-
-def read_json(path: str | os.PathLike) -> Any:
-    try:
-        return json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(f"{path}: unreadable JSON ({_short(exc)})") from None
-
-
-def parquet_rows(path: str | os.PathLike) -> int | None:
-    """Row count from the Parquet footer (no data read); None when `path` is not Parquet."""
-    try:
-        return pq.read_metadata(path).num_rows
-    except (pa.ArrowException, OSError, ValueError):
-        return None
-
-
-def parquet_columns(path: str | os.PathLike) -> list[str]:
-    try:
-        return pq.read_schema(path).names
-    except (pa.ArrowException, OSError, ValueError):
-        return []
-
-
-def recover_interrupted(directory: str | os.PathLike, names: Sequence[str]) -> None:
-    """Undo what a kill in the middle of `atomic_path` leaves behind for the entries `names`: stray temps
-    and a swapped-out dir. Hidden files of other names are not prefcli's and are left alone."""
-    root = Path(directory)
-    if not root.is_dir():
-        return
-    for entry in root.iterdir():
-        name = entry.name
-        if not any(name.startswith(f".{own}.") for own in names):
-            continue
-        if name.startswith(".") and name.endswith(".old"):
-            target = root / name[1:-len(".old")]
-            if not target.exists():
-                os.replace(entry, target)  # killed between the two renames: put the previous output back
-            else:
-                remove_path(entry)
-        elif name.startswith(".") and name.endswith(".tmp"):
-            remove_path(entry)
-
-
-@contextlib.contextmanager
-def exclusive_lock(path: str | os.PathLike, *, wait: bool = False, timeout: float | None = None,
-                   poll: float = 0.2) -> Iterator[None]:
-    """Hold an flock on `path` (created if missing, never deleted) for the block.
-
-    Busy: raise LockHeld naming the holder, or with `wait` poll until free (or `timeout` seconds pass).
-    The kernel drops the lock when the process dies, so a kill -9 never leaves a stale lock.
-    """
-    import fcntl
-    import time
-
-    from .errors import LockHeld
-
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(target, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "unknown holder"
-                if not wait:
-                    raise LockHeld(f"{target}: locked by another prefcli run ({holder}); "
-                                   f"use --wait to wait for it") from None
-                if deadline is not None and time.monotonic() >= deadline:
-                    raise LockHeld(f"{target}: still locked after {timeout:g}s ({holder})") from None
-                time.sleep(poll)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"pid {os.getpid()} since {time.strftime('%Y-%m-%dT%H:%M:%S')}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-# --------------------------------------------------------------------------- review and export helpers
-
-def csv_text(rows: list[dict], columns: Sequence[str]) -> str:
-    """CSV text with a header row; fields are quoted as needed (newlines inside cells survive)."""
-    buffer = _io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(columns), extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def write_files_into(directory: str | os.PathLike, files: dict[str, Any]) -> None:
-    """Fill a new directory (an OutputPlan's staged temp) with files; dict/list values become JSON."""
-    root = Path(directory)
-    root.mkdir(parents=True, exist_ok=True)
-    for name, content in files.items():
-        dest = root / name
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        if isinstance(content, (dict, list)):
-            content = json.dumps(content, indent=2, ensure_ascii=False, default=_json_default) + "\n"
-        dest.write_bytes(content.encode("utf-8") if isinstance(content, str) else content)
-
-
-def save_dataset_to(dataset, directory: str | os.PathLike) -> None:
-    """`datasets.Dataset.save_to_disk` into a new directory (an OutputPlan's staged temp)."""
-    import datasets
-
-    datasets.disable_progress_bars()  # no bars in cron logs
-    dataset.save_to_disk(str(directory))
 
 
 def read_records(path: str | os.PathLike) -> tuple[list[dict], list[int]]:

@@ -1,7 +1,7 @@
 """Content-addressed on-disk store of vectors (embeddings, reward scores), shared by every stage.
 
 Layout: <root>/<namespace-slug>/shard-*.npz, each an immutable (keys, values) pair written
-atomically (temp + rename). Readers only ever see complete shards, so concurrent readers are
+atomically (io.atomic_path: temp + rename). Readers only ever see complete shards, so concurrent readers are
 safe and a crash never leaves a corrupt entry; `prune` compacts shards and drops old ones.
 """
 
@@ -19,10 +19,12 @@ from typing import Sequence
 
 import numpy as np
 
-from ..io import remove_path
+from ..errors import CannotCreate, IOFailure
+from ..io import atomic_path, remove_path
 from ..text import digest
 
 KEY_BYTES = 16
+CACHE_WRITE_ERRORS = (OSError, CannotCreate, IOFailure)  # atomic_path names the path of what it cannot create
 
 
 def default_cache_dir() -> Path:
@@ -139,9 +141,10 @@ class VectorStore:
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             self._write_shard(self.path / name, raw, values)
-        except OSError as exc:  # a cache that cannot be written costs a recompute later, never the result
+        except CACHE_WRITE_ERRORS as exc:  # a cache that cannot be written costs a recompute later, never the result
             if not self._warned:
-                sys.stderr.write(f"prefcli: warning: {self.path}: cache not written ({exc.strerror or exc}); "
+                cause = getattr(exc, "strerror", None) or exc
+                sys.stderr.write(f"prefcli: warning: {self.path}: cache not written ({cause}); "
                                  f"results are unaffected\n")
                 self._warned = True
             return
@@ -153,16 +156,8 @@ class VectorStore:
 
     @staticmethod
     def _write_shard(path: Path, keys: np.ndarray, values: np.ndarray) -> None:
-        tmp = path.with_name(f".tmp-{uuid.uuid4().hex}.npz")
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, keys=keys, values=values)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        finally:
-            if tmp.exists():
-                tmp.unlink()
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, keys=keys, values=values)
 
     # -- maintenance
     def info(self) -> CacheInfo:
@@ -232,10 +227,6 @@ def remove_stale_temps(directory: Path) -> int:
                 remove_path(tmp)
                 removed += 1
     return removed
-
-
-def text_key(text: str) -> str:
-    return digest(text)
 
 
 def list_namespaces(root: str | os.PathLike | None = None) -> list[Path]:

@@ -1,0 +1,210 @@
+"""Parquet in and out: zstd writes (whole tables or streamed through ParquetSink), and reads of pair
+tables validated against the canonical schema, with one-line errors naming the file."""
+
+from __future__ import annotations
+
+import contextlib
+import io as _io
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..errors import InputError, SchemaError, exception_summary
+from ..schema import validate
+from .atomic import STDIO, atomic_path, remove_path, write_bytes, writing
+
+BATCH_ROWS = 4096
+ROW_GROUP_ROWS = 64 * 1024
+ROW_GROUP_BYTES = 64 * 1024 * 1024  # ParquetSink also flushes at this much buffered data (long texts)
+
+
+def _parquet_writer(sink, schema: pa.Schema, compression: str = "zstd") -> pq.ParquetWriter:
+    return pq.ParquetWriter(sink, schema, compression=compression,
+                            compression_level=3 if compression == "zstd" else None)
+
+
+def write_table(table: pa.Table, path: str | os.PathLike) -> None:
+    """Write one Arrow table as zstd Parquet, atomically (or to stdout for `-`)."""
+    if str(path) == STDIO:
+        buffer = _io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        write_bytes(buffer.getvalue(), STDIO)
+        return
+    with atomic_path(path) as tmp, writing(path):
+        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+class ParquetSink:
+    """Streaming atomic Parquet writer: `write(table)` many times, `commit()` once.
+
+    Nothing is visible at `path` until commit; `abort()` (or an exception in a `with`) removes the temp.
+    With `staged=TMP` it writes TMP and `commit()` only finishes the file: an OutputPlan renames it
+    together with the command's other outputs. With `deliver`, stdout bytes are handed over at commit
+    instead of written. An OSError while writing names `path` (exit 73 or 74).
+    """
+
+    def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, keep_chunks: bool = False,
+                 compression: str = "zstd", staged: Path | None = None, deliver=None):
+        self.path = str(path)
+        self.schema = schema
+        self.keep_chunks = keep_chunks  # each write() is its own row group, so `iter_row_groups` gives it back
+        self.rows = 0
+        self._stdout = self.path == STDIO
+        self._deliver = deliver
+        self._buffer = _io.BytesIO() if self._stdout else None
+        self._atomic = None if self._stdout or staged is not None else atomic_path(self.path)
+        self._staged = staged
+        with self._errors():
+            target = self._buffer if self._stdout else (staged or self._atomic.__enter__())
+            self._writer = _parquet_writer(target if self._stdout else str(target), schema, compression)
+        self._pending: list[pa.Table] = []
+        self._pending_rows = self._pending_bytes = 0
+
+    @contextlib.contextmanager
+    def _errors(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            from ..errors import os_failure
+
+            raise os_failure(exc, self.path) from None
+
+    def write(self, table: pa.Table, *, nbytes: int | None = None) -> None:
+        """Buffer `table`; `nbytes` is the size it counts for (default table.nbytes: a replay of
+        recorded chunks passes the original sizes, so the row groups and the bytes come out the same)."""
+        if table.num_rows == 0:
+            return
+        self._pending.append(table.cast(self.schema) if table.schema != self.schema else table)
+        self._pending_rows += table.num_rows
+        self._pending_bytes += table.nbytes if nbytes is None else nbytes
+        self.rows += table.num_rows
+        if self.keep_chunks or self._pending_rows >= ROW_GROUP_ROWS or self._pending_bytes >= ROW_GROUP_BYTES:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._pending:
+            group_rows = max(ROW_GROUP_ROWS, self._pending_rows) if self.keep_chunks else ROW_GROUP_ROWS
+            with self._errors():
+                self._writer.write_table(pa.concat_tables(self._pending), row_group_size=group_rows)
+            self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+
+    def commit(self) -> None:
+        self._flush()
+        with self._errors():
+            self._writer.close()
+        if self._stdout:
+            if self._deliver is not None:
+                self._deliver(self._buffer.getvalue())
+            else:
+                write_bytes(self._buffer.getvalue(), STDIO)
+        elif self._atomic is not None:
+            with self._errors():
+                self._atomic.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        if self._atomic is not None:
+            self._atomic.__exit__(RuntimeError, RuntimeError("aborted"), None)
+        elif self._staged is not None:
+            remove_path(self._staged)
+
+    def __enter__(self) -> "ParquetSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.commit()
+        else:
+            with contextlib.suppress(BaseException):
+                self.abort()
+        return False
+
+
+def _display_name(path: str | os.PathLike) -> str:
+    return "<stdin>" if str(path) == STDIO else str(path)
+
+
+def _parquet_source(path: str | os.PathLike):
+    """A readable Parquet source for a path, or an in-memory buffer of stdin for `-`."""
+    name = _display_name(path)
+    if str(path) == STDIO:
+        data = sys.stdin.buffer.read()
+        if not data:
+            raise InputError(f"{name}: empty input (expected Parquet)")
+        return pa.BufferReader(data)
+    if not Path(path).exists():
+        raise InputError(f"{name}: no such file")
+    if Path(path).is_dir():
+        raise InputError(f"{name}: is a directory, expected a Parquet file")
+    return str(path)
+
+
+@contextlib.contextmanager
+def _parquet_errors(path: str | os.PathLike) -> Iterator[None]:
+    try:
+        yield
+    except InputError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{_display_name(path)}: not a readable Parquet file ({exception_summary(exc)})") from None
+
+
+def read_table(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file (or stdin for `-`) with a one-line error on failure."""
+    with _parquet_errors(path):
+        return pq.read_table(_parquet_source(path), columns=columns)
+
+
+def read_pairs(path: str | os.PathLike, *, require: dict[str, str] | None = None) -> pa.Table:
+    """Read a pairs Parquet file and validate it against the canonical schema."""
+    return validate(read_table(path), where=_display_name(path), require_stage=require)
+
+
+def iter_pair_batches(path: str | os.PathLike, *, batch_rows: int = BATCH_ROWS) -> Iterator[pa.Table]:
+    """Stream a pairs Parquet file (or stdin) as validated tables of at most `batch_rows` rows,
+    so a reader never holds the whole file (e.g. `prefcli stats` on millions of pairs)."""
+    name = _display_name(path)
+    with _parquet_errors(path):
+        source = pq.ParquetFile(_parquet_source(path))
+        validate(source.schema_arrow.empty_table(), where=name)
+        offset = 0
+        for batch in source.iter_batches(batch_size=batch_rows):
+            table = pa.Table.from_batches([batch])
+            try:
+                yield validate(table, where=name)
+            except SchemaError as exc:  # re-number the row from the file's start
+                raise SchemaError(_renumber(str(exc), offset)) from None
+            offset += table.num_rows
+
+
+def iter_row_groups(path: str | os.PathLike) -> Iterator[pa.Table]:
+    """Each row group of a Parquet file as one table, in file order (one-line InputError if unreadable)."""
+    with _parquet_errors(path):
+        source = pq.ParquetFile(_parquet_source(path))
+        for index in range(source.num_row_groups):
+            yield source.read_row_group(index)
+
+
+def _renumber(message: str, offset: int) -> str:
+    return re.sub(r"row (\d+)", lambda m: f"row {int(m.group(1)) + offset}", message, count=1)
+
+
+def parquet_rows(path: str | os.PathLike) -> int | None:
+    """Row count from the Parquet footer (no data read); None when `path` is not Parquet."""
+    try:
+        return pq.read_metadata(path).num_rows
+    except (pa.ArrowException, OSError, ValueError):
+        return None
+
+
+def parquet_columns(path: str | os.PathLike) -> list[str]:
+    try:
+        return pq.read_schema(path).names
+    except (pa.ArrowException, OSError, ValueError):
+        return []
