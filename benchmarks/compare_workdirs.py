@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 MANIFEST_FORMAT = "prefcli-run-manifest/1"
-SKIPPED = {"cache", "logs", "run.lock"}  # top-level entries of a workdir that are not outputs
+SKIPPED = {"cache", "logs", "run.lock", "run.lock.holder"}  # top-level entries of a workdir that are not outputs
 VOLATILE = re.compile(r"(^|_)(at|s|seconds|timestamp|peak_rss_mb)$")  # finished_at, wall_s, pairs_per_s, ...
 TEXT = {".json", ".jsonl", ".csv", ".tsv", ".txt", ".xml", ".md", ".toml", ".yaml", ".yml", ".html", ".log"}
 

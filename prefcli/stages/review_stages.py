@@ -13,6 +13,7 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from .. import io
+from ..outputs import write_files_into
 from ..errors import InputError, ProblemsReported
 from ..result import StageResult
 from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
@@ -138,7 +139,7 @@ def export_files(tasks: list, to: str, name: str = "prefcli-review") -> dict[str
     if to == "argilla":
         return rv.argilla_dataset(tasks, name=name)
     if to == "csv":
-        return {"tasks.csv": io.csv_text(rv.csv_tasks(tasks), rv.CSV_COLUMNS)}
+        return {"tasks.csv": rv.csv_text(rv.csv_tasks(tasks), rv.CSV_COLUMNS)}
     raise InputError(f"--to: expected one of {', '.join(FORMATS)}, got '{to}'")
 
 
@@ -179,7 +180,7 @@ class ExportStage(Stage):
 
     def write(self, plan, paths, result) -> None:
         files = result.artifacts["files"]
-        plan.write_with(paths["output"], lambda tmp: io.write_files_into(tmp, files))
+        plan.write_with(paths["output"], lambda tmp: write_files_into(tmp, files))
 
 
 # --------------------------------------------------------------------------- import
