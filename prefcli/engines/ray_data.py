@@ -43,6 +43,13 @@ def connect(address: str | None = None, **init_kwargs):
     """
     ray = require_ray()
     if not ray.is_initialized():
+        if address is None:  # a local cluster's workers import the same prefcli as this driver
+            env = dict(init_kwargs.pop("runtime_env", None) or {})
+            env_vars = dict(env.get("env_vars") or {})
+            here = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+            path = env_vars.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+            env_vars["PYTHONPATH"] = os.pathsep.join(p for p in (here, path) if p)
+            init_kwargs["runtime_env"] = {**env, "env_vars": env_vars}
         ray.init(address=address, **init_kwargs)
     ordered_context()
     return ray
