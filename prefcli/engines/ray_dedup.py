@@ -168,19 +168,20 @@ def _vector_array(vectors: np.ndarray) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), vectors.shape[1])
 
 
-def split_block(block: pa.Table, keep_internal: bool = False, set_aside: bool = False) -> pa.Table:
+def split_block(block: pa.Table, set_aside: bool = False, keep_row: bool = False) -> pa.Table:
     """Kept rows (set_aside False) or set-aside rows with their reason, internal columns dropped."""
     is_rep = pc.fill_null(block.column("dedup_is_rep"), False)
-    part = block.filter(pc.invert(is_rep) if set_aside else is_rep)
-    if not keep_internal:
-        part = part.drop_columns([c for c in INTERNAL if c in part.column_names])
+    part = drop_internal(block.filter(pc.invert(is_rep) if set_aside else is_rep), keep_row)
     if set_aside:
         part = mark_set_aside(part, part.column("dedup_reason").to_pylist(), STAGE)
     return part
 
 
-def drop_internal(block: pa.Table) -> pa.Table:
-    return block.drop_columns([c for c in INTERNAL if c in block.column_names])
+def drop_internal(block: pa.Table, keep_row: bool = False) -> pa.Table:
+    """The stage's own columns only; the row index too unless `keep_row` (a next stage on the cluster can
+    order by it: filtering keeps it increasing in the local engine's row order)."""
+    drop = [c for c in INTERNAL if c in block.column_names]
+    return block.drop_columns(drop + ([ROW] if ROW in block.column_names and not keep_row else []))
 
 
 def count_block(block: pa.Table) -> pa.Table:
@@ -245,17 +246,18 @@ def _blank_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(batch.column(BLANK)).select([ROW])
 
 
-def _finish(decided, rows_in: int, options: DedupOptions, extra_stats: dict, edges=None, meta=None
-            ) -> RayDedupResult:
+def _finish(decided, rows_in: int, options: DedupOptions, extra_stats: dict, edges=None, meta=None,
+            keep_row: bool = False) -> RayDedupResult:
     decided = decided.materialize()
     totals = gather_table(decided.map_batches(count_block, batch_format="pyarrow"))
     sums = {c: int(pc.sum(totals.column(c)).as_py() or 0) for c in totals.column_names} if totals.num_rows else {}
     if options.drop:
-        out = decided.map_batches(split_block, batch_format="pyarrow").materialize()
+        out = decided.map_batches(split_block, batch_format="pyarrow", fn_kwargs={"keep_row": keep_row}).materialize()
         set_aside = decided.map_batches(split_block, batch_format="pyarrow",
-                                        fn_kwargs={"set_aside": True}).materialize()
+                                        fn_kwargs={"set_aside": True, "keep_row": keep_row}).materialize()
     else:
-        out, set_aside = decided.map_batches(drop_internal, batch_format="pyarrow").materialize(), None
+        out = decided.map_batches(drop_internal, batch_format="pyarrow", fn_kwargs={"keep_row": keep_row}).materialize()
+        set_aside = None
     acc = account(rows_in, out, set_aside)
     stats = {
         "rows_in": rows_in,
@@ -279,18 +281,19 @@ def _finish(decided, rows_in: int, options: DedupOptions, extra_stats: dict, edg
 # --------------------------------------------------------------------------- exact dedup
 
 def exact_dedup(ds, options: DedupOptions | None = None, *, eligible: str | None = None,
-                num_partitions: int | None = None) -> RayDedupResult:
+                num_partitions: int | None = None, keep_row: bool = False) -> RayDedupResult:
     """Exact dedup as a hash groupby on the content key: the local stage's exact pass, distributed.
 
     Each row keeps its columns plus the dedup_ columns, as the local label_rows gives them for an empty
     neighbour graph; with options.drop the duplicates go to `set_aside` with their reason. `eligible` names a
-    boolean column of rows that may represent a cluster (False: contaminated)."""
+    boolean column of rows that may represent a cluster (False: contaminated). `keep_row` keeps the global row
+    index column (ray_data.ROW) in the outputs."""
     options = options or DedupOptions()
     with one_line_errors():
         keyed = _prepare(ds, options, eligible)
         rows_in = keyed.count()
         decided = hash_groupby(keyed, KEY, decide_block, rows_in, num_partitions, group=KEY)
-        return _finish(decided, rows_in, options, {"index": "none"})
+        return _finish(decided, rows_in, options, {"index": "none"}, keep_row=keep_row)
 
 
 # --------------------------------------------------------------------------- semantic dedup
@@ -447,7 +450,7 @@ def semantic_dedup(ds, embedder_factory: Callable[[], object], options: DedupOpt
                    n_clusters: int | None = None, replicas: int = 2, sample_fraction: float | None = None,
                    embed_actors: int = 1, embed_batch_size: int = 1024, num_gpus: float | None = None,
                    eligible: str | None = None, num_partitions: int | None = None,
-                   keep_graph: bool = False) -> RayDedupResult:
+                   keep_graph: bool = False, keep_row: bool = False) -> RayDedupResult:
     """Near-duplicate dedup, partitioned by k-means cluster (see the module docstring for the algorithm).
 
     `embedder_factory()` builds the embedder inside each actor (`.encode(texts)` -> normalised float32 rows).
@@ -497,7 +500,7 @@ def semantic_dedup(ds, embedder_factory: Callable[[], object], options: DedupOpt
                  "replicas": replicas, "kmeans_sample": int(sample.num_rows),
                  "largest_text_cluster": int(sizes.max()) if len(sizes) else 1}
         return _finish(decided, rows_in, options, extra, edges=_graph_table(graph),
-                       meta={"centroids": centroids, "nodes": n_nodes})
+                       meta={"centroids": centroids, "nodes": n_nodes}, keep_row=keep_row)
 
 
 def _graph_table(graph: NeighbourGraph) -> pa.Table:
