@@ -236,7 +236,7 @@ def _prepare(ds, options: DedupOptions, eligible: str | None):
                            fn_kwargs=dict(on=options.on, keep=options.keep, seed=options.seed, basis=basis,
                                           eligible=eligible)).materialize()
     blank = keyed.map_batches(_blank_rows, batch_format="pyarrow")
-    first_blank = blank.min(ROW) if blank.count() else None
+    first_blank = blank.min(ROW)  # None when no row is blank
     if first_blank is not None:
         raise InputError(f"row {first_blank}: empty {options.on} text (dedup --on {options.on} needs text to compare)")
     return keyed
