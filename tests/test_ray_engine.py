@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -98,6 +99,15 @@ def test_missing_ray_is_one_line_pip_hint(monkeypatch):
     assert "\n" not in message and "pip install 'prefcli[ray]'" in message
 
 
+def test_engine_modules_import_without_ray():
+    """Importing the engine modules never imports Ray: only calling into them does."""
+    code = "import sys, prefcli.engines.ray_data, prefcli.engines.ray_dedup; print('ray' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
 # --------------------------------------------------------------------------- exact dedup
 
 @pytest.mark.parametrize("keep", ["first", "longest", "strongest", "random"])
@@ -119,6 +129,7 @@ def test_exact_dedup_decisions_equal_local_on_sample_data(ray_cluster, sample_ta
     assert local.stats["exact_duplicates"] > 0  # the sample has repeated prompts: the test decides something
 
 
+@pytest.mark.slow
 def test_exact_dedup_on_real_file_in_eight_part_files(ray_cluster, shared_data, tmp_path):
     """HH-RLHF harmless test (2.3k pairs, natural prompt repeats) as an 8-part Parquet dataset: the global row
     index follows the parts in order, so "first" keeps the same row as the local run on the whole file."""
@@ -181,6 +192,7 @@ def test_partitioned_semantic_dedup_recovers_local_groups_on_sample_data(ray_clu
         assert result.stats[stat] == local.stats[stat], stat
 
 
+@pytest.mark.slow
 def test_partitioned_recall_against_local_graph_on_real_prompts(ray_cluster, shared_data):
     """360 real prompts and one constructed variant each, split into 6 k-means clusters: with top-2 borders
     the partitioned run keeps >= 98% of the local run's duplicate row pairs (measured: 1.0) and finds the
