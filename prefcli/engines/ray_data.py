@@ -56,12 +56,15 @@ def connect(address: str | None = None, **init_kwargs):
 
 
 def ordered_context():
-    """The current DataContext, set to keep block order (the global row index depends on it)."""
+    """The current DataContext, set to keep block order (the global row index depends on it) and to raise a
+    map function's own exception, not a UserCodeException that keeps only its traceback text (so that
+    one_line_errors can hand a prefcli error on as itself)."""
     require_ray()
     from ray.data import DataContext
 
     ctx = DataContext.get_current()
     ctx.execution_options.preserve_order = True
+    ctx.raise_original_map_exception = True
     return ctx
 
 
@@ -71,27 +74,35 @@ def one_line_errors() -> Iterator[None]:
     not wrapped in Ray's task-error traceback."""
     try:
         yield
-    except PrefcliError:
-        raise
-    except Exception as exc:
+    except Exception as exc:  # a RayTaskError(InputError) is an InputError too, with a traceback for message
         cause = _prefcli_cause(exc)
-        if cause is None:
+        if cause is None or cause is exc:
             raise
         raise cause from None
 
 
 def _prefcli_cause(exc: BaseException | None) -> PrefcliError | None:
-    """The prefcli error behind a Ray error: Ray keeps a task's exception as `.cause` (and re-raises it as a
-    class deriving from both RayTaskError and the original, whose message is a traceback)."""
-    seen = 0
-    while exc is not None and seen < 20:
-        cause = getattr(exc, "cause", None)
-        if isinstance(cause, PrefcliError):
-            return _prefcli_cause(cause) or cause
-        if isinstance(exc, PrefcliError) and cause is None:
-            return exc
-        exc, seen = cause if isinstance(cause, BaseException) else (exc.__cause__ or exc.__context__), seen + 1
+    """The prefcli error behind a Ray error. Ray keeps a task's exception as `.cause` and re-raises it as a class
+    deriving from both RayTaskError and the original (its message a traceback); Ray Data chains a UDF's
+    exception under UserCodeException, keeping only its text unless the context sets raise_original_map_exception
+    (ordered_context does). Walks `.cause`, `__cause__` and `__context__` to the original."""
+    todo, seen = [exc], set()
+    while todo:
+        current = todo.pop(0)
+        if current is None or id(current) in seen or len(seen) > 50:
+            continue
+        seen.add(id(current))
+        if isinstance(current, PrefcliError) and not _is_ray_error(current):
+            # Ray Data appends its retry advice to the exception's message: a prefcli error is one line
+            if current.args and isinstance(current.args[0], str) and "\n" in current.args[0]:
+                current.args = (current.args[0].split("\n", 1)[0], *current.args[1:])
+            return current
+        todo.extend([getattr(current, "cause", None), current.__cause__, current.__context__])
     return None
+
+
+def _is_ray_error(exc: BaseException) -> bool:
+    return any(cls.__module__.startswith("ray.") for cls in type(exc).__mro__)
 
 
 # --------------------------------------------------------------------------- row index and row counts
