@@ -163,7 +163,22 @@ def test_blank_text_is_the_local_one_line_error(ray_cluster, sample_table):
         local_exact(bad, DedupOptions(on="chosen"))
     with pytest.raises(InputError) as ray_err:
         exact_dedup(blocks(ray_cluster, bad), DedupOptions(on="chosen"))
-    assert str(ray_err.value) == str(local_err.value) == "row 150: empty chosen text (dedup --on chosen needs text to compare)"
+    assert str(ray_err.value) == str(local_err.value)
+    assert str(ray_err.value) == "row 150: empty chosen text (dedup --on chosen needs text to compare)"
+
+
+def test_prefcli_error_inside_a_task_comes_out_as_itself(ray_cluster):
+    from prefcli.engines.ray_data import one_line_errors, ordered_context
+
+    ordered_context()  # what every engine entry point sets up
+
+    def bad_rows(batch):
+        raise InputError("row 3: not a conversation")
+
+    with pytest.raises(InputError) as err:
+        with one_line_errors():
+            ray_cluster.data.range(4).map_batches(bad_rows).materialize()
+    assert type(err.value) is InputError and str(err.value) == "row 3: not a conversation"
 
 
 # --------------------------------------------------------------------------- semantic dedup
@@ -182,9 +197,7 @@ def test_partitioned_semantic_dedup_recovers_local_groups_on_sample_data(ray_clu
     out, aside = gather(result.out), gather(result.set_aside)
     assert local.stats["semantic_duplicates"] > 0
     assert decisions(out, aside) == decisions(local.out, local.set_aside)
-    ours = dict(zip(*(pa.concat_tables([out, aside.select(out.column_names)]).column(c).to_pylist() for c in ("pair_id", "dedup_sim_to_rep"))))
-    theirs = dict(zip(*(pa.concat_tables([local.out, local.set_aside.select(local.out.column_names)]).column(c).to_pylist()
-                        for c in ("pair_id", "dedup_sim_to_rep"))))
+    ours, theirs = similarity_to_rep(out, aside), similarity_to_rep(local.out, local.set_aside)
     assert ours.keys() == theirs.keys()
     for pair, sim in theirs.items():
         assert (sim is None and ours[pair] is None) or abs(ours[pair] - sim) <= 1e-6, pair
@@ -220,6 +233,11 @@ def test_partitioned_recall_against_local_graph_on_real_prompts(ray_cluster, sha
     assert kept >= 0.98, kept
     assert len(local_edges & edges) / len(local_edges) >= 0.98
     assert result.stats["kmeans_clusters"] == 6
+
+
+def similarity_to_rep(out: pa.Table, set_aside: pa.Table) -> dict:
+    rows = pa.concat_tables([out, set_aside.select(out.column_names)])
+    return dict(zip(rows.column("pair_id").to_pylist(), rows.column("dedup_sim_to_rep").to_pylist()))
 
 
 def same_cluster_pairs(labels: list[str]) -> set[tuple[int, int]]:

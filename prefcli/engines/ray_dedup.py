@@ -346,7 +346,8 @@ def assign_block(batch: pa.Table, centroids: np.ndarray, replicas: int, on: str)
     from ..models.index import NeighbourIndex
 
     if not batch.num_rows:
-        return pa.table({NODE: pa.array([], pa.int64()), PART: pa.array([], pa.int64()), TEXT: pa.array([], pa.large_string()),
+        return pa.table({NODE: pa.array([], pa.int64()), PART: pa.array([], pa.int64()),
+                         TEXT: pa.array([], pa.large_string()),
                          VECTOR: _vector_array(np.zeros((0, centroids.shape[1]), np.float32))})
     vectors = _vectors(batch.column(VECTOR))
     r = min(replicas, len(centroids))
