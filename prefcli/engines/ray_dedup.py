@@ -21,6 +21,11 @@ Semantic dedup is partitioned, the SemDeDup / NeMo Curator way:
    (smallest node) of each linked node;
 7. a second hash groupby on the component root picks each cluster's representative, as in the exact pass.
 
+The cascade (the local default: the static model proposes, MiniLM verifies) is the same with a verifier: steps
+2-4 use the proposer's vectors, and step 5 re-scores each cluster's proposals with the verifier, in an actor
+pool that loads it once per actor (the local `cascade_graph`, cluster by cluster); the rows of linked texts
+then get the verifier's vectors for dedup_sim_to_rep.
+
 A pair of near-duplicates is missed only when the two texts share none of their `replicas` nearest
 centroids; benchmarks/ray_semdedup.py measures that loss against the local all-pairs graph.
 Per query the local graph keeps the top `k` neighbours over all texts; here the top `k` within each shared
@@ -41,8 +46,9 @@ from ..errors import InputError
 from ..models.index import connected_components
 from ..report import mark_set_aside
 from ..schema import with_stage_columns
-from ..stages.dedup import (STAGE, DedupOptions, NeighbourGraph, _filled, choose_representatives, dedup_columns,
-                            knn_edges, keep_priority, text_keys, with_edits)
+from ..stages.dedup import (DEFAULT_PROPOSE, STAGE, STATIC_TYPO_FLOOR, DedupOptions, NeighbourGraph, _filled,
+                            choose_representatives, dedup_columns, edit_allowance, keep_priority, knn_edges,
+                            text_keys, with_edits)
 from ..text import texts_for
 from . import require_ray
 from .ray_data import ROW, account, gather_table, one_line_errors, ordered_context, with_row_index
@@ -215,14 +221,17 @@ def hash_partitions(rows: int, num_partitions: int | None = None) -> int:
     return max(_cpus(), -(-rows // ROWS_PER_PARTITION))
 
 
-def hash_groupby(ds, key: str, fn: Callable[[pa.Table], pa.Table], rows: int, num_partitions: int | None = None,
-                 **fn_kwargs):
-    """Rows sharing `key` meet in one block (a hash partition), where `fn` handles all of its groups at once."""
-    from ray.data import TaskPoolStrategy
+def hash_groupby(ds, key: str, fn, rows: int, num_partitions: int | None = None, *, actors: int = 0,
+                 constructor: dict | None = None, num_gpus: float | None = None, **fn_kwargs):
+    """Rows sharing `key` meet in one block (a hash partition), where `fn` handles all of its groups at once.
+    `fn` is a function run as tasks, or (actors > 0) a callable class on an actor pool of that size."""
+    from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
     parts = hash_partitions(rows, num_partitions)
+    pool = dict(compute=ActorPoolStrategy(size=actors), fn_constructor_kwargs=constructor or {},
+                num_gpus=num_gpus) if actors else dict(compute=TaskPoolStrategy())
     return ds.repartition(parts, keys=[key]).map_batches(fn, batch_size=None, batch_format="pyarrow",
-                                                         fn_kwargs=fn_kwargs, compute=TaskPoolStrategy())
+                                                         fn_kwargs=fn_kwargs, **pool)
 
 
 def _prepare(ds, options: DedupOptions, eligible: str | None):
@@ -302,15 +311,31 @@ class EmbedBlock:
     """Actor-pool callable: the embedder is built once per actor by `factory` (a picklable callable, e.g.
     functools.partial(build_embedder, "static")); each batch embeds its distinct texts once."""
 
-    def __init__(self, factory: Callable[[], object], on: str):
-        self.embedder, self.on = factory(), on
+    def __init__(self, factory: Callable[[], object], on: str, only: np.ndarray | None = None):
+        self.embedder, self.on, self.only = factory(), on, only
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        """Appends (or replaces) each row's vector; with `only` (sorted node ids) other rows get zeros."""
         texts = texts_for(batch, self.on)
         keys = batch.column(KEY).to_numpy(zero_copy_only=False)
-        _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
-        vectors = np.asarray(self.embedder.encode([texts[i] for i in first]), dtype=np.float32)
-        return batch.append_column(VECTOR, _vector_array(vectors[inverse.ravel()]))
+        wanted = np.ones(batch.num_rows, bool) if self.only is None else _member(batch.column(NODE).to_numpy(),
+                                                                                 self.only)
+        out = np.zeros((batch.num_rows, self.embedder.dim), dtype=np.float32)
+        if wanted.any():
+            rows = np.flatnonzero(wanted)
+            _, first, inverse = np.unique(keys[rows], return_index=True, return_inverse=True)
+            vectors = np.asarray(self.embedder.encode([texts[rows[i]] for i in first]), dtype=np.float32)
+            out[rows] = vectors[inverse.ravel()]
+        if VECTOR in batch.column_names:
+            batch = batch.drop_columns([VECTOR])
+        return batch.append_column(VECTOR, _vector_array(out))
+
+
+def _member(values: np.ndarray, sorted_set: np.ndarray) -> np.ndarray:
+    if not len(sorted_set):
+        return np.zeros(len(values), bool)
+    at = np.minimum(np.searchsorted(sorted_set, values), len(sorted_set) - 1)
+    return sorted_set[at] == values
 
 
 def _sampled(batch: pa.Table, fraction: float) -> pa.Table:
@@ -363,10 +388,14 @@ def assign_block(batch: pa.Table, centroids: np.ndarray, replicas: int, on: str)
 
 
 def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | None, lexical: bool,
-                    device: str = "cpu") -> pa.Table:
+                    device: str = "cpu", verifier=None, propose: float = DEFAULT_PROPOSE) -> pa.Table:
     """Within each k-means cluster of this hash partition: the local kNN graph among its members (top-k at
     cosine >= floor, with character edits), as undirected (src < dst) node-id edges. With `threshold`, only
-    the edges that link duplicates are kept."""
+    the edges that link duplicates are kept.
+
+    With a `verifier` (cascade) the block's vectors are the proposer's: the cluster's graph is the local
+    cascade_graph's, i.e. proposals at cosine >= `propose` or typo-sized edits (searched down to
+    STATIC_TYPO_FLOOR), re-scored with the verifier's vectors of the proposed texts, kept at cosine >= floor."""
     empty = pa.table({"src": pa.array([], pa.int64()), "dst": pa.array([], pa.int64()),
                       "sim": pa.array([], pa.float32()), "edits": pa.array([], pa.int32()),
                       "length": pa.array([], pa.int32())})
@@ -383,12 +412,15 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
         if len(members) < 2:
             continue
         members = members[np.argsort(nodes[members], kind="stable")]
-        src, dst, sim, _ = knn_edges(vectors[members], vectors[members], k=k + 1, floor=floor, device=device)
+        search_floor = floor if verifier is None else min(STATIC_TYPO_FLOOR, propose)
+        src, dst, sim, _ = knn_edges(vectors[members], vectors[members], k=k + 1, floor=search_floor, device=device)
         if not len(src):
             continue
         # positions follow node order within the cluster, so (position lo, position hi) is (node lo, node hi)
         pos_lo, pos_hi = np.minimum(src, dst), np.maximum(src, dst)
         graph = with_edits(*_unique_pairs(pos_lo, pos_hi, sim), [texts[i] for i in members])
+        if verifier is not None:
+            graph = _verified(graph, [texts[i] for i in members], verifier, propose, floor)
         a, b = nodes[members][graph.src], nodes[members][graph.dst]
         keep = graph.linked(threshold, lexical) if threshold is not None else np.ones(len(a), bool)
         out.append(pa.table({"src": pa.array(a[keep], pa.int64()), "dst": pa.array(b[keep], pa.int64()),
@@ -396,6 +428,29 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
                              "edits": pa.array(graph.edits[keep], pa.int32()),
                              "length": pa.array(graph.length[keep], pa.int32())}))
     return pa.concat_tables(out) if out else empty
+
+
+def _verified(graph: NeighbourGraph, texts: list[str], verifier, propose: float, floor: float) -> NeighbourGraph:
+    """The local cascade_graph's verification, on one cluster's proposer graph."""
+    proposed = (graph.sim >= propose) | (graph.edits <= edit_allowance(graph.length))
+    src, dst, edits, length = graph.src[proposed], graph.dst[proposed], graph.edits[proposed], graph.length[proposed]
+    nodes = np.unique(np.concatenate([src, dst]))
+    vectors = np.zeros((len(texts), verifier.dim), dtype=np.float32)
+    if len(nodes):
+        vectors[nodes] = verifier.encode([texts[i] for i in nodes])
+    sim = np.clip(np.einsum("ij,ij->i", vectors[src], vectors[dst]), -1.0, 1.0)
+    kept = sim >= floor
+    return NeighbourGraph(src[kept], dst[kept], sim[kept].astype(np.float32), edits[kept], length[kept])
+
+
+class VerifyPartitions:
+    """Actor-pool callable for the cascade's partition step: the verifier loads once per actor."""
+
+    def __init__(self, factory: Callable[[], object]):
+        self.verifier = factory()
+
+    def __call__(self, block: pa.Table, **kwargs) -> pa.Table:
+        return partition_edges(block, verifier=self.verifier, **kwargs)
 
 
 def _unique_pairs(lo: np.ndarray, hi: np.ndarray, sim: np.ndarray):
@@ -451,13 +506,19 @@ def semantic_dedup(ds, embedder_factory: Callable[[], object], options: DedupOpt
                    n_clusters: int | None = None, replicas: int = 2, sample_fraction: float | None = None,
                    embed_actors: int = 1, embed_batch_size: int = 1024, num_gpus: float | None = None,
                    eligible: str | None = None, num_partitions: int | None = None,
-                   keep_graph: bool = False, keep_row: bool = False) -> RayDedupResult:
+                   keep_graph: bool = False, keep_row: bool = False,
+                   verifier_factory: Callable[[], object] | None = None, verify_actors: int = 1) -> RayDedupResult:
     """Near-duplicate dedup, partitioned by k-means cluster (see the module docstring for the algorithm).
 
     `embedder_factory()` builds the embedder inside each actor (`.encode(texts)` -> normalised float32 rows).
     `n_clusters` defaults to one per NODES_PER_CLUSTER texts; `replicas` is how many nearest centroids each
     text joins (1: no border handling; 2: SemDeDup-style borders). `keep_graph` returns every kNN edge at
     cosine >= options.floor (the local graph artefact's edges within clusters), not only the linking ones.
+
+    With `verifier_factory` it is the local cascade (`dedup(..., verifier=...)`): `embedder_factory` builds the
+    proposer (the static model) whose vectors are clustered and searched; within each cluster the proposals
+    (cosine >= options.propose, or typo-sized edits) are re-scored by the verifier, on `verify_actors` actors
+    that each load it once; dedup_sim_to_rep is the verifier's cosine, as in the local cascade.
     """
     from ray.data import ActorPoolStrategy
 
@@ -482,17 +543,26 @@ def semantic_dedup(ds, embedder_factory: Callable[[], object], options: DedupOpt
         sample = sample.sort_by(ROW) if sample.num_rows else sample
         centroids = train_centroids(_vectors(sample.column(VECTOR)), clusters, seed=options.seed) if n_nodes \
             else np.zeros((1, 1), np.float32)
-        edges_ds = hash_groupby(
-            nodes.map_batches(assign_block, batch_format="pyarrow",
-                              fn_kwargs={"centroids": centroids, "replicas": replicas, "on": options.on}),
-            PART, partition_edges, n_nodes * replicas, num_partitions,
-            k=options.k, floor=options.floor, threshold=None if keep_graph else options.threshold,
-            lexical=options.lexical)
+        assigned = nodes.map_batches(assign_block, batch_format="pyarrow",
+                                     fn_kwargs={"centroids": centroids, "replicas": replicas, "on": options.on})
+        search = dict(k=options.k, floor=options.floor, threshold=None if keep_graph else options.threshold,
+                      lexical=options.lexical)
+        if verifier_factory is None:
+            edges_ds = hash_groupby(assigned, PART, partition_edges, n_nodes * replicas, num_partitions, **search)
+        else:
+            edges_ds = hash_groupby(assigned, PART, VerifyPartitions, n_nodes * replicas, num_partitions,
+                                    actors=verify_actors, constructor={"factory": verifier_factory},
+                                    num_gpus=num_gpus, propose=options.propose, **search)
         edge_table = gather_table(edges_ds)
         graph = merge_edges(edge_table)
         touched, roots = component_roots(graph, options.threshold, options.lexical)
         grouped = embedded.map_batches(group_block, batch_format="pyarrow",
                                        fn_kwargs={"touched": touched, "roots": roots})
+        if verifier_factory is not None:  # the verifier's vectors for the texts in a duplicate cluster
+            grouped = grouped.map_batches(
+                EmbedBlock, batch_format="pyarrow", batch_size=embed_batch_size,
+                fn_constructor_kwargs={"factory": verifier_factory, "on": options.on, "only": touched},
+                compute=ActorPoolStrategy(size=verify_actors), num_gpus=num_gpus)
         decided = hash_groupby(grouped, GROUP, decide_block, rows_in, num_partitions, group=GROUP, with_vectors=True)
         sizes = np.bincount(np.unique(roots, return_inverse=True)[1].ravel()) if len(roots) else np.zeros(0, int)
         linked = int(np.sum(graph.linked(options.threshold, options.lexical)))
@@ -500,6 +570,8 @@ def semantic_dedup(ds, embedder_factory: Callable[[], object], options: DedupOpt
                  "index": graph.index_kind, "kmeans_clusters": int(len(centroids)),
                  "replicas": replicas, "kmeans_sample": int(sample.num_rows),
                  "largest_text_cluster": int(sizes.max()) if len(sizes) else 1}
+        if verifier_factory is not None:
+            extra.update(propose_threshold=options.propose, cascade=True)
         return _finish(decided, rows_in, options, extra, edges=_graph_table(graph),
                        meta={"centroids": centroids, "nodes": n_nodes}, keep_row=keep_row)
 
