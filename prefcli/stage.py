@@ -44,6 +44,12 @@ def option(default: Any = ..., help: str = "", *, flag: str | None = None, short
     return Field(default, description=help, ge=low, le=high, json_schema_extra=extra)
 
 
+# Help texts several stages share.
+TRUST_REMOTE_CODE_HELP = ("Allow a model's own Python code and pickle weights (.bin); off by default, so only "
+                          "safetensors weights load.")
+EMBED_MODEL_HELP = "Embedding model: local path or hub id (default: the packaged all-MiniLM-L6-v2)."
+
+
 def option_info(params: type[Params], name: str) -> dict[str, Any]:
     field_info = params.model_fields[name]
     extra = dict(field_info.json_schema_extra or {})
@@ -198,12 +204,17 @@ class Stage:
         """The side files this invocation may write (e.g. the set-aside file only with --drop)."""
         return self.writes
 
+    empty_input: ClassVar[str | None] = None  # e.g. "no pairs to vote on": an empty input is an error
+
     def read(self, call) -> pa.Table | None:
         from . import io
 
-        if self.input == "pairs":
-            return io.read_pairs(call.inputs[0])
-        return None
+        if self.input != "pairs":
+            return None
+        table = io.read_pairs(call.inputs[0])
+        if self.empty_input and not table.num_rows:
+            raise InputError(f"{call.inputs[0]}: {self.empty_input}")
+        return table
 
     def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
         from .execute import write_default

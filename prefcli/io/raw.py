@@ -178,13 +178,18 @@ def _peek_json_kind(fh) -> str:
     return "document"
 
 
-def _iter_json_document(text: str, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+def _loads(text: str, where: str, malformed) -> tuple[Any, Any]:
+    """loads_checked with one-line errors: `malformed(exc)` words a JSON syntax error."""
     try:
-        doc, find_problems = loads_checked(text)
+        return loads_checked(text)
     except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise InputError(f"{where}: {malformed(exc)}") from None
     except RecursionError:
-        raise InputError(f"{path}: JSON nested too deeply to read") from None
+        raise InputError(f"{where}: JSON nested too deeply to read") from None
+
+
+def _iter_json_document(text: str, path: str, name: str, batch_rows: int) -> Iterator[RawBatch]:
+    doc, find_problems = _loads(text, path, lambda e: f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}")
     records = records_from_document(doc, path)
     problems = find_problems(records)
     for start in range(0, len(records), batch_rows):
@@ -210,12 +215,7 @@ def records_from_document(doc: Any, where: str) -> list[dict]:
 
 def _jsonl_record(line: str, lineno: int, path: str) -> tuple[dict, str | None]:
     """One JSON line as a record, and why it must be set aside (a repeated key) or None."""
-    try:
-        rec, find_problems = loads_checked(line)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: line {lineno}: malformed JSON ({exc.msg})") from None
-    except RecursionError:
-        raise InputError(f"{path}: line {lineno}: JSON nested too deeply to read") from None
+    rec, find_problems = _loads(line, f"{path}: line {lineno}", lambda e: f"malformed JSON ({e.msg})")
     if not isinstance(rec, dict):
         raise InputError(f"{path}: line {lineno}: expected a JSON object, got {type(rec).__name__}")
     found = find_problems([rec])

@@ -24,7 +24,8 @@ from ..errors import InputError
 from ..models.index import NeighbourIndex, connected_components
 from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
-from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
+from ..stage import (SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage, Write, option,
+                     register)
 from ..text import digest, normalize, render_messages, text_key, text_keys, texts_for
 
 STAGE = "dedup"
@@ -672,8 +673,7 @@ class DedupParams(Params):
                                    "pairs (minilm, a path or hub id), or none to decide on static cosines alone.")
     propose: float = option(DEFAULT_PROPOSE, "With a --verify model: static cosine at which a pair becomes a "
                                              "candidate.", flag="--propose-threshold", low=0.0, high=1.0)
-    trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
-                                            "default, so only safetensors weights load.")
+    trust_remote_code: bool = option(False, TRUST_REMOTE_CODE_HELP)
     explain: bool = option(False, "Print the similarity histogram and sample pairs at several thresholds.")
 
 

@@ -14,6 +14,7 @@ from pydantic import field_validator
 
 from .. import io
 from ..errors import InputError
+from ..options import parse_key_values
 from ..result import StageResult
 from ..stage import SET_ASIDE, Context, Params, Read, Stage, Write, option, register
 from . import length_bias as lb
@@ -24,17 +25,6 @@ GLM_GROUPS_HELP = ("KEY_CHOSEN,KEY_REJECTED: meta keys naming each side's group 
                    "length-controlled GLM's per-group win rates.")
 # Where set-aside rows go when the kept rows go to stdout (the name the command has always used).
 STDOUT_REJECTS = "length_bias.rejects.parquet"
-
-
-def parse_kv(spec: str, option: str) -> dict[str, str]:
-    """`a=1,b=x` -> {"a": "1", "b": "x"}; a one-line InputError names the option on a bad item."""
-    out: dict[str, str] = {}
-    for item in spec.split(",") if spec else ():
-        key, sep, value = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"{option}: expected key=value, got '{item}'")
-        out[key.strip()] = value.strip()
-    return out
 
 
 def load_model(path: str) -> dict[str, Any]:
@@ -150,7 +140,7 @@ class FitParams(Params):
     @classmethod
     def _kv(cls, value: Any) -> Any:
         if isinstance(value, str):
-            return parse_kv(value, "--thresholds")
+            return parse_key_values(value, "--thresholds")
         if isinstance(value, dict):
             return {str(k): str(v) for k, v in value.items()}
         return value

@@ -43,7 +43,8 @@ from ..errors import InputError
 from ..pairs import build_pairs
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
-from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
+from ..stage import (EMBED_MODEL_HELP, SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage,
+                     Write, option, register)
 from ..text import render_messages, text_key
 from .vote import MAX_FAILURE_RATE_HELP, build_reward_models, enforce_failure_rate
 
@@ -635,10 +636,8 @@ class MineParams(Params):
     no_guard: bool = option(False, "Switch the perc-pos, near-duplicate, margin and agreement guards off (exact "
                                    "duplicates and existing pairs stay out).")
     max_failure_rate: float = option(0.05, MAX_FAILURE_RATE_HELP, low=0.0, high=1.0)
-    model: str | None = option(None, "Embedding model: local path or hub id (default: the packaged "
-                                     "all-MiniLM-L6-v2).")
-    trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
-                                            "default, so only safetensors weights load.")
+    model: str | None = option(None, EMBED_MODEL_HELP)
+    trust_remote_code: bool = option(False, TRUST_REMOTE_CODE_HELP)
 
 
 @register
@@ -651,6 +650,7 @@ class MineStage(Stage):
                "pairs or replace the rejected of easy pairs.")
     resources = Resources(mode="table", uses_models=True)
     uses_seed = True
+    empty_input = "no pairs to mine for"
     reads = (Read("pool", "--pool", "Extra unlabelled candidates: a pairs Parquet file whose chosen and rejected "
                   "responses join the pool.", _load_pool),)
     writes = (Write(SET_ASIDE, "--set-aside", "replace-easy: where the replaced original rows go (default "
@@ -672,12 +672,6 @@ class MineStage(Stage):
     def check(self, ctx: Context) -> None:
         self.options(ctx).check()
         self.reward_models(ctx)
-
-    def read(self, call) -> pa.Table:
-        table = super().read(call)
-        if not table.num_rows:
-            raise InputError(f"{call.inputs[0]}: no pairs to mine for")
-        return table
 
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
         from ..models.embed import build_embedder

@@ -13,11 +13,13 @@ from typing import Any, Literal
 import pyarrow as pa
 
 from .. import io
+from ..errors import InputError
 from ..outputs import write_files_into
-from ..errors import InputError, ProblemsReported
 from ..result import StageResult
-from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
+from ..stage import (EMBED_MODEL_HELP, SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage,
+                     Write, option, register)
 from . import review as rv
+from .vote import enforce_failure_rate
 
 EXPORT_MARKER = "prefcli-review.json"  # in every export directory (older exports have only this marker)
 FORMATS = ("label-studio", "argilla", "csv")
@@ -51,20 +53,8 @@ class SelectParams(Params):
     max_failure_rate: float = option(
         0.05, "served:/judge: exit 1 (after writing) when a voter gave no usable answer for more than this share "
               "of the pairs (failed requests, unparseable answers, max_requests spent).", low=0.0, high=1.0)
-    model: str | None = option(None, "Embedding model: local path or hub id (default: the packaged "
-                                        "all-MiniLM-L6-v2).")
-    trust_remote_code: bool = option(False, "Allow a model's own Python code and pickle weights (.bin); off by "
-                                            "default, so only safetensors weights load.")
-
-
-def enforce_failure_rate(stats: dict, limit: float) -> None:
-    """Remote voters' failures are counted, never silent: past the limit the command exits 1."""
-    rate = stats.get("failure_rate")
-    if rate is not None and rate > limit:
-        worst = max(stats["remote"].items(), key=lambda kv: kv[1].get("pairs_without_answer", kv[1]["failed"]))
-        reasons = ", ".join(f"{k} {v}" for k, v in worst[1]["failed_by_reason"].items()) or "none"
-        raise ProblemsReported(f"--rm {worst[0]}: no usable answer for {rate:.1%} of what it was asked, above "
-                               f"--max-failure-rate {limit:.1%} (failed: {reasons})")
+    model: str | None = option(None, EMBED_MODEL_HELP)
+    trust_remote_code: bool = option(False, TRUST_REMOTE_CODE_HELP)
 
 
 @register

@@ -24,10 +24,11 @@ import pyarrow as pa
 from pydantic import field_validator
 
 from ..errors import InputError, ProblemsReported
+from ..options import parse_key_values
+from ..pairs import swap_sides
 from ..report import StageResult, Table, mark_set_aside
 from ..schema import with_stage_columns
 from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
-from ..pairs import swap_sides
 # The maths lives in scoring; re-exported so `from prefcli.stages.vote import ...` keeps working.
 from ..scoring import (AGGREGATES, BUCKETS, CALIBRATION_VERSION, BucketThresholds,  # noqa: F401
                        aggregate_margins, bucketize, calibration_document, prefixed_columns, robust_scale,
@@ -248,13 +249,7 @@ def parse_thresholds(value: Any, where: str = "--thresholds") -> dict[str, str] 
         return {str(k): ("none" if v is None else str(v)) for k, v in value.items()}
     if not isinstance(value, str):
         raise InputError(f"{where}: expected key=value[,key=value], got {value!r}")
-    out: dict[str, str] = {}
-    for item in value.split(",") if value else ():
-        key, sep, raw = item.partition("=")
-        if not sep or not key.strip():
-            raise InputError(f"{where}: expected key=value, got '{item}'")
-        out[key.strip()] = raw.strip()
-    return out
+    return parse_key_values(value, where)
 
 
 RM_HELP = ("Reward model spec, repeatable: hf:<path-or-hub-id> | ensemble[:k=6,folds=5,views=emb+lex,drop=0.15] | "
@@ -311,6 +306,7 @@ class VoteStage(Stage):
     summary = "Score pairs with reward models; flag incorrect/ambiguous labels; flip, drop or soft-label them."
     resources = Resources(mode="table", uses_models=True)
     uses_seed = True
+    empty_input = "no pairs to vote on"
     reads = (Read("calibration", "--calibration", "calib.json written by `prefcli calibrate` (thresholds from "
                   "human review).", load_calibration),)
     writes = (Write(SET_ASIDE, "--set-aside", "Where --action drop writes its rows (default OUT.rejects.parquet).",
@@ -338,12 +334,6 @@ class VoteStage(Stage):
     def check(self, ctx: Context) -> None:
         self.thresholds(ctx)
         self.reward_models(ctx)
-
-    def read(self, call) -> pa.Table:
-        table = super().read(call)
-        if not table.num_rows:
-            raise InputError(f"{call.inputs[0]}: no pairs to vote on")
-        return table
 
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
         options = VoteOptions(action=self.params.action, thresholds=self.thresholds(ctx), seed=ctx.seed)
