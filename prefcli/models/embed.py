@@ -12,7 +12,7 @@ import numpy as np
 from ..cache.memo import memoised
 from ..cache.vectors import VectorStore
 from ..errors import InputError
-from ..io import remove_path
+from ..io import atomic_path
 from ..text import text_keys
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -208,17 +208,14 @@ def ensure_static_model(root: str | os.PathLike | None = None) -> Path:
         except ImportError:
             raise InputError("--model static needs model2vec's distiller: pip install 'model2vec[distill]'") from None
         quiet_hf()
-        staging = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        remove_path(staging)
         progress = os.environ.get("TQDM_DISABLE")
         if not sys.stderr.isatty():
             os.environ["TQDM_DISABLE"] = "1"  # model2vec's progress bar only on a terminal
         try:
-            model = distill(model_name=default_model_path(), pca_dims=STATIC_DIMS, device="cpu")
-            model.save_pretrained(str(staging))
-            os.replace(staging, target)
+            with atomic_path(target) as staging:
+                model = distill(model_name=default_model_path(), pca_dims=STATIC_DIMS, device="cpu")
+                model.save_pretrained(str(staging))
         finally:
-            remove_path(staging)
             if progress is None:
                 os.environ.pop("TQDM_DISABLE", None)
             else:
