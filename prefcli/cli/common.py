@@ -7,16 +7,14 @@ import functools
 import os
 import sys
 import traceback
-from pathlib import Path
 from typing import Annotated, Callable, Optional
 
 import typer
 
 from .. import io
-from ..errors import (EXIT_BAD_INPUT, EXIT_CANT_CREATE, EXIT_IO, EXIT_SOFTWARE, InputError, PrefcliError,
-                      ProblemsReported, os_failure)
-from ..outputs import OutputPlan
-from ..report import Reporter, StageResult
+from ..errors import (EXIT_BAD_INPUT, EXIT_CANT_CREATE, EXIT_IO, EXIT_SOFTWARE, PrefcliError,
+                      os_failure)
+from ..report import Reporter
 
 
 class OutputPath:
@@ -66,25 +64,9 @@ OUTPUT_PATH = OutputPath()
 
 Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="Print nothing on success (for cron).")]
 Json = Annotated[bool, typer.Option("--json", help="Print a machine-readable JSON summary.")]
-Seed = Annotated[int, typer.Option("--seed", parser=number(int, 0),
-                                   help="Random seed; same seed and input give the same output.")]
-Output = Annotated[str, typer.Option("--output", "-o", parser=OUTPUT_PATH,
-                                     help="Output Parquet file, or - for stdout.")]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Allow replacing an existing directory that prefcli "
-                                         "did not write (never needed for prefcli's own earlier outputs).")]
-Input = Annotated[str, typer.Argument(help="Input pairs Parquet file, or - for stdin.")]
-Device = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-EmbedModel = Annotated[Optional[str], typer.Option(
-    "--model", help="Embedding model: local path or hub id (default: the packaged all-MiniLM-L6-v2).")]
-TrustRemoteCode = Annotated[bool, typer.Option(
-    "--trust-remote-code", help="Allow a model's own Python code and pickle weights (.bin); off by default, "
-                                "so only safetensors weights load.")]
 CacheDir = Annotated[Optional[str], typer.Option(
     "--cache-dir", help="Embedding/score cache and neighbour graphs (default $PREFCLI_CACHE_DIR or the user "
     "cache dir).")]
-MaxRejectRate = Annotated[Optional[float], typer.Option(
-    "--max-reject-rate", parser=number(float, 0.0, 1.0),
-    help="Exit 1 when the share of rows set aside is above this.")]
 
 
 def reporter(quiet: bool, json_mode: bool, output: str | None = None, *, tables_to_stdout: bool = False) -> Reporter:
@@ -131,41 +113,9 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
-def bad_option(message: str) -> InputError:
-    return InputError(message)
 
 
-def side_path(output: str, explicit: str | None, stage: str) -> str:
-    """Where set-aside rows go: --explicit path, else OUT.rejects.parquet, else STAGE.rejects.parquet for stdout."""
-    if explicit:
-        return explicit
-    if output == io.STDIO:
-        return f"{stage}.rejects.parquet"
-    path = Path(output)
-    stem = path.name[: -len(".parquet")] if path.name.endswith(".parquet") else path.name
-    return str(path.with_name(f"{stem}.rejects.parquet"))
 
-
-def plan_stage(input: str | None, output: str, side_option: str, side: str | None, stage: str,
-               *, reads: tuple = ()) -> tuple[OutputPlan, str]:
-    """The outputs of a one-in, one-out stage: --output and its set-aside file (explicit or default)."""
-    plan = OutputPlan(inputs=[input, *reads])
-    plan.add("--output", output)
-    return plan, plan.add(side_option, side_path(output, side, stage))
-
-
-def write_stage(plan: OutputPlan, result: StageResult, output: str, side: str | None) -> None:
-    """Write the kept rows to `output` and set-aside rows (if any) to `side`, all or nothing."""
-    plan.write(output, result.out)
-    if result.set_aside is not None and result.set_aside.num_rows and side:
-        plan.write(side, result.set_aside)
-    plan.commit()
-
-
-def enforce_reject_rate(rows_in: int, set_aside: int, limit: float | None, what: str = "set aside") -> None:
-    if limit is not None and rows_in and set_aside / rows_in > limit:
-        raise ProblemsReported(f"{set_aside}/{rows_in} rows {what} ({set_aside / rows_in:.1%}), "
-                               f"above --max-reject-rate {limit:.1%}")
 
 
 EXIT_CODES_DOC = (f"Exit codes: 0 ok; 1 ran but reported problems; {EXIT_BAD_INPUT} bad input or usage; 3 workdir "
