@@ -36,8 +36,9 @@ from ..stage import Context, Stage
 from . import require_ray
 from .ray_data import ROW, connect, gather_table, one_line_errors, ordered_context
 
-TASK_RETRIES = 3  # a task whose worker process dies (kill -9, OOM, node loss) is run again this many times
-ACTOR_RESTARTS = 3
+TASK_RETRIES = 3  # the one-task path: a task whose worker dies (kill -9, OOM, node loss) is run again
+# map_batches needs no option for that: Ray Data retries a map task whose worker dies and restarts a pool's
+# actors (its defaults in Ray 2.60; passing max_retries/max_restarts there is deprecated).
 DEFAULT_BATCH = 4096
 
 
@@ -177,13 +178,11 @@ class RayEngine:
             size = self.actors or max(1, int(self.gpus()) or 1)
             mapped = ds.map_batches(BatchActor, batch_size=rows, batch_format="pyarrow",
                                     fn_constructor_kwargs={"stage": stage.worker_copy(), "ctx": worker_ctx},
-                                    compute=ActorPoolStrategy(size=size), num_gpus=1 if self.gpus() else None,
-                                    max_restarts=ACTOR_RESTARTS, max_task_retries=TASK_RETRIES)
+                                    compute=ActorPoolStrategy(size=size), num_gpus=1 if self.gpus() else None)
         else:
             mapped = ds.map_batches(run_batch, batch_size=rows, batch_format="pyarrow",
                                     fn_kwargs={"stage": stage.worker_copy(), "ctx": worker_ctx},
-                                    compute=TaskPoolStrategy(size=self.actors) if self.actors else TaskPoolStrategy(),
-                                    max_retries=TASK_RETRIES)
+                                    compute=TaskPoolStrategy(size=self.actors) if self.actors else TaskPoolStrategy())
         packed = gather_table(mapped)
         rows_in = sum(packed.column("rows_in").to_pylist()) if packed.num_rows else 0
         if rows_in != table.num_rows:
