@@ -89,7 +89,7 @@ def assert_tables_match(local: pa.Table, ray: pa.Table, where: str) -> None:
 
 def assert_dirs_match(local: Path, ray: Path) -> int:
     """Every file one engine wrote the other wrote too, with the same content. Returns files compared."""
-    ignore = {"manifest.json", "run.lock"}
+    ignore = {"manifest.json", "run.lock", "run.lock.holder"}
     names = sorted(str(p.relative_to(local)) for p in local.rglob("*") if p.is_file() and p.name not in ignore
                    and "cache" not in p.relative_to(local).parts)
     theirs = sorted(str(p.relative_to(ray)) for p in ray.rglob("*") if p.is_file() and p.name not in ignore
