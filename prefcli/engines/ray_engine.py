@@ -57,6 +57,15 @@ class _Collect:
         return nullcontext(Advance(None, None))
 
 
+def for_workers(ctx: Context, stage: Stage) -> Context:
+    """The context shipped to workers: no report sink, and the cache dir the driver would use named explicitly
+    (a worker's environment may lack PREFCLI_CACHE_DIR), so both engines read and write the same cache."""
+    from ..cache.vectors import default_cache_dir
+
+    models = stage.resources.uses_models and ctx.use_cache  # the ingest memo stays off unless asked for
+    return replace(ctx, report=None, cache_dir=ctx.cache_dir or (default_cache_dir() if models else None))
+
+
 def _on_worker(ctx: Context) -> tuple[Context, _Collect]:
     sink = _Collect()
     return replace(ctx, report=sink, inputs=dict(ctx.inputs)), sink
@@ -160,7 +169,7 @@ class RayEngine:
         ray = self.ray
         gpus = 1.0 if stage.resources.uses_models and self.gpus() else 0.0
         task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=TASK_RETRIES)(run_table_stage)
-        worker_ctx = replace(ctx, report=None)
+        worker_ctx = for_workers(ctx, stage)
         ref = task.remote(stage.worker_copy(), ray.put(table) if table is not None else None, worker_ctx)
         result, state, warnings = ray.get(ref)
         stage.__dict__.update(state)
@@ -173,7 +182,7 @@ class RayEngine:
 
         rows = self.batch_size or stage.resources.batch_size or DEFAULT_BATCH
         ds = blocks_of(self.ray, table, rows)
-        worker_ctx = replace(ctx, report=None)
+        worker_ctx = for_workers(ctx, stage)
         if stage.resources.uses_models:
             size = self.actors or max(1, int(self.gpus()) or 1)
             mapped = ds.map_batches(BatchActor, batch_size=rows, batch_format="pyarrow",
@@ -208,7 +217,8 @@ class RayEngine:
             ctx.warn("dedup --against/--graph/--explain: not ported to the partitioned algorithm yet; the local "
                      "dedup runs as one Ray task")
             return None
-        models = dict(device=ctx.device, cache_dir=str(ctx.cache_dir) if ctx.cache_dir else None,
+        cache_dir = for_workers(ctx, stage).cache_dir
+        models = dict(device=ctx.device, cache_dir=str(cache_dir) if cache_dir else None,
                       use_cache=ctx.use_cache, trust_remote_code=p.trust_remote_code)
         proposer = functools.partial(build_embedder, p.model, **models)
         verifier = (functools.partial(build_embedder, p.verify, **models)
