@@ -78,7 +78,10 @@ def load_reads(call: Call) -> None:
         call.ctx.inputs[read.name] = read.load(value)
 
 
-def execute(call: Call) -> Outcome:
+def execute(call: Call, engine=None) -> Outcome:
+    """Run one Call. `engine` (prefcli.engines.make_engine; None: local) supplies only the middle step, table ->
+    StageResult: planning, side inputs, reading, accounting, the all-or-nothing write and --max-reject-rate are
+    the same whatever runs the stage."""
     stage = call.stage
     stage.validate(call)
     plan, paths = plan_outputs(call)
@@ -87,7 +90,7 @@ def execute(call: Call) -> Outcome:
     table = stage.read(call)
     rows_in = table.num_rows if table is not None else 0
     with Timer() as timer:
-        result = stage.run(table, call.ctx)
+        result = engine.run(stage, table, call.ctx) if engine is not None else stage.run(table, call.ctx)
     if table is not None:
         check_accounting(rows_in, result, added=result.added)
     else:

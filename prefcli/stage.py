@@ -98,6 +98,7 @@ class Resources:
     gpus: float = 0.0  # per worker, where GPUs exist
     batch_size: int | None = None  # rows per batch for batch stages
     uses_models: bool = False  # loads embedders or reward models (device, cache, trust-remote-code apply)
+    on_ray: str = "one Ray task on a worker (needs the whole table; no distributed algorithm yet)"
 
 
 @dataclass(frozen=True)
@@ -167,6 +168,7 @@ class Stage:
     uses_seed: ClassVar[bool] = False  # the seed changes what the stage does (sampling, shuffles, ties)
     uses_cache: ClassVar[bool] = False  # keeps a cache even without models (e.g. the ingest memo)
     sets_aside: ClassVar[bool] = False  # may set rows aside: --max-reject-rate applies
+    engines: ClassVar[tuple[str, ...]] = ("local",)  # ("local", "ray"): the command takes --engine
     input_help: ClassVar[str] = "Input files."
     output_help: ClassVar[str] = "Output Parquet file, or - for stdout."
 
@@ -237,6 +239,44 @@ class Stage:
     @classmethod
     def report_tables(cls, stats: dict[str, Any]) -> list:
         return []
+
+    # -- hooks of the engines (prefcli.engines)
+    def batchwise(self) -> bool:
+        """True when this invocation may run batch by batch (`resources.mode == "batch"`, unless an option
+        makes it global, e.g. export --shuffle)."""
+        return self.resources.mode == "batch"
+
+    def merge_batches(self, table: pa.Table, results: list[StageResult], ctx: Context) -> StageResult:
+        """One result from the results of `run` on consecutive batches of `table`, in order: rows concatenated,
+        integer stats summed, other stats from the first batch."""
+        outs = [r.out for r in results if r.out is not None]
+        asides = [r.set_aside for r in results if r.set_aside is not None and r.set_aside.num_rows]
+        stats: dict[str, Any] = {}
+        for result in results:
+            for key, value in result.stats.items():
+                if isinstance(value, int) and not isinstance(value, bool) and key in stats:
+                    stats[key] += value
+                else:
+                    stats.setdefault(key, value)
+        out = pa.concat_tables(outs, promote_options="permissive") if outs else None
+        aside = pa.concat_tables(asides, promote_options="permissive") if asides else None
+        return StageResult(out=out, set_aside=aside, stats=stats, added=sum(r.added for r in results))
+
+    WORKER_DROP: ClassVar[tuple[str, ...]] = ("_models",)  # state rebuilt on a worker (loaded models)
+
+    def worker_copy(self) -> "Stage":
+        """A copy to ship to an engine's worker: loaded models are left behind (the worker loads its own)."""
+        import copy
+
+        clone = copy.copy(self)
+        for name in self.WORKER_DROP:
+            if name in clone.__dict__:
+                clone.__dict__[name] = None
+        return clone
+
+    def worker_state(self) -> dict[str, Any]:
+        """What `run` set on this object that `write`/`final_stats` use on the driver (loaded models left out)."""
+        return {k: v for k, v in self.__dict__.items() if k not in self.WORKER_DROP and k != "params"}
 
 
 STAGES: dict[str, type[Stage]] = {}

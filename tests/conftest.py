@@ -58,3 +58,20 @@ def assert_one_line_error(proc, *fragments: str, code: int = 2) -> None:
     assert "Traceback" not in err
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the whole test session (starting one costs ~20 s on the 2-core box); a clean
+    skip with the pip hint where Ray is not installed."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'prefcli[ray]'")
+    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'prefcli[ray]'")
+    from prefcli.engines.ray_data import connect
+
+    connect(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False,
+            configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.max_hash_shuffle_aggregators = 2  # an aggregator actor is a process: two are enough for two cores
+    yield ray
+    ray.shutdown()

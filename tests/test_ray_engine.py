@@ -32,21 +32,6 @@ SAMPLE_SOURCES = ["hh_rlhf.jsonl.gz", "multi_response.jsonl", "oasst_trees.jsonl
                   "pairwise_signed.json", "trl_conversational.jsonl", "trl_standard.jsonl", "votes.json"]
 
 
-@pytest.fixture(scope="session")
-def ray_cluster():
-    ray = pytest.importorskip("ray", reason="Ray is not installed: pip install 'prefcli[ray]'")
-    pytest.importorskip("ray.data", reason="Ray Data is not installed: pip install 'prefcli[ray]'")
-    from prefcli.engines.ray_data import connect
-
-    connect(num_cpus=2, include_dashboard=False, object_store_memory=300 * 2**20, log_to_driver=False,
-            configure_logging=False)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = False
-    ctx.max_hash_shuffle_aggregators = 2  # an aggregator actor is a process: two are enough for two cores
-    yield ray
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def sample_table() -> pa.Table:
     return load_pairs([str(SAMPLE_DATA / name) for name in SAMPLE_SOURCES])

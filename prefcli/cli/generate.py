@@ -108,6 +108,11 @@ def stage_parameters(stage: type[Stage]) -> list[inspect.Parameter]:
     if stage.output == "dir" or any(w.kind == "dir" for w in stage.writes):
         params.append(_kw("overwrite", Annotated[bool, typer.Option("--overwrite", help=COMMON_HELP["overwrite"])],
                           False))
+    if "ray" in stage.engines:
+        from ..engines import ENGINE_HELP
+
+        params.append(_kw("engine", Annotated[str, typer.Option("--engine", metavar="local|ray[:ADDRESS]",
+                                                                 help=ENGINE_HELP)], "local"))
     params.append(_kw("quiet", Annotated[bool, typer.Option("--quiet", "-q", help=COMMON_HELP["quiet"])], False))
     params.append(_kw("json_mode", Annotated[bool, typer.Option("--json", help=COMMON_HELP["json_mode"])], False))
     return params
@@ -149,8 +154,11 @@ def make_command(stage_cls: type[Stage]) -> Callable:
     """A typer command function for `stage_cls`."""
 
     def command(**kw: Any) -> None:
+        from ..engines import make_engine, parse_engine
+
+        engine = parse_engine(kw.get("engine"))  # a bad value fails before anything is read
         call, report = call_from_cli(stage_cls, kw)
-        outcome = execute(call)
+        outcome = execute(call, engine=None if engine.kind == "local" else make_engine(engine, quiet=kw["quiet"] or kw["json_mode"]))
         report.summary(stage_cls.name, outcome.stats, stage_cls.report_tables(outcome.stats))
         call.stage.after_report(outcome.stats)
 

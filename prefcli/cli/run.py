@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from ..engines import ENGINE_HELP, parse_engine
 from ..pipeline import OUTCOME_COLUMNS, Runner, load_pipeline
 from ..report import Table
 from .common import Json, Quiet, handle_errors, number, reporter
@@ -36,10 +37,14 @@ def register(app: typer.Typer) -> None:
         wait_timeout: Annotated[Optional[float], typer.Option(
             "--wait-timeout", parser=number(float, 0.0),
                 help="With --wait: give up (exit 3) after this many seconds.")] = None,
+        engine: Annotated[str, typer.Option(
+            "--engine", metavar="local|ray[:ADDRESS]",
+            help=ENGINE_HELP + " Applies to every stage; the engine is not part of a stage's skip key.")] = "local",
         quiet: Quiet = False,
         json_mode: Json = False,
     ) -> None:
         """Run a pipeline of stage commands; unchanged stages are skipped, a killed run resumes."""
+        spec = parse_engine(engine)
         pipeline = load_pipeline(pipeline_file)
         rep = reporter(quiet, json_mode)
         root = Path(workdir) if workdir else default_workdir(pipeline)
@@ -54,7 +59,7 @@ def register(app: typer.Typer) -> None:
                 rep.console.print(f"[dim]{what}[/dim] {name}")
 
         runner = Runner(pipeline, root, quiet=quiet or json_mode, on_stage=announce, cache_dir=cache.resolve(),
-                        report=rep)
+                        report=rep, engine=spec)
         result = runner.run(start=start, until=until, force=force, wait=wait, wait_timeout=wait_timeout)
         ran = sum(o.status == "ran" for o in result.outcomes)
         stats = {"pipeline": result.pipeline, "workdir": result.workdir, "status": "ok", "stages_run": ran,

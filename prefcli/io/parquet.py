@@ -156,9 +156,24 @@ def _parquet_errors(path: str | os.PathLike) -> Iterator[None]:
 
 
 def read_table(path: str | os.PathLike, *, columns: list[str] | None = None) -> pa.Table:
-    """Read a Parquet file (or stdin for `-`) with a one-line error on failure."""
+    """Read a Parquet file (or stdin for `-`) with a one-line error on failure. A directory of `*.parquet` part
+    files (a Parquet dataset, as `--engine ray` and Spark write them) is read part by part in name order."""
+    parts = dataset_parts(path)
+    if parts:
+        with _parquet_errors(path):
+            tables = [pq.read_table(part, columns=columns) for part in parts]
+            return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     with _parquet_errors(path):
         return pq.read_table(_parquet_source(path), columns=columns)
+
+
+def dataset_parts(path: str | os.PathLike) -> list[str]:
+    """The part files of a Parquet dataset directory, in name order (files starting with _ or . are metadata);
+    [] for anything else."""
+    if str(path) == STDIO or not Path(path).is_dir():
+        return []
+    return sorted(str(p) for p in Path(path).iterdir()
+                  if p.is_file() and p.name.endswith(".parquet") and not p.name.startswith(("_", ".")))
 
 
 def read_pairs(path: str | os.PathLike, *, require: dict[str, str] | None = None) -> pa.Table:

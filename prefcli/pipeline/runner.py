@@ -134,7 +134,11 @@ class Runner:
 
     def __init__(self, pipeline: Pipeline, workdir: Path, *, quiet: bool = False,
                  on_stage: Callable[[str, str], None] | None = None, cache_dir: Path | None = None,
-                 report=None):
+                 report=None, engine=None):
+        from ..engines import parse_engine
+
+        self.engine_spec = parse_engine(engine)  # where every stage runs; not part of a stage's key
+        self._engine = None
         self.pipeline = pipeline
         self.workdir = Path(workdir).resolve()
         self.cache_dir = cache_dir  # every stage's ctx.cache_dir, unless the stage sets cache-dir itself
@@ -365,7 +369,7 @@ class Runner:
                 call, _, inputs, _ = self.build_call(stage, previous, fingerprint, work)
                 _reset_peak_rss()
                 began = time.perf_counter()
-                outcome = execute(call)
+                outcome = execute(call, engine=self.engine())
                 call.stage.after_report(outcome.stats)
                 wall = time.perf_counter() - began
                 peak = _peak_rss_mb()
@@ -400,6 +404,16 @@ class Runner:
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "stats": stats,
         }
+
+    def engine(self):
+        """The engine object, made (for ray: connected) on the first stage that runs; None for local."""
+        if self.engine_spec.kind == "local":
+            return None
+        if self._engine is None:
+            from ..engines import make_engine
+
+            self._engine = make_engine(self.engine_spec, quiet=self.quiet)
+        return self._engine
 
     def _intact(self, name: str, record: dict, fingerprint: Fingerprints) -> bool:
         """The outputs recorded for a stage are all still there with the recorded content."""

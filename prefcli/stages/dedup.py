@@ -683,7 +683,11 @@ class DedupStage(Stage):
 
     name = "dedup"
     Params = DedupParams
-    resources = Resources(mode="table", uses_models=True, batch_size=64)
+    resources = Resources(mode="table", uses_models=True, batch_size=64,
+                          on_ray="exact: hash groupby; semantic/cascade: k-means partitioned kNN, embedders in an "
+                                 "actor pool (prefcli.engines.ray_dedup); with --against, --graph or --explain: "
+                                 "one Ray task on a worker")
+    engines = ("local", "ray")
     uses_seed = True
     sets_aside = True
     set_aside_word = "removed"
@@ -742,13 +746,15 @@ class DedupStage(Stage):
     def write(self, plan, paths, result) -> None:
         from pathlib import Path
 
-        graph_table = result.artifacts["graph"]
-        reused = result.stats["graph_reused"]
+        graph_table = result.artifacts.get("graph")  # None from the Ray engine's partitioned dedup
+        reused = result.stats.get("graph_reused", False)
+        if graph_table is None:
+            self._cache_root = None
         if not reused and getattr(self, "_cache_root", None) is not None:
             cached = plan.add("cache", str(graph_path(self._cache_root, result.artifacts["graph_fingerprint"])))
             plan.write(cached, graph_table)
         graph = paths.get("graph")
-        if graph and not (reused and Path(graph).is_file()):
+        if graph and graph_table is not None and not (reused and Path(graph).is_file()):
             plan.write(graph, graph_table)
         if "output" in paths:
             plan.write(paths["output"], result.out)

@@ -31,7 +31,7 @@ from .. import io
 from ..errors import InputError
 from ..result import StageResult, mark_set_aside
 from ..schema import MESSAGE_TYPE
-from ..stage import Context, Params, Stage, option, register
+from ..stage import Context, Params, Resources, Stage, option, register
 from ..text import texts_for
 
 FORMATS = ("trl", "trl-conversational", "trl-standard", "openrlhf", "jsonl", "hf-dataset", "parquet")
@@ -280,6 +280,15 @@ class ExportStage(Stage):
     summary = ("Write curated pairs for training: TRL (conversational or standard text), OpenRLHF JSONL, plain "
                "JSONL, HF datasets directory, or Parquet; --where filters.")
     output = "dir"  # a file, or a directory for --to hf-dataset (see output_kind); either may be replaced
+    engines = ("local", "ray")
+    resources = Resources(mode="batch", batch_size=8192,
+                          on_ray="map_batches over tasks (filter, ties, reshape), unless --shuffle or the dropping "
+                                 "of exact repeats (every training shape without --keep-repeats) needs the whole "
+                                 "table: then one Ray task on a worker")
+
+    def batchwise(self) -> bool:
+        """Rows are independent unless --shuffle, or repeats are dropped (a repeat is global)."""
+        return not self.params.shuffle and (self.params.keep_repeats or SHAPE.get(self.params.to) == "all")
     output_help = "File (directory for hf-dataset), or - for stdout (JSONL formats and parquet)."
     uses_seed = True
 

@@ -27,7 +27,7 @@ from ..formats.detect import detect_format
 from ..io import ColumnarBatch, RawBatch
 from ..result import StageResult
 from ..schema import empty_pairs, pair_schema
-from ..stage import SET_ASIDE, Context, Params, Stage, Write, option, register
+from ..stage import SET_ASIDE, Context, Params, Resources, Stage, Write, option, register
 
 ADAPTER_SAMPLE = 64  # detect_format and Adapter read only the first 64 records of a source
 
@@ -299,6 +299,9 @@ class IngestStage(Stage):
     name = "ingest"
     Params = IngestParams
     input = "sources"
+    engines = ("local", "ray")
+    resources = Resources(on_ray="one Ray task on a worker parses every source (stdin and hf: sources are "
+                                 "parsed on the driver); not split per file yet")
     uses_cache = True
     sets_aside = True
     input_help = ("Files, globs, directories, - (stdin), hf:NAME[:CONFIG][@SPLIT], or a datasets.save_to_disk "

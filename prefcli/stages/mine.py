@@ -648,7 +648,9 @@ class MineStage(Stage):
     Params = MineParams
     summary = ("Mine hard negatives (same prompt or nearest prompts) with a false-negative guard; add them as new "
                "pairs or replace the rejected of easy pairs.")
-    resources = Resources(mode="table", uses_models=True)
+    resources = Resources(mode="table", uses_models=True,
+                          on_ray="one Ray task on a worker (the response pool and kNN span the whole table)")
+    engines = ("local", "ray")
     uses_seed = True
     empty_input = "no pairs to mine for"
     reads = (Read("pool", "--pool", "Extra unlabelled candidates: a pairs Parquet file whose chosen and rejected "

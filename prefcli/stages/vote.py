@@ -304,7 +304,10 @@ class VoteStage(Stage):
     name = "vote"
     Params = VoteParams
     summary = "Score pairs with reward models; flag incorrect/ambiguous labels; flip, drop or soft-label them."
-    resources = Resources(mode="table", uses_models=True)
+    resources = Resources(mode="table", uses_models=True,
+                          on_ray="one Ray task on a worker, models loaded there (the per-RM robust scale and "
+                                 "the ensemble's cross-fitting need every row; not distributed yet)")
+    engines = ("local", "ray")
     uses_seed = True
     empty_input = "no pairs to vote on"
     reads = (Read("calibration", "--calibration", "calib.json written by `prefcli calibrate` (thresholds from "
