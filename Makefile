@@ -16,7 +16,8 @@ $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	# torch first, pinned: the CPU wheel; a bare `torch` would pull CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[$(FAISS),dev]"
+	# ray: the --engine ray tests run in CI; without the extra they skip with a reason
+	$(BIN)/pip install -q -e ".[$(FAISS),ray,dev]"
 	# the static embedding model (model2vec distillation of the packaged MiniLM), built once, offline
 	$(BIN)/python -m prefcli.models.embed
 	touch $(STAMP)
