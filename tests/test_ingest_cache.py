@@ -16,7 +16,7 @@ import pytest
 from prefcli import io
 from prefcli.cli.ingest import ingest
 from prefcli.ingest_cache import DIR, ENTRY
-from conftest import run_cli
+from conftest import run_inproc
 
 ALPACA = "alpaca-eval-annotations/annotations_compact.jsonl.gz"
 HH = "hh-rlhf-harmless/test.jsonl.gz"
@@ -39,7 +39,7 @@ def raw(tmp_path, shared_data) -> Path:
 
 
 def ingest_json(*args: str) -> dict:
-    proc = run_cli("ingest", *args, "--json")
+    proc = run_inproc("ingest", *args, "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 

@@ -18,7 +18,7 @@ from prefcli.stages.mine import STATUS_STATS, MineParams, mine, score_candidates
 from prefcli.stages.vote import robust_scale
 from prefcli.text import normalize, render_messages
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 from dedup_data import VARIANTS
 
 OASST = "oasst-en100/en_100_tree.jsonl"
@@ -261,11 +261,11 @@ def test_cli_replace_easy_keeps_row_accounting(alpaca, tmp_path, session_cache):
     """vote (real offline ensemble) -> mine --mode replace-easy: rows in = out, replaced originals set aside."""
     src, voted, out = tmp_path / "in.parquet", tmp_path / "voted.parquet", tmp_path / "mined.parquet"
     pq.write_table(alpaca, src)
-    proc = run_cli("vote", str(src), "-o", str(voted), "--rm", "ensemble:views=emb,repeats=1",
-                   "--thresholds", "strong=0.8", "-q")
+    proc = run_inproc("vote", str(src), "-o", str(voted), "--rm", "ensemble:views=emb,repeats=1",
+                      "--thresholds", "strong=0.8", "-q")
     assert proc.returncode == 0, proc.stderr.decode()
-    proc = run_cli("mine", str(voted), "-o", str(out), "--mode", "replace-easy", "--json", "--device", "cpu",
-                   "--rm", "a=ensemble:views=emb,repeats=1", "--rm", "b=ensemble:views=emb,repeats=1,drop=0")
+    proc = run_inproc("mine", str(voted), "-o", str(out), "--mode", "replace-easy", "--json", "--device", "cpu",
+                      "--rm", "a=ensemble:views=emb,repeats=1", "--rm", "b=ensemble:views=emb,repeats=1,drop=0")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     table, before = pq.read_table(out), pq.read_table(voted)
@@ -294,8 +294,8 @@ def test_cli_output_is_deterministic(alpaca, tmp_path, session_cache):
     outputs = []
     for name in ("a", "b"):
         path = tmp_path / f"{name}.parquet"
-        proc = run_cli("mine", str(src), "-o", str(path), "--strategy", "both", "--per-pair", "2", "--neighbors", "2",
-                       "--rm", "ensemble:views=emb,repeats=1", "--seed", "7", "--device", "cpu", "-q")
+        proc = run_inproc("mine", str(src), "-o", str(path), "--strategy", "both", "--per-pair", "2", "--neighbors",
+                          "2", "--rm", "ensemble:views=emb,repeats=1", "--seed", "7", "--device", "cpu", "-q")
         assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode()
         outputs.append(pq.read_table(path))
     assert outputs[0].equals(outputs[1])

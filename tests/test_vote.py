@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, run_inproc
 from prefcli.errors import InputError
 from prefcli.models.reward import parse_rm_spec
 from prefcli.models.reward.ensemble import EnsembleConfig, OfflineEnsemble
@@ -85,8 +85,8 @@ def llmbar_scored(shared_data, tmp_path_factory):
 
 
 def _vote_cli(src, out, *extra):
-    proc = run_cli("vote", str(src), "-o", str(out), "--rm", "len=scores:chosen_score,rejected_score",
-                   "--thresholds", "incorrect=-0.5,ambiguous=0.2,strong=1.5", "--json", *extra)
+    proc = run_inproc("vote", str(src), "-o", str(out), "--rm", "len=scores:chosen_score,rejected_score",
+                      "--thresholds", "incorrect=-0.5,ambiguous=0.2,strong=1.5", "--json", *extra)
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout), pq.read_table(out)
 
@@ -129,18 +129,19 @@ def test_actions_flip_drop_soft_keep_row_accounting(llmbar_scored, tmp_path):
 def test_bad_rm_spec_and_options_one_line_errors(llmbar_scored, tmp_path):
     src, _ = llmbar_scored
     out = tmp_path / "x.parquet"
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "bogus:model"), "unknown backend 'bogus'")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score"), "scores:")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "ensemble:k=x"), "k=")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:a,b"), "no column 'a'")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
-                                  "--thresholds", "incorrect=x"), "--thresholds", "incorrect")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "hf:/nonexistent/model"),
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "bogus:model"),
+                          "unknown backend 'bogus'")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score"), "scores:")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "ensemble:k=x"), "k=")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:a,b"), "no column 'a'")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
+                                     "--thresholds", "incorrect=x"), "--thresholds", "incorrect")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "hf:/nonexistent/model"),
                           "hf:/nonexistent/model", "cannot load")
     bad = tmp_path / "calib.json"
     bad.write_text('{"version": 1}')
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
-                                  "--calibration", str(bad)), str(bad), "thresholds")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
+                                     "--calibration", str(bad)), str(bad), "thresholds")
     assert not out.exists()
 
 
