@@ -166,6 +166,24 @@ def alpaca_noisy(shared_data):
     return real_pairs.inject_flips(table, 0.2, seed=3)
 
 
+@pytest.fixture(scope="module")
+def fitted(alpaca_noisy, session_cache):
+    """fitted(rows, max_train): an ensemble (repeats=1, folds=4) fitted with seed 0 on the first `rows` noisy
+    pairs, fitted once per module; tests that compare two fits of their own still make both themselves."""
+    fits = {}
+
+    def get(rows: int, max_train: int | None = None) -> OfflineEnsemble:
+        if (rows, max_train) not in fits:
+            extra = {} if max_train is None else {"max_train": max_train}
+            ens = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4, **extra), device="cpu",
+                                  cache_dir=str(session_cache))
+            ens.fit(alpaca_noisy[0].slice(0, rows), seed=0)
+            fits[rows, max_train] = ens
+        return fits[rows, max_train]
+
+    return get
+
+
 def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, session_cache):
     from sklearn.metrics import roc_auc_score
 
@@ -188,13 +206,12 @@ def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, s
     assert not np.array_equal(other.column("pref_mean").to_numpy(), mean)  # the seed picks the fold split
 
 
-def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session_cache):
+def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session_cache, fitted):
     """Cross-fitting: relabelling pairs of one fold must not move any score of that fold except
     the relabelled pairs' own (exactly negated) margins: no model that scores a fold saw its labels."""
     noisy = alpaca_noisy[0].slice(0, 120)
     config = EnsembleConfig(repeats=1, folds=4)
-    a = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
-    a.fit(noisy, seed=0)
+    a = fitted(120)
     fold0 = a.members[0].fold == 0
     mask = fold0 & (np.arange(noisy.num_rows) % 2 == 0)
     from prefcli.stages.vote import swap_sides
@@ -218,10 +235,9 @@ def test_parse_rm_spec_names_and_options():
 
 # --------------------------------------------------------------------------- the ensemble at scale (max_train)
 
-def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache):
+def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0].slice(0, 120)
-    today = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4), device="cpu", cache_dir=str(session_cache))
-    today.fit(noisy, seed=0)
+    today = fitted(120)
     for cap in (120, 10_000):
         capped = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4, max_train=cap), device="cpu",
                                  cache_dir=str(session_cache))
@@ -231,7 +247,7 @@ def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache):
             assert np.array_equal(ma.weights, mb.weights) and np.array_equal(ma.fold, mb.fold)
 
 
-def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache):
+def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0]
     config = EnsembleConfig(repeats=1, folds=4, max_train=100)
 
@@ -240,7 +256,7 @@ def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_
         ens.fit(noisy, seed=seed)
         return ens
 
-    a, b, c = fit(0), fit(0), fit(1)
+    a, b, c = fitted(noisy.num_rows, 100), fit(0), fit(1)  # b: a second fit of its own, to compare with a
     inside = a.members[0].fold >= 0
     assert inside.sum() == 100 and np.array_equal(np.flatnonzero(inside), a.train_sample(noisy.num_rows, 0))
     for ma, mb in zip(a.members, b.members):
@@ -261,14 +277,13 @@ def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_
         np.testing.assert_allclose(m.chosen[rest], rewards[:, j], rtol=1e-9, atol=1e-12)
 
 
-def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, session_cache):
+def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, session_cache, fitted):
     """Relabelling pairs outside the training sample changes nothing but their own (negated) margins."""
     from prefcli.stages.vote import swap_sides
 
     noisy = alpaca_noisy[0]
     config = EnsembleConfig(repeats=1, folds=4, max_train=100)
-    a = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
-    a.fit(noisy, seed=0)
+    a = fitted(noisy.num_rows, 100)
     outside = a.members[0].fold < 0
     mask = outside & (np.arange(noisy.num_rows) % 2 == 0)
     b = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
