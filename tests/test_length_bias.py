@@ -243,6 +243,7 @@ def test_bad_options_give_one_line_errors(planted, tmp_path):
     assert not out.exists() and not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_ensemble_lex_member_keeps_content_after_debiasing(alpaca):
     """Real judge labels that mostly pick the longer response: the offline ensemble's `lex` member must rank
     by content, not length, so that removing length leaves a real signal. On these 1,200 pairs the paired
@@ -333,6 +334,7 @@ def hh_voted(shared_data) -> pa.Table:
                 VoteParams(seed=0)).out
 
 
+@pytest.mark.slow
 def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):
     """The issue's path (fit --score pref_mean, apply) on real pairs: the model is fitted on one half of the
     prompts and applied to the other half, both ways round; rho after apply stays within the target there."""
@@ -358,6 +360,7 @@ def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):
         assert abs(_accuracy_gap(after, d)) <= 0.05 < abs(_accuracy_gap(before, d))
 
 
+@pytest.mark.slow
 def test_report_warns_when_rho_after_is_above_the_target(hh_voted, tmp_path):
     """A model fitted on other pairs (here: with the length effect's sign flipped) leaves rho far from 0."""
     table = hh_voted.slice(0, 600)

@@ -90,6 +90,7 @@ def mined_rows(table: pa.Table) -> pa.Table:
     return table.filter(pa.compute.equal(table.column("neg_origin"), "mined"))
 
 
+@pytest.mark.slow
 def test_guards_hold_on_oasst(oasst, embedder):
     pairs, pool = oasst
     rms = [LengthRM(), RelevanceRM(embedder)]
@@ -127,6 +128,7 @@ def test_guards_hold_on_oasst(oasst, embedder):
     assert not set(out.column("pair_id").to_pylist()) & set(pairs.column("pair_id").to_pylist())
 
 
+@pytest.mark.slow
 def test_unguarded_mining_breaks_the_guards(oasst, embedder):
     """The same run with --no-guard mines negatives the guard blocks (so the guard test can fail)."""
     pairs, pool = oasst
@@ -144,6 +146,7 @@ def near_duplicates(text: str, rng: random.Random) -> list[str]:
     return [vary(text, rng) for vary in VARIANTS.values()]
 
 
+@pytest.mark.slow
 def test_near_duplicates_of_the_chosen_are_never_mined(alpaca, embedder):
     """Planted variants of each chosen (as an unlabelled pool) are blocked by the guard, however the RMs score them."""
     rng = random.Random(0)

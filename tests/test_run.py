@@ -126,6 +126,7 @@ def test_full_run_records_manifest_and_skips_when_unchanged(reference):
     assert (work / FINAL).read_bytes() == final
 
 
+@pytest.mark.slow
 def test_incremental_append_equals_fresh_run(tmp_path, hh_lines, reference):
     _, _, final = reference
     toml = make_project(tmp_path, hh_lines, {"a": slice(0, A)})

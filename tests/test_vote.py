@@ -184,6 +184,7 @@ def fitted(alpaca_noisy, session_cache):
     return get
 
 
+@pytest.mark.slow
 def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, session_cache):
     from sklearn.metrics import roc_auc_score
 
@@ -206,6 +207,7 @@ def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, s
     assert not np.array_equal(other.column("pref_mean").to_numpy(), mean)  # the seed picks the fold split
 
 
+@pytest.mark.slow
 def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session_cache, fitted):
     """Cross-fitting: relabelling pairs of one fold must not move any score of that fold except
     the relabelled pairs' own (exactly negated) margins: no model that scores a fold saw its labels."""
@@ -235,6 +237,7 @@ def test_parse_rm_spec_names_and_options():
 
 # --------------------------------------------------------------------------- the ensemble at scale (max_train)
 
+@pytest.mark.slow
 def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0].slice(0, 120)
     today = fitted(120)
@@ -247,6 +250,7 @@ def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache, fitt
             assert np.array_equal(ma.weights, mb.weights) and np.array_equal(ma.fold, mb.fold)
 
 
+@pytest.mark.slow
 def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0]
     config = EnsembleConfig(repeats=1, folds=4, max_train=100)
@@ -277,6 +281,7 @@ def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_
         np.testing.assert_allclose(m.chosen[rest], rewards[:, j], rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, session_cache, fitted):
     """Relabelling pairs outside the training sample changes nothing but their own (negated) margins."""
     from prefcli.stages.vote import swap_sides
