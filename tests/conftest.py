@@ -1,10 +1,21 @@
-"""Shared test fixtures: offline hub, a per-session cache dir, real data from ../shared/data."""
+"""Shared test fixtures: offline hub, a per-session cache dir, real data from ../shared/data.
+
+Two ways to run the CLI: `run_inproc` (the real entry point in this process: no interpreter start, no torch
+import per call) for tests about what a command does, and `run_cli` (a subprocess) for tests about the process
+itself: pipes between processes, signals, locks held by another process, resource limits, the console script.
+Both return a CompletedProcess with bytes stdout/stderr.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
+import tempfile
+import traceback
+import warnings
 from pathlib import Path
 
 import pytest
@@ -45,8 +56,101 @@ def run_cli(*args: str, input: bytes | None = None, cwd: Path | None = None, env
     """Run `prefcli ARGS` in a subprocess, as a user's shell would. Returns CompletedProcess (bytes)."""
     full_env = dict(os.environ)
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "prefcli.cli.main", *args], input=input, cwd=cwd,
-                          capture_output=True, env=full_env, timeout=900)
+    return subprocess.run([sys.executable, "-m", "prefcli.cli.main", *[str(a) for a in args]], input=input,
+                          cwd=cwd, capture_output=True, env=full_env, timeout=900)
+
+
+def run_inproc(*args, input: bytes | str | None = None, cwd: Path | None = None, env: dict | None = None):
+    """`run_cli` in this process, through the real entry point `prefcli.cli.main.main(argv)`.
+
+    What a subprocess would see is kept: file descriptors 1 and 2 go to temporary files for the call (so C-level
+    writes and binary stdout, `-o -`, are captured in order), stdin is `input` (empty if None), Python warnings
+    are printed to stderr under the interpreter's default filters, an uncaught exception is a traceback and exit 1.
+    `env` and `cwd` apply for the call only; os.environ, the working directory and sys.std* are restored after."""
+    from prefcli.cli.main import main
+
+    argv = [str(a) for a in args]
+    if isinstance(input, str):
+        input = input.encode()
+    saved_env, saved_cwd = dict(os.environ), os.getcwd()
+    saved_streams = sys.stdin, sys.stdout, sys.stderr
+    with tempfile.TemporaryFile() as out_file, tempfile.TemporaryFile() as err_file:
+        with _fds_to(out_file, err_file):
+            sys.stdin = io.TextIOWrapper(io.BytesIO(input or b""), encoding="utf-8")
+            sys.stdout = io.TextIOWrapper(open(1, "wb", closefd=False), encoding="utf-8")
+            sys.stderr = io.TextIOWrapper(open(2, "wb", closefd=False), encoding="utf-8",
+                                          errors="backslashreplace", line_buffering=True)
+            try:
+                os.environ.update({k: str(v) for k, v in (env or {}).items()})
+                if cwd is not None:
+                    os.chdir(cwd)
+                with warnings.catch_warnings():
+                    _interpreter_warning_filters()
+                    code = _call_main(main, argv)
+            finally:
+                for stream in (sys.stdout, sys.stderr, *saved_streams[1:]):
+                    with contextlib.suppress(Exception):
+                        stream.flush()
+                sys.stdin, sys.stdout, sys.stderr = saved_streams
+                os.chdir(saved_cwd)
+                _restore_environ(saved_env)
+        out_file.seek(0)
+        err_file.seek(0)
+        return subprocess.CompletedProcess(["prefcli", *argv], code, out_file.read(), err_file.read())
+
+
+def _call_main(main, argv: list[str]) -> int:
+    """The exit status a process would have after `main(argv)`."""
+    try:
+        main(argv)
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    except Exception:  # a bug: the interpreter would print the traceback and exit 1
+        traceback.print_exc()
+        return 1
+    return 0
+
+
+@contextlib.contextmanager
+def _fds_to(out_file, err_file):
+    """Point file descriptors 1 and 2 at the given files, then back (pytest's own capture included)."""
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved = os.dup(1), os.dup(2)
+    try:
+        os.dup2(out_file.fileno(), 1)
+        os.dup2(err_file.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        os.close(saved[0])
+        os.close(saved[1])
+
+
+def _interpreter_warning_filters() -> None:
+    """Inside catch_warnings: the filters and the printing of a fresh `python` (pytest records warnings instead)."""
+    warnings.resetwarnings()
+    for category in (ResourceWarning, ImportWarning, PendingDeprecationWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category)
+    warnings.filterwarnings("default", category=DeprecationWarning, module="__main__")
+
+    def show(message, category, filename, lineno, file=None, line=None):
+        sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
+
+    warnings.showwarning = show
+
+
+def _restore_environ(saved: dict) -> None:
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def assert_one_line_error(proc, *fragments: str, code: int = 2) -> None:

@@ -3,33 +3,19 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pyarrow.parquet as pq
-from typer.testing import CliRunner
 
-from conftest import assert_one_line_error
-from prefcli.cli.main import main
+from conftest import assert_one_line_error, run_inproc
 
 
 def cli(*args: str, input: bytes | str | None = None):
-    """Run `prefcli ARGS` in process through the real entry point (so usage errors are one line too).
-    Returns a Result-like namespace: exit_code, stdout, stderr, stdout_bytes."""
-    runner = CliRunner()
-    with runner.isolation(input=input) as streams:
-        try:
-            main([str(a) for a in args])
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else 1
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        out, err = streams[0].getvalue(), streams[1].getvalue()
-    return SimpleNamespace(exit_code=code, stdout_bytes=out, stdout=out.decode(errors="replace"),
-                           stderr=err.decode(errors="replace"))
+    """conftest.run_inproc with text results: a Result-like namespace of exit_code, stdout, stderr, stdout_bytes."""
+    proc = run_inproc(*args, input=input)
+    return SimpleNamespace(exit_code=proc.returncode, stdout_bytes=proc.stdout,
+                           stdout=proc.stdout.decode(errors="replace"), stderr=proc.stderr.decode(errors="replace"))
 
 
 def ingest(*args: str) -> tuple[list[dict], list[dict], dict]:

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 from prefcli import io
 from prefcli.schema import with_stage_columns
 from prefcli.stages.calibrate import calibrate
@@ -104,8 +104,8 @@ def test_queue_picked_by_pref_std_still_gives_unbiased_agreement():
 
 def test_cli_writes_calibration_that_vote_reads(reviewed_pandalm):
     out = reviewed_pandalm / "calib.json"
-    proc = run_cli("calibrate", str(reviewed_pandalm / "reviewed.parquet"), "-o", str(out), "--target", "0.85",
-                   "--png", "--json")
+    proc = run_inproc("calibrate", str(reviewed_pandalm / "reviewed.parquet"), "-o", str(out), "--target", "0.85",
+                      "--png", "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     doc = json.loads(out.read_text())
     thresholds = thresholds_from_calibration(doc, where=str(out))

@@ -56,6 +56,7 @@ def fresh_cache(embedder, root, fail: bool = False) -> CachedEmbedder:
     return CachedEmbedder(base, VectorStore(root, f"embed/{base.model_id}", base.dim))
 
 
+@pytest.mark.slow
 def test_constructed_near_duplicates_found_and_distinct_prompts_survive(variant_table, embedder):
     table, variants = variant_table
     n = table.num_rows - len(variants)

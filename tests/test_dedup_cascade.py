@@ -73,6 +73,7 @@ def test_static_model_builds_offline_from_the_packaged_minilm(tmp_path, static):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_cascade_finds_the_near_duplicates_minilm_finds(real_table, static, embedder):
     table, n_base, variants = real_table
     minilm = dedup(table, embedder, DedupOptions()).result.out

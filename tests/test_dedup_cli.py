@@ -1,4 +1,5 @@
-"""`prefcli dedup` end to end (subprocess): outputs, --drop accounting, re-threshold from the graph, errors."""
+"""`prefcli dedup` end to end through the entry point: outputs, --drop accounting, re-threshold from the graph,
+errors (those once more in a subprocess)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
 from ingest_helpers import cli
 from prefcli import io
@@ -33,9 +34,9 @@ def summary(proc) -> dict:
 
 def test_drop_writes_kept_and_removed_rows_with_reasons(files):
     out, removed = files / "out.parquet", files / "removed.parquet"
-    stats = summary(run_cli("dedup", str(files / "in.parquet"), "-o", str(out), "--drop", "--removed", str(removed),
-                            "--against", str(files / "eval.txt"), "--against", str(files / "eval.jsonl"),
-                            "--json", "--seed", "1"))
+    stats = summary(run_inproc("dedup", str(files / "in.parquet"), "-o", str(out), "--drop", "--removed", str(removed),
+                               "--against", str(files / "eval.txt"), "--against", str(files / "eval.jsonl"),
+                               "--json", "--seed", "1"))
     kept, gone = pq.read_table(out), pq.read_table(removed)
     assert kept.num_rows + gone.num_rows == stats["rows_in"] == 90
     assert stats["rows_removed"] == gone.num_rows > 0
@@ -45,25 +46,25 @@ def test_drop_writes_kept_and_removed_rows_with_reasons(files):
 
 
 def test_rethreshold_reuses_graph_and_explain(files):
-    first = summary(run_cli("dedup", str(files / "in.parquet"), "-o", str(files / "a.parquet"), "--json",
-                            "--graph", str(files / "g.parquet")))
+    first = summary(run_inproc("dedup", str(files / "in.parquet"), "-o", str(files / "a.parquet"), "--json",
+                               "--graph", str(files / "g.parquet")))
     assert (files / "g.parquet").exists()
-    again = summary(run_cli("dedup", str(files / "in.parquet"), "-o", str(files / "b.parquet"), "--json",
-                            "--threshold", "0.8", "--explain"))
+    again = summary(run_inproc("dedup", str(files / "in.parquet"), "-o", str(files / "b.parquet"), "--json",
+                               "--threshold", "0.8", "--explain"))
     assert again["graph_reused"] and again["embedded"] == 0
     assert again["semantic_duplicates"] >= first["semantic_duplicates"]
     assert sum(h["texts"] for h in again["explain"]["histogram"]) == again["unique_texts"]
     # same input, same options: byte-identical output
-    run_cli("dedup", str(files / "in.parquet"), "-o", str(files / "c.parquet"), "-q")
+    run_inproc("dedup", str(files / "in.parquet"), "-o", str(files / "c.parquet"), "-q")
     assert (files / "a.parquet").read_bytes() == (files / "c.parquet").read_bytes()
     # --explain alone prints tables and writes nothing
-    plain = run_cli("dedup", str(files / "in.parquet"), "--explain")
+    plain = run_inproc("dedup", str(files / "in.parquet"), "--explain")
     assert plain.returncode == 0 and "threshold" in plain.stdout.decode()
 
 
 def test_pipes_through_stdin_and_stdout(files):
     data = (files / "in.parquet").read_bytes()
-    proc = run_cli("dedup", "-", "-o", "-", "-q", input=data)
+    proc = run_inproc("dedup", "-", "-o", "-", "-q", input=data)
     assert proc.returncode == 0 and proc.stderr == b""
     assert pq.read_table(__import__("io").BytesIO(proc.stdout)).num_rows == 90
 
@@ -79,7 +80,7 @@ def test_pipes_through_stdin_and_stdout(files):
     (["--against", "missing-eval.txt"], ["missing-eval.txt"]),
 ])
 def test_bad_options_give_one_line_errors(files, args, fragments):
-    """In process, through the real entry point, to keep the suite fast; the subprocess path is covered below."""
+    """In process, through the real entry point, to keep the suite fast; a subprocess is covered below."""
     result = cli("dedup", str(files / "in.parquet"), "-o", str(files / "bad.parquet"), *args)
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("prefcli: error:"), result.stderr

@@ -9,12 +9,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from typer.testing import CliRunner
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 from prefcli import io
 from prefcli.errors import InputError
-from prefcli.cli.main import app
 from prefcli.schema import with_stage_columns
 from prefcli.stages import review
 from prefcli.stages.export import export_pairs
@@ -38,9 +36,9 @@ def pairs_file(shared_data, tmp_path_factory):
 
 
 def _export(root, *args):
-    result = CliRunner().invoke(app, ["export", str(root / "pairs.parquet"), *args, "--quiet"])
-    assert result.exit_code == 0, result.output
-    return result
+    proc = run_inproc("export", str(root / "pairs.parquet"), *args, "--quiet")
+    assert proc.returncode == 0, proc.stderr.decode()
+    return proc
 
 
 def test_standard_jsonl_loads_with_text_fields(pairs_file, tmp_path):
@@ -127,8 +125,8 @@ def test_where_errors_are_input_errors(pairs_file):
         export_pairs(table, "trl", where="margin >")
     with pytest.raises(InputError, match="is not a condition"):
         export_pairs(table, "trl", where="margin + 1")
-    result = CliRunner().invoke(app, ["export", "x.parquet", "--to", "trl", "--push-to-hub", "nobody/none"])
-    assert result.exit_code == 2  # x.parquet is missing: fails before any hub call
+    proc = run_inproc("export", "x.parquet", "--to", "trl", "--push-to-hub", "nobody/none")
+    assert proc.returncode == 2  # x.parquet is missing: fails before any hub call
 
 
 def test_margin_follows_a_human_flip_until_vote_reruns(pairs_file):
@@ -155,12 +153,12 @@ def test_repeats_and_non_representatives_are_counted(pairs_file, tmp_path):
     doubled = pa.concat_tables([kept, kept.slice(0, 5)])  # five exact repeats of (prompt, chosen, rejected)
     io.write_table(doubled, tmp_path / "doubled.parquet")
     common = ["export", str(tmp_path / "doubled.parquet"), "--to", "trl", "--json"]
-    stats = json.loads(run_cli(*common, "-o", str(tmp_path / "a.jsonl")).stdout)
+    stats = json.loads(run_inproc(*common, "-o", str(tmp_path / "a.jsonl")).stdout)
     assert stats["repeats_left_out"] == 5 and stats["rows_out"] == kept.num_rows
     non_reps = int(pc.sum(pc.invert(kept.column("dedup_is_rep")).cast(pa.int64())).as_py())  # rows written
     assert stats["non_representatives"] == non_reps > 0
-    stats = json.loads(run_cli(*common, "-o", str(tmp_path / "b.jsonl"), "--keep-repeats").stdout)
+    stats = json.loads(run_inproc(*common, "-o", str(tmp_path / "b.jsonl"), "--keep-repeats").stdout)
     assert stats["repeats_left_out"] == 0 and stats["rows_out"] == doubled.num_rows
-    proc = run_cli("export", str(tmp_path / "doubled.parquet"), "--to", "jsonl", "-o", str(tmp_path / "c.jsonl"),
-                   "--json")
+    proc = run_inproc("export", str(tmp_path / "doubled.parquet"), "--to", "jsonl", "-o", str(tmp_path / "c.jsonl"),
+                      "--json")
     assert json.loads(proc.stdout)["rows_out"] == doubled.num_rows  # jsonl writes every row as stored

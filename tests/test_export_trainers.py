@@ -14,10 +14,9 @@ import datasets
 import numpy as np
 import pyarrow as pa
 import pytest
-from typer.testing import CliRunner
 
+from conftest import run_inproc
 from prefcli import io
-from prefcli.cli.main import app
 from prefcli.pairs import build_pairs, user_prompt
 from prefcli.schema import with_stage_columns
 from prefcli.stages.export import PLAIN_CHAT_TEMPLATE
@@ -73,10 +72,9 @@ def tiny(tmp_path_factory):
 
 
 def _export(root, fmt, out, *extra):
-    result = CliRunner().invoke(app, ["export", str(root / "pairs.parquet"), "--to", fmt, "-o", str(out),
-                                      "--json", *extra])
-    assert result.exit_code == 0, result.output
-    return json.loads(result.stdout)
+    proc = run_inproc("export", str(root / "pairs.parquet"), "--to", fmt, "-o", str(out), "--json", *extra)
+    assert proc.returncode == 0, proc.stderr.decode()
+    return json.loads(proc.stdout)
 
 
 def _load(root, fmt, tmp_path) -> datasets.Dataset:

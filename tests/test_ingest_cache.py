@@ -16,7 +16,7 @@ import pytest
 
 from prefcli import io
 from prefcli.cache.ingest import DIR, ENTRY
-from conftest import run_cli
+from conftest import run_inproc
 from ingest_helpers import cli
 
 ALPACA = "alpaca-eval-annotations/annotations_compact.jsonl.gz"
@@ -40,7 +40,7 @@ def raw(tmp_path, shared_data) -> Path:
 
 
 def ingest_json(*args: str) -> dict:
-    proc = run_cli("ingest", *args, "--json")
+    proc = run_inproc("ingest", *args, "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout)
 

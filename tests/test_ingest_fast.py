@@ -91,7 +91,12 @@ SHARED = [("hh-rlhf-harmless/test.jsonl.gz", []),
            ["--map", "prompt=source,response=system_output,score=scores.overall"])]
 
 
-@pytest.mark.parametrize("rel,args", SHARED, ids=[r.split("/")[0] for r, _ in SHARED])
+SLOW_SHARED = {"alpaca-eval-annotations"}  # the full AlpacaEval file: about 20 s of CPU, the other six under 2 s
+
+
+@pytest.mark.parametrize("rel,args", [
+    pytest.param(rel, args, id=rel.split("/")[0], marks=[pytest.mark.slow] if rel.split("/")[0] in SLOW_SHARED else [])
+    for rel, args in SHARED])
 def test_shared_data_identical(shared_data, monkeypatch, tmp_path, rel, args):
     src = shared_data / rel
     if src.is_dir():

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, run_inproc
 from prefcli import io
 from prefcli.models.embed import default_model_path
 from prefcli.models.length import LengthMeasure
@@ -166,8 +166,8 @@ def test_token_lengths_from_a_local_tokenizer(planted):
 def test_rebalance_subsample_hits_half_per_bucket_and_accounts_rows(alpaca, tmp_path):
     src, out, rejects = tmp_path / "in.parquet", tmp_path / "out.parquet", tmp_path / "rej.parquet"
     io.write_table(alpaca, src)
-    proc = run_cli("length-bias", "rebalance", str(src), "-o", str(out), "--rejects", str(rejects), "--json",
-                   "--seed", "3")
+    proc = run_inproc("length-bias", "rebalance", str(src), "-o", str(out), "--rejects", str(rejects), "--json",
+                      "--seed", "3")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     kept, aside = pq.read_table(out), pq.read_table(rejects)
@@ -209,8 +209,8 @@ def test_glm_length_controlled_win_rates_shrink_the_verbose_concise_gap(alpaca):
 def test_report_writes_png_and_json(planted, tmp_path):
     src, png = tmp_path / "in.parquet", tmp_path / "plot.png"
     io.write_table(planted.slice(0, 400), src)
-    proc = run_cli("length-bias", "report", str(src), "--png", str(png), "--json",
-                   "--glm-groups", "generator_chosen,generator_rejected")
+    proc = run_inproc("length-bias", "report", str(src), "--png", str(png), "--json",
+                      "--glm-groups", "generator_chosen,generator_rejected")
     assert proc.returncode == 0, proc.stderr.decode()
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     stats = json.loads(proc.stdout)
@@ -239,10 +239,11 @@ def test_bad_options_give_one_line_errors(planted, tmp_path):
         (("report", str(src), "--ratio-edges", "2,1.5"), "--ratio-edges"),
     ]
     for args, fragment in cases:
-        assert_one_line_error(run_cli("length-bias", *args), fragment)
+        assert_one_line_error(run_inproc("length-bias", *args), fragment)
     assert not out.exists() and not (tmp_path / "m.json").exists()
 
 
+@pytest.mark.slow
 def test_ensemble_lex_member_keeps_content_after_debiasing(alpaca):
     """Real judge labels that mostly pick the longer response: the offline ensemble's `lex` member must rank
     by content, not length, so that removing length leaves a real signal. On these 1,200 pairs the paired
@@ -333,6 +334,7 @@ def hh_voted(shared_data) -> pa.Table:
                 VoteOptions(seed=0)).out
 
 
+@pytest.mark.slow
 def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):
     """The issue's path (fit --score pref_mean, apply) on real pairs: the model is fitted on one half of the
     prompts and applied to the other half, both ways round; rho after apply stays within the target there."""
@@ -343,11 +345,11 @@ def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):
         src, held, model, out = (tmp_path / n for n in ("fit.parquet", "held.parquet", "m.json", "out.parquet"))
         io.write_table(seen, src)
         io.write_table(unseen, held)
-        proc = run_cli("length-bias", "fit", str(src), "-o", str(model), "--score", "pref_mean", "--json")
+        proc = run_inproc("length-bias", "fit", str(src), "-o", str(model), "--score", "pref_mean", "--json")
         assert proc.returncode == 0, proc.stderr.decode()
         fitted = json.loads(proc.stdout)
         assert abs(fitted["rho_after"]) < 0.005 and abs(fitted["rho_before"]) > 0.25
-        proc = run_cli("length-bias", "apply", str(held), "--model", str(model), "-o", str(out), "--json")
+        proc = run_inproc("length-bias", "apply", str(held), "--model", str(model), "-o", str(out), "--json")
         assert proc.returncode == 0, proc.stderr.decode()
         assert "warning" not in proc.stderr.decode()
         applied = pq.read_table(out)
@@ -358,6 +360,7 @@ def test_default_fit_holds_rho_on_pairs_it_did_not_see(hh_voted, tmp_path):
         assert abs(_accuracy_gap(after, d)) <= 0.05 < abs(_accuracy_gap(before, d))
 
 
+@pytest.mark.slow
 def test_report_warns_when_rho_after_is_above_the_target(hh_voted, tmp_path):
     """A model fitted on other pairs (here: with the length effect's sign flipped) leaves rho far from 0."""
     table = hh_voted.slice(0, 600)
@@ -368,12 +371,12 @@ def test_report_warns_when_rho_after_is_above_the_target(hh_voted, tmp_path):
     src, path = tmp_path / "in.parquet", tmp_path / "m.json"
     io.write_table(table, src)
     path.write_text(json.dumps(model))
-    proc = run_cli("length-bias", "report", str(src), "--model", str(path), "--json")
+    proc = run_inproc("length-bias", "report", str(src), "--model", str(path), "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     warning = [line for line in proc.stderr.decode().splitlines() if line.startswith("prefcli: warning: pref_mean")]
     assert abs(stats["rho_after"]) > lb.RHO_TARGET and len(warning) == 1, proc.stderr.decode()
     assert f"{stats['rho_before']:+.3f} before" in warning[0] and f"{stats['rho_after']:+.3f} after" in warning[0]
-    fitted_here = run_cli("length-bias", "report", str(src), "--score", "pref_mean", "--json")
+    fitted_here = run_inproc("length-bias", "report", str(src), "--score", "pref_mean", "--json")
     assert fitted_here.returncode == 0 and "warning" not in fitted_here.stderr.decode()
     assert abs(json.loads(fitted_here.stdout)["rho_after"]) < 0.005

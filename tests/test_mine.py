@@ -18,7 +18,7 @@ from prefcli.stages.mine import DEFAULT_RMS, STATUS_STATS, MineOptions, mine, sc
 from prefcli.stages.vote import robust_scale
 from prefcli.text import normalize, render_messages
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 from dedup_data import VARIANTS
 
 OASST = "oasst-en100/en_100_tree.jsonl"
@@ -90,6 +90,7 @@ def mined_rows(table: pa.Table) -> pa.Table:
     return table.filter(pa.compute.equal(table.column("neg_origin"), "mined"))
 
 
+@pytest.mark.slow
 def test_guards_hold_on_oasst(oasst, embedder):
     pairs, pool = oasst
     rms = [LengthRM(), RelevanceRM(embedder)]
@@ -127,6 +128,7 @@ def test_guards_hold_on_oasst(oasst, embedder):
     assert not set(out.column("pair_id").to_pylist()) & set(pairs.column("pair_id").to_pylist())
 
 
+@pytest.mark.slow
 def test_unguarded_mining_breaks_the_guards(oasst, embedder):
     """The same run with --no-guard mines negatives the guard blocks (so the guard test can fail)."""
     pairs, pool = oasst
@@ -144,6 +146,7 @@ def near_duplicates(text: str, rng: random.Random) -> list[str]:
     return [vary(text, rng) for vary in VARIANTS.values()]
 
 
+@pytest.mark.slow
 def test_near_duplicates_of_the_chosen_are_never_mined(alpaca, embedder):
     """Planted variants of each chosen (as an unlabelled pool) are blocked by the guard, however the RMs score them."""
     rng = random.Random(0)
@@ -261,11 +264,11 @@ def test_cli_replace_easy_keeps_row_accounting(alpaca, tmp_path, session_cache):
     """vote (real offline ensemble) -> mine --mode replace-easy: rows in = out, replaced originals set aside."""
     src, voted, out = tmp_path / "in.parquet", tmp_path / "voted.parquet", tmp_path / "mined.parquet"
     pq.write_table(alpaca, src)
-    proc = run_cli("vote", str(src), "-o", str(voted), "--rm", "ensemble:views=emb,repeats=1",
-                   "--thresholds", "strong=0.8", "-q")
+    proc = run_inproc("vote", str(src), "-o", str(voted), "--rm", "ensemble:views=emb,repeats=1",
+                      "--thresholds", "strong=0.8", "-q")
     assert proc.returncode == 0, proc.stderr.decode()
-    proc = run_cli("mine", str(voted), "-o", str(out), "--mode", "replace-easy", "--json", "--device", "cpu",
-                   "--rm", "a=ensemble:views=emb,repeats=1", "--rm", "b=ensemble:views=emb,repeats=1,drop=0")
+    proc = run_inproc("mine", str(voted), "-o", str(out), "--mode", "replace-easy", "--json", "--device", "cpu",
+                      "--rm", "a=ensemble:views=emb,repeats=1", "--rm", "b=ensemble:views=emb,repeats=1,drop=0")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     table, before = pq.read_table(out), pq.read_table(voted)
@@ -295,8 +298,8 @@ def test_cli_output_is_deterministic(alpaca, tmp_path, session_cache):
     # the second run spells the option the old way: a hidden alias that only adds a deprecation note
     for name, flag in (("a", "--neighbours"), ("b", "--neighbors")):
         path = tmp_path / f"{name}.parquet"
-        proc = run_cli("mine", str(src), "-o", str(path), "--strategy", "both", "--per-pair", "2", flag, "2",
-                       "--rm", "ensemble:views=emb,repeats=1", "--seed", "7", "--device", "cpu", "-q")
+        proc = run_inproc("mine", str(src), "-o", str(path), "--strategy", "both", "--per-pair", "2", flag, "2",
+                          "--rm", "ensemble:views=emb,repeats=1", "--seed", "7", "--device", "cpu", "-q")
         note = b"" if flag == "--neighbours" else b"prefcli: note: --neighbors is deprecated; use --neighbours\n"
         assert proc.returncode == 0 and proc.stderr == note, proc.stderr.decode()
         outputs.append(pq.read_table(path))

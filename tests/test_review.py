@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 from prefcli import io
 from prefcli.errors import InputError
 from prefcli.outputs import write_files_into
@@ -155,8 +155,8 @@ def test_label_studio_round_trip(pairs, queue, files):
                                 "was_cancelled": False, "result": result})
         exported.append({"id": number, "data": task["data"], "annotations": annotations, "predictions": []})
     (files / "ls_export.json").write_text(json.dumps(exported))
-    proc = run_cli("review", "import", str(files / "ls_export.json"), "--into", str(files / "in.parquet"),
-                   "--queue", str(files / "queue.parquet"), "-o", str(files / "ls_out.parquet"), "--json")
+    proc = run_inproc("review", "import", str(files / "ls_export.json"), "--into", str(files / "in.parquet"),
+                      "--queue", str(files / "queue.parquet"), "-o", str(files / "ls_out.parquet"), "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     assert stats["tasks_reviewed"] == BUDGET and stats["flip"] > 0
@@ -192,8 +192,8 @@ def test_argilla_round_trip(pairs, queue, files):
         }
     layout["records.json"] = records
     write_files_into(files / "argilla", layout)
-    proc = run_cli("review", "import", str(files / "argilla"), "--into", str(files / "in.parquet"),
-                   "--queue", str(files / "queue.parquet"), "-o", str(files / "arg_out.parquet"), "--quiet")
+    proc = run_inproc("review", "import", str(files / "argilla"), "--into", str(files / "in.parquet"),
+                      "--queue", str(files / "queue.parquet"), "-o", str(files / "arg_out.parquet"), "--quiet")
     assert proc.returncode == 0 and not proc.stderr, proc.stderr.decode()
     out = _check_import(files, "arg_out.parquet", pairs, queue)
     assert max(a for a in out.column("review_annotators").to_pylist() if a is not None) == 3  # draft ignored
@@ -215,8 +215,8 @@ def test_csv_round_trip_with_one_file_per_annotator(pairs, queue, files):
         path = files / "csv" / f"reviewer{k}.csv"
         io.write_text(review.csv_text(rows, review.CSV_COLUMNS), path)
         paths.append(str(path))
-    proc = run_cli("review", "import", *paths, "--into", str(files / "in.parquet"),
-                   "--queue", str(files / "queue.parquet"), "-o", str(files / "csv_out.parquet"), "--json")
+    proc = run_inproc("review", "import", *paths, "--into", str(files / "in.parquet"),
+                      "--queue", str(files / "queue.parquet"), "-o", str(files / "csv_out.parquet"), "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout)["tasks_reviewed"] == BUDGET
     last_task = queue.column("review_task_id")[BUDGET - 1].as_py()
@@ -240,10 +240,10 @@ def test_bad_verdict_files_fail_with_one_line_and_write_nothing(pairs, queue, fi
     io.write_text(review.csv_text(dup, review.CSV_COLUMNS), files / "bad" / "two.csv")
     out = files / "bad" / "out.parquet"
     common = ["--into", str(files / "in.parquet"), "--queue", str(files / "queue.parquet"), "-o", str(out)]
-    proc = run_cli("review", "import", str(files / "bad" / "one.csv"), str(files / "bad" / "two.csv"), *common)
+    proc = run_inproc("review", "import", str(files / "bad" / "one.csv"), str(files / "bad" / "two.csv"), *common)
     assert_one_line_error(proc, "two.csv", "duplicate verdict", task)
     (files / "bad" / "broken.json").write_text('[{"data": {"task_id": "x"}, "annotations": [')
-    proc = run_cli("review", "import", str(files / "bad" / "broken.json"), *common)
+    proc = run_inproc("review", "import", str(files / "bad" / "broken.json"), *common)
     assert_one_line_error(proc, "broken.json", "malformed JSON")
     assert not out.exists() and not (files / "bad" / "out.rejects.parquet").exists()
 
@@ -340,13 +340,13 @@ def test_label_studio_second_round_imports_the_cumulative_export(pairs, queue, f
         (files / name).write_text(json.dumps([_ls_task(i + 1, tasks[i], annotations(i, rounds))
                                               for i in range(BUDGET)]))
     common = ["--queue", str(files / "queue.parquet"), "--json"]
-    proc = run_cli("review", "import", str(files / "round1.json"), "--into", str(files / "in.parquet"),
-                   "-o", str(files / "r1.parquet"), *common)
+    proc = run_inproc("review", "import", str(files / "round1.json"), "--into", str(files / "in.parquet"),
+                      "-o", str(files / "r1.parquet"), *common)
     assert proc.returncode == 0, proc.stderr.decode()
     one = json.loads(proc.stdout)
     assert one["tasks_reviewed"] == BUDGET // 2 - 1 and one["already_applied"] == 0 and one["tie"] > 0
-    proc = run_cli("review", "import", str(files / "round2.json"), "--into", str(files / "r1.parquet"),
-                   "-o", str(files / "r2.parquet"), *common)
+    proc = run_inproc("review", "import", str(files / "round2.json"), "--into", str(files / "r1.parquet"),
+                      "-o", str(files / "r2.parquet"), *common)
     assert proc.returncode == 0, proc.stderr.decode()
     two = json.loads(proc.stdout)
     assert two["already_applied"] == one["tasks_reviewed"] - one["tie"] - one["both_bad"]
@@ -369,8 +369,8 @@ def test_label_studio_second_round_imports_the_cumulative_export(pairs, queue, f
     annotators = dict(zip(both.column("review_task_id").to_pylist(), both.column("review_annotators").to_pylist()))
     assert annotators[tasks[skipped]["task_id"]] == 2  # round 1's skip is not a verdict; round 2's two are
     # The same cumulative export once more: nothing new, nothing changed.
-    proc = run_cli("review", "import", str(files / "round2.json"), "--into", str(files / "r2.parquet"),
-                   "-o", str(files / "r3.parquet"), *common)
+    proc = run_inproc("review", "import", str(files / "round2.json"), "--into", str(files / "r2.parquet"),
+                      "-o", str(files / "r3.parquet"), *common)
     assert proc.returncode == 0, proc.stderr.decode()
     three = json.loads(proc.stdout)
     assert three["tasks_reviewed"] == 0 and three["rows_out"] == r2.num_rows
@@ -409,12 +409,12 @@ def test_argilla_drafts_never_count_in_either_export_form(pairs, queue, files):
     (files / "nested").mkdir(exist_ok=True)
     (files / "nested" / "records.json").write_text(json.dumps(nested))
     out = files / "nested_out.parquet"
-    proc = run_cli("review", "import", str(files / "nested"), "--into", str(files / "in.parquet"),
-                   "--queue", str(files / "queue.parquet"), "-o", str(out))
+    proc = run_inproc("review", "import", str(files / "nested"), "--into", str(files / "in.parquet"),
+                      "--queue", str(files / "queue.parquet"), "-o", str(out))
     assert_one_line_error(proc, "nested: record 1 response 1", "no status", "to_list(flatten=True)")
     assert not out.exists()
-    proc = run_cli("review", "import", str(files / "flat.json"), "--into", str(files / "in.parquet"),
-                   "--queue", str(files / "queue.parquet"), "-o", str(files / "flat_out.parquet"), "--json")
+    proc = run_inproc("review", "import", str(files / "flat.json"), "--into", str(files / "in.parquet"),
+                      "--queue", str(files / "queue.parquet"), "-o", str(files / "flat_out.parquet"), "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     assert json.loads(proc.stdout)["tasks_reviewed"] == len(tasks)
     # A flattened export without the status column is refused the same way.

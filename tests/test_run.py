@@ -20,7 +20,7 @@ import pytest
 from prefcli import io
 from prefcli.errors import InputError
 from prefcli.pipeline import load_pipeline
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_inproc
 
 HH = "hh-rlhf-harmless/test.jsonl.gz"
 A, B = 150, 15  # raw lines in the first file and in the later "nightly" file
@@ -69,8 +69,8 @@ def make_project(root: Path, lines: list[str], parts: dict[str, slice]) -> Path:
     return root / "pipeline.toml"
 
 
-def run(toml: Path, workdir: Path, *args: str, env=None):
-    return run_cli("run", str(toml), "--workdir", str(workdir), *args, env={**NO_SHARED_CACHE, **(env or {})})
+def run(toml: Path, workdir: Path, *args: str, env=None, runner=run_inproc):
+    return runner("run", str(toml), "--workdir", str(workdir), *args, env={**NO_SHARED_CACHE, **(env or {})})
 
 
 def run_json(toml: Path, workdir: Path, *args: str) -> dict:
@@ -126,6 +126,7 @@ def test_full_run_records_manifest_and_skips_when_unchanged(reference):
     assert (work / FINAL).read_bytes() == final
 
 
+@pytest.mark.slow
 def test_incremental_append_equals_fresh_run(tmp_path, hh_lines, reference):
     _, _, final = reference
     toml = make_project(tmp_path, hh_lines, {"a": slice(0, A)})
@@ -169,7 +170,7 @@ def test_lock_exits_3_or_waits(tmp_path, hh_lines, reference):
     toml = make_project(tmp_path, hh_lines, {"a": slice(0, A), "b": slice(A, A + B)})
     work = tmp_path / "work"
     with io.exclusive_lock(work / "run.lock"):
-        busy = run(toml, work, env=warm)
+        busy = run(toml, work, env=warm, runner=run_cli)  # another process meets the lock
         assert_one_line_error(busy, "locked by another prefcli run", "--wait", code=3)
 
         waiter_err = tmp_path / "waiter.stderr"
@@ -215,7 +216,7 @@ def test_resume_after_kill_9(tmp_path, hh_lines, reference):
 def test_bad_pipelines_fail_with_one_line(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text('[[stage]]\ncommand = "ingest"\ninputs = ["x.jsonl"]\n\n[[stage]]\ncommand = "no-such-stage"\n')
-    proc = run_cli("run", str(bad), "--workdir", str(tmp_path / "w"))
+    proc = run_inproc("run", str(bad), "--workdir", str(tmp_path / "w"))
     assert_one_line_error(proc, "stage 'no-such-stage'", "unknown command `prefcli no-such-stage`", code=2)
     assert not (tmp_path / "w" / "ingest").exists()  # checked before anything ran
 

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_inproc
 from prefcli.cache.vectors import VectorStore, list_namespaces
 from prefcli.pairs import build_pairs, user_prompt
 from served_helpers import FaultProxy, VllmServer, build_tiny_pair, vllm_python
@@ -80,7 +80,7 @@ def vote(tmp_path, src, *specs, cache="cache", extra=(), env=None):
     args = ["vote", str(src), "-o", str(out), "--device", "cpu", "--cache-dir", str(tmp_path / cache), "--json"]
     for spec in specs:
         args += ["--rm", spec]
-    proc = run_cli(*args, *extra, env=env)
+    proc = run_inproc(*args, *extra, env=env)
     stats = json.loads(proc.stdout) if proc.stdout.strip() else None
     return proc, stats, out
 
@@ -249,18 +249,18 @@ def test_api_key_from_env_is_sent_but_never_written(proxies, tmp_path):
 def test_mine_and_review_select_take_the_same_specs(proxies, tmp_path):
     src = tmp_path / "p.parquet"
     pq.write_table(pairs(6, "m"), src)
-    proc = run_cli("mine", str(src), "-o", str(tmp_path / "mined.parquet"), "--rm", served_spec(proxies),
-                   "--rm", judge_spec(proxies), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json",
-                   "--no-guard", "--strategy", "neighbor-prompts", "--neighbours", "2")
+    proc = run_inproc("mine", str(src), "-o", str(tmp_path / "mined.parquet"), "--rm", served_spec(proxies),
+                      "--rm", judge_spec(proxies), "--device", "cpu", "--cache-dir", str(tmp_path / "cache"), "--json",
+                      "--no-guard", "--strategy", "neighbor-prompts", "--neighbours", "2")
     assert proc.returncode == 0, proc.stderr.decode()
     stats = json.loads(proc.stdout)
     assert stats["failed"] == 0 and set(stats["remote"]) == {"srv", "jd"}
     assert stats["candidates_scored"] > 0 and stats["new_rows"] > 0
     # the judge compared each candidate with its chosen (both orders), on top of the 6 input pairs
     assert proxies["judge"].requests == 2 * (6 + stats["candidates_scored"])
-    proc = run_cli("review", "select", str(src), "-o", str(tmp_path / "queue.parquet"), "--budget", "3",
-                   "--groups", "none", "--rm", served_spec(proxies), "--rm", judge_spec(proxies),
-                   "--cache-dir", str(tmp_path / "cache"), "--json")
+    proc = run_inproc("review", "select", str(src), "-o", str(tmp_path / "queue.parquet"), "--budget", "3",
+                      "--groups", "none", "--rm", served_spec(proxies), "--rm", judge_spec(proxies),
+                      "--cache-dir", str(tmp_path / "cache"), "--json")
     assert proc.returncode == 0, proc.stderr.decode()
     assert pq.read_table(tmp_path / "queue.parquet").num_rows == 3
     assert json.loads(proc.stdout)["vote"]["requests"] == 0  # mine asked every pair already: all cached
@@ -278,7 +278,7 @@ def test_mine_and_review_select_take_the_same_specs(proxies, tmp_path):
 def test_bad_specs_fail_in_one_line(tmp_path, spec, fragment):
     src = tmp_path / "p.parquet"
     pq.write_table(pairs(2), src)
-    proc = run_cli("vote", str(src), "-o", str(tmp_path / "o.parquet"), "--rm", spec)
+    proc = run_inproc("vote", str(src), "-o", str(tmp_path / "o.parquet"), "--rm", spec)
     assert_one_line_error(proc, fragment)
 
 
@@ -310,7 +310,7 @@ inputs = ["{src}"]
 rm = ["jd=judge:{proxies['models']['lm']},base_url=${{PREFCLI_TEST_JUDGE_URL}},choices=true,max_tokens=8"]
 """)
     env = {"PREFCLI_TEST_JUDGE_URL": proxies["judge"].url + "/v1"}
-    proc = run_cli("run", str(toml), "--workdir", str(tmp_path / "work"), env=env)
+    proc = run_inproc("run", str(toml), "--workdir", str(tmp_path / "work"), env=env)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proxies["judge"].requests == 8
     manifest = (tmp_path / "work" / "manifest.json").read_text()

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import ROOT, assert_one_line_error, run_cli
+from conftest import ROOT, assert_one_line_error, run_cli, run_inproc
 from prefcli.errors import InputError
 from prefcli.models.reward import parse_rm_spec
 from prefcli.models.reward.ensemble import EnsembleConfig, OfflineEnsemble
@@ -85,8 +85,8 @@ def llmbar_scored(shared_data, tmp_path_factory):
 
 
 def _vote_cli(src, out, *extra):
-    proc = run_cli("vote", str(src), "-o", str(out), "--rm", "len=scores:chosen_score,rejected_score",
-                   "--thresholds", "incorrect=-0.5,ambiguous=0.2,strong=1.5", "--json", *extra)
+    proc = run_inproc("vote", str(src), "-o", str(out), "--rm", "len=scores:chosen_score,rejected_score",
+                      "--thresholds", "incorrect=-0.5,ambiguous=0.2,strong=1.5", "--json", *extra)
     assert proc.returncode == 0, proc.stderr.decode()
     return json.loads(proc.stdout), pq.read_table(out)
 
@@ -129,18 +129,19 @@ def test_actions_flip_drop_soft_keep_row_accounting(llmbar_scored, tmp_path):
 def test_bad_rm_spec_and_options_one_line_errors(llmbar_scored, tmp_path):
     src, _ = llmbar_scored
     out = tmp_path / "x.parquet"
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "bogus:model"), "unknown backend 'bogus'")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score"), "scores:")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "ensemble:k=x"), "k=")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:a,b"), "no column 'a'")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
-                                  "--thresholds", "incorrect=x"), "--thresholds", "incorrect")
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "hf:/nonexistent/model"),
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "bogus:model"),
+                          "unknown backend 'bogus'")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score"), "scores:")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "ensemble:k=x"), "k=")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:a,b"), "no column 'a'")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
+                                     "--thresholds", "incorrect=x"), "--thresholds", "incorrect")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "hf:/nonexistent/model"),
                           "hf:/nonexistent/model", "cannot load")
     bad = tmp_path / "calib.json"
     bad.write_text('{"version": 1}')
-    assert_one_line_error(run_cli("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
-                                  "--calibration", str(bad)), str(bad), "thresholds")
+    assert_one_line_error(run_inproc("vote", str(src), "-o", str(out), "--rm", "scores:chosen_score,rejected_score",
+                                     "--calibration", str(bad)), str(bad), "thresholds")
     assert not out.exists()
 
 
@@ -165,6 +166,25 @@ def alpaca_noisy(shared_data):
     return real_pairs.inject_flips(table, 0.2, seed=3)
 
 
+@pytest.fixture(scope="module")
+def fitted(alpaca_noisy, session_cache):
+    """fitted(rows, max_train): an ensemble (repeats=1, folds=4) fitted with seed 0 on the first `rows` noisy
+    pairs, fitted once per module; tests that compare two fits of their own still make both themselves."""
+    fits = {}
+
+    def get(rows: int, max_train: int | None = None) -> OfflineEnsemble:
+        if (rows, max_train) not in fits:
+            extra = {} if max_train is None else {"max_train": max_train}
+            ens = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4, **extra), device="cpu",
+                                  cache_dir=str(session_cache))
+            ens.fit(alpaca_noisy[0].slice(0, rows), seed=0)
+            fits[rows, max_train] = ens
+        return fits[rows, max_train]
+
+    return get
+
+
+@pytest.mark.slow
 def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, session_cache):
     from sklearn.metrics import roc_auc_score
 
@@ -187,13 +207,13 @@ def test_ensemble_ranks_injected_flips_high_and_is_deterministic(alpaca_noisy, s
     assert not np.array_equal(other.column("pref_mean").to_numpy(), mean)  # the seed picks the fold split
 
 
-def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session_cache):
+@pytest.mark.slow
+def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session_cache, fitted):
     """Cross-fitting: relabelling pairs of one fold must not move any score of that fold except
     the relabelled pairs' own (exactly negated) margins: no model that scores a fold saw its labels."""
     noisy = alpaca_noisy[0].slice(0, 120)
     config = EnsembleConfig(repeats=1, folds=4)
-    a = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
-    a.fit(noisy, seed=0)
+    a = fitted(120)
     fold0 = a.members[0].fold == 0
     mask = fold0 & (np.arange(noisy.num_rows) % 2 == 0)
     from prefcli.stages.vote import swap_sides
@@ -217,10 +237,10 @@ def test_parse_rm_spec_names_and_options():
 
 # --------------------------------------------------------------------------- the ensemble at scale (max_train)
 
-def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache):
+@pytest.mark.slow
+def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0].slice(0, 120)
-    today = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4), device="cpu", cache_dir=str(session_cache))
-    today.fit(noisy, seed=0)
+    today = fitted(120)
     for cap in (120, 10_000):
         capped = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4, max_train=cap), device="cpu",
                                  cache_dir=str(session_cache))
@@ -230,7 +250,8 @@ def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache):
             assert np.array_equal(ma.weights, mb.weights) and np.array_equal(ma.fold, mb.fold)
 
 
-def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache):
+@pytest.mark.slow
+def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0]
     config = EnsembleConfig(repeats=1, folds=4, max_train=100)
 
@@ -239,7 +260,7 @@ def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_
         ens.fit(noisy, seed=seed)
         return ens
 
-    a, b, c = fit(0), fit(0), fit(1)
+    a, b, c = fitted(noisy.num_rows, 100), fit(0), fit(1)  # b: a second fit of its own, to compare with a
     inside = a.members[0].fold >= 0
     assert inside.sum() == 100 and np.array_equal(np.flatnonzero(inside), a.train_sample(noisy.num_rows, 0))
     for ma, mb in zip(a.members, b.members):
@@ -260,14 +281,14 @@ def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_
         np.testing.assert_allclose(m.chosen[rest], rewards[:, j], rtol=1e-9, atol=1e-12)
 
 
-def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, session_cache):
+@pytest.mark.slow
+def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, session_cache, fitted):
     """Relabelling pairs outside the training sample changes nothing but their own (negated) margins."""
     from prefcli.stages.vote import swap_sides
 
     noisy = alpaca_noisy[0]
     config = EnsembleConfig(repeats=1, folds=4, max_train=100)
-    a = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
-    a.fit(noisy, seed=0)
+    a = fitted(noisy.num_rows, 100)
     outside = a.members[0].fold < 0
     mask = outside & (np.arange(noisy.num_rows) % 2 == 0)
     b = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))

@@ -8,7 +8,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from conftest import run_cli
+from conftest import run_inproc
 from prefcli.errors import InputError
 from prefcli.models.reward import parse_rm_spec
 from prefcli.pairs import build_pairs, user_prompt
@@ -120,8 +120,8 @@ def test_score_cache_hit_on_rerun_and_refresh_scores_only_new_pairs(tiny_models,
     spec = f"tiny=hf:{tiny_models['llama']}"
 
     def run(src):
-        proc = run_cli("vote", str(src), "-o", str(tmp_path / "out.parquet"), "--rm", spec, "--device", "cpu",
-                       "--cache-dir", str(cache), "--json", "--seed", "1")
+        proc = run_inproc("vote", str(src), "-o", str(tmp_path / "out.parquet"), "--rm", spec, "--device", "cpu",
+                          "--cache-dir", str(cache), "--json", "--seed", "1")
         assert proc.returncode == 0, proc.stderr.decode()
         return json.loads(proc.stdout), pq.read_table(tmp_path / "out.parquet")
 
