@@ -39,55 +39,27 @@ HELPFUL = ("here steps example first second explain because therefore specifical
 UNHELPFUL = ("sorry unsure maybe whatever cannot dunno guess probably unclear something stuff kind basically "
              "anyway honestly vague random").split()
 
-PIPELINE = """
-[pipeline]
-name = "million"
-seed = 0
+# pipelines/default.toml's path to the training file (mine is a side branch there), as [[stage]] tables
+STAGES = [
+    {"command": "ingest", "inputs": ["{raw}"]},
+    {"command": "dedup"},
+    {"name": "dedup-pairs", "command": "dedup", "input": "@ingest", "on": "pair", "drop": True},
+    {"command": "vote", "input": "@dedup-pairs", "rm": ["ensemble"]},
+    {"name": "length-fit", "command": "length-bias fit", "input": "@vote", "output": "length_model.json"},
+    {"name": "length", "command": "length-bias apply", "input": "@vote", "model": "@length-fit"},
+    {"name": "review-select", "command": "review select", "input": "@length", "budget": 200},
+    {"command": "export", "input": "@length", "to": "trl", "where": "pref_bucket != 'incorrect'",
+     "output": "train.trl.jsonl"},
+]
 
-[[stage]]
-command = "ingest"
-inputs = ["{raw}"]
 
-[[stage]]
-command = "dedup"
-
-[[stage]]
-name = "dedup-pairs"
-command = "dedup"
-input = "@ingest"
-on = "pair"
-drop = true
-
-[[stage]]
-command = "vote"
-input = "@dedup-pairs"
-rm = ["ensemble"]
-
-[[stage]]
-name = "length-fit"
-command = "length-bias fit"
-input = "@vote"
-output = "length_model.json"
-
-[[stage]]
-name = "length"
-command = "length-bias apply"
-input = "@vote"
-model = "@length-fit"
-
-[[stage]]
-name = "review-select"
-command = "review select"
-input = "@length"
-budget = 200
-
-[[stage]]
-command = "export"
-input = "@length"
-to = "trl"
-where = "pref_bucket != 'incorrect'"
-output = "train.trl.jsonl"
-"""
+def pipeline_toml(raw: Path) -> str:
+    """The pipeline file for one raw input (JSON scalars and lists are valid TOML values)."""
+    lines = ["[pipeline]", 'name = "million"', "seed = 0"]
+    for stage in STAGES:
+        lines += ["", "[[stage]]"]
+        lines += [f"{key} = {json.dumps(value).replace('{raw}', str(raw))}" for key, value in stage.items()]
+    return "\n".join(lines) + "\n"
 
 
 def sentences(rng: np.random.Generator, lengths: np.ndarray, extra: list[str], share: float) -> list[str]:
@@ -155,7 +127,7 @@ def run_size(n: int, scratch: Path) -> dict:
     planted = generate(raw, n)
     generated = time.perf_counter() - began
     toml = scratch / f"million-{n}.toml"
-    toml.write_text(PIPELINE.format(raw=raw))
+    toml.write_text(pipeline_toml(raw))
     workdir = scratch / f"run-{n}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFCLI_CACHE_DIR": ""}
     began = time.perf_counter()

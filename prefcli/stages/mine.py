@@ -43,10 +43,10 @@ from ..errors import InputError
 from ..pairs import build_pairs
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
-from ..stage import (EMBED_MODEL_HELP, SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage,
+from ..stage import (SET_ASIDE, Context, Read, Resources, Stage,
                      Write, option, register)
 from ..text import render_messages, text_key
-from .vote import MAX_FAILURE_RATE_HELP, build_reward_models, enforce_failure_rate
+from .vote import EmbedAndVoteParams, build_reward_models, enforce_failure_rate
 
 STAGE = "mine"
 STRATEGIES = ("same-prompt", "neighbor-prompts", "both")
@@ -609,7 +609,7 @@ def _load_pool(path: str) -> pa.Table:
     return io.read_pairs(path)
 
 
-class MineParams(Params):
+class MineParams(EmbedAndVoteParams):
     strategy: Literal["same-prompt", "neighbor-prompts", "both"] = option(
         "same-prompt", f"Candidate pool: {'|'.join(STRATEGIES)}. same-prompt: other responses to the prompt (or its "
                        "dedup cluster); neighbor-prompts: responses to the --neighbours nearest prompts.")
@@ -635,9 +635,6 @@ class MineParams(Params):
     margin_weight: float = option(0.1, "hardness = sim(candidate, chosen) - this x margin.", low=0.0)
     no_guard: bool = option(False, "Switch the perc-pos, near-duplicate, margin and agreement guards off (exact "
                                    "duplicates and existing pairs stay out).")
-    max_failure_rate: float = option(0.05, MAX_FAILURE_RATE_HELP, low=0.0, high=1.0)
-    model: str | None = option(None, EMBED_MODEL_HELP)
-    trust_remote_code: bool = option(False, TRUST_REMOTE_CODE_HELP)
 
 
 @register

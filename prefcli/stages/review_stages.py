@@ -16,10 +16,10 @@ from .. import io
 from ..errors import InputError
 from ..outputs import write_files_into
 from ..result import StageResult
-from ..stage import (EMBED_MODEL_HELP, SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage,
+from ..stage import (SET_ASIDE, Context, Params, Read, Resources, Stage,
                      Write, option, register)
 from . import review as rv
-from .vote import enforce_failure_rate
+from .vote import EmbedAndVoteParams, enforce_failure_rate
 
 EXPORT_MARKER = "prefcli-review.json"  # in every export directory (older exports have only this marker)
 FORMATS = ("label-studio", "argilla", "csv")
@@ -36,7 +36,7 @@ def _where(call) -> str:
 
 # --------------------------------------------------------------------------- select
 
-class SelectParams(Params):
+class SelectParams(EmbedAndVoteParams):
     budget: int = option(..., "Number of pairs to review.", low=1)
     audit_share: float = option(0.1, "Share of the budget picked uniformly at random, so calibration sees an "
                                      "unbiased sample.", low=0.0, high=1.0)
@@ -50,11 +50,6 @@ class SelectParams(Params):
                   "responses), chosen or rejected.")
     rm: list[str] | None = option(None, "Vote first with these reward models (specs as for `prefcli vote`, e.g. "
                                            "served: or judge:), for input that has no vote columns yet.")
-    max_failure_rate: float = option(
-        0.05, "served:/judge: exit 1 (after writing) when a voter gave no usable answer for more than this share "
-              "of the pairs (failed requests, unparseable answers, max_requests spent).", low=0.0, high=1.0)
-    model: str | None = option(None, EMBED_MODEL_HELP)
-    trust_remote_code: bool = option(False, TRUST_REMOTE_CODE_HELP)
 
 
 @register

@@ -28,7 +28,8 @@ from ..options import parse_key_values
 from ..pairs import swap_sides
 from ..report import StageResult, Table, mark_set_aside
 from ..schema import with_stage_columns
-from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
+from ..stage import (EMBED_MODEL_HELP, SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage,
+                     Write, option, register)
 # The maths lives in scoring; re-exported so `from prefcli.stages.vote import ...` keeps working.
 from ..scoring import (AGGREGATES, BUCKETS, CALIBRATION_VERSION, BucketThresholds,  # noqa: F401
                        aggregate_margins, bucketize, calibration_document, prefixed_columns, robust_scale,
@@ -259,6 +260,14 @@ RM_HELP = ("Reward model spec, repeatable: hf:<path-or-hub-id> | ensemble[:k=6,f
            "environment.")
 MAX_FAILURE_RATE_HELP = ("served:/judge: exit 1 (after writing) when a voter gave no usable answer for more than "
                          "this share of the pairs (failed requests, unparseable answers, max_requests spent).")
+
+
+class EmbedAndVoteParams(Params):
+    """Options of a stage that embeds texts and may ask served:/judge: voters (mine, review select)."""
+
+    max_failure_rate: float = option(0.05, MAX_FAILURE_RATE_HELP, low=0.0, high=1.0)
+    model: str | None = option(None, EMBED_MODEL_HELP)
+    trust_remote_code: bool = option(False, TRUST_REMOTE_CODE_HELP)
 
 
 def load_calibration(path: str) -> BucketThresholds:
