@@ -3,7 +3,8 @@ each grows with the input (100k, 300k, 1M by default).
 
     .venv/bin/python benchmarks/million.py [--sizes 100000,300000,1000000] [--keep]
 
-Synthetic pairs with realistic lengths (prompts ~200 characters, responses ~350, log-normal), 4% exact repeats,
+Synthetic pairs with realistic lengths (prompts ~200 characters, responses ~350, log-normal; each pair on
+one of 20,000 made-up topic vocabularies), 4% exact repeats,
 3% near-duplicates (one typo in the prompt, same responses) and 5% planted flips (chosen and rejected swapped:
 the chosen side carries the helpful vocabulary). The pipeline is pipelines/default.toml's path to the training
 file: ingest -> dedup (flag) -> dedup-pairs (drop) -> vote (offline ensemble) -> length-bias fit/apply ->
@@ -62,17 +63,27 @@ def pipeline_toml(raw: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def sentences(rng: np.random.Generator, lengths: np.ndarray, extra: list[str], share: float) -> list[str]:
-    """Texts of about `lengths` characters: common words with a share of `extra` words mixed in."""
-    words = np.array(WORDS + extra)
-    weights = np.full(len(words), (1 - share) / len(WORDS))
-    weights[len(WORDS):] = share / max(len(extra), 1)
-    counts = np.maximum(3, (lengths / 5.5).astype(int))
-    drawn = rng.choice(words, size=int(counts.sum()), p=weights / weights.sum())
-    out, start = [], 0
-    for count in counts:
-        out.append(" ".join(drawn[start:start + count]).capitalize() + ".")
-        start += count
+def pseudo_words(rng: np.random.Generator, n: int) -> np.ndarray:
+    """n distinct made-up words from syllables: the topic vocabulary, so texts differ as real ones do."""
+    syllables = np.array([c + v for c in "bcdfghklmnprstvz" for v in "aeiou"])
+    words = {"".join(rng.choice(syllables, size=int(rng.integers(2, 4)))) for _ in range(n * 2)}
+    return np.array(sorted(words)[:n])
+
+
+def sentences(rng: np.random.Generator, lengths: np.ndarray, topics: np.ndarray, vocab: np.ndarray,
+              extra: list[str], share: np.ndarray) -> list[str]:
+    """Texts of about `lengths` characters: common words, 35% words of the row's topic (20 words out of the
+    vocabulary), and a per-row share of `extra` words."""
+    common, extra_words = np.array(WORDS), np.array(extra or ["the"])
+    out = []
+    for length, topic, extra_share in zip(lengths, topics, share):
+        count = max(3, int(length / 5.5))
+        kind = rng.random(count)
+        topic_words = vocab[(topic * 20 + rng.integers(0, 20, count)) % len(vocab)]
+        words = np.where(kind < 0.35, topic_words,
+                         np.where(kind < 0.35 + extra_share, rng.choice(extra_words, count),
+                                  rng.choice(common, count)))
+        out.append(" ".join(words).capitalize() + ".")
     return out
 
 
@@ -87,15 +98,21 @@ def generate(path: Path, n: int, seed: int = 0) -> dict:
     base = int(n / 1.07)  # unique pairs; the rest are repeats and near-duplicates
     exact, near = int(n * 0.04), n - base - int(n * 0.04)
     flips = set(rng.choice(base, size=int(base * 0.05), replace=False).tolist())
+    vocab = pseudo_words(rng, 20_000)
     planted = {"rows": n, "exact_repeats": exact, "near_duplicates": near, "flips": len(flips)}
     with open(path, "w", encoding="utf-8") as out:
         chunk = 50_000
         rows: list[tuple[str, str, str, int]] = []
         for start in range(0, base, chunk):
             m = min(chunk, base - start)
-            prompts = sentences(rng, rng.lognormal(math.log(180), 0.6, m).clip(20, 4000), [], 0)
-            good = sentences(rng, rng.lognormal(math.log(380), 0.7, m).clip(10, 8000), HELPFUL, 0.12)
-            bad = sentences(rng, rng.lognormal(math.log(320), 0.7, m).clip(10, 8000), UNHELPFUL, 0.12)
+            topics = rng.integers(0, len(vocab), m)
+            prompts = sentences(rng, rng.lognormal(math.log(180), 0.6, m).clip(20, 4000), topics, vocab, [],
+                                np.zeros(m))
+            # the helpful side carries more helpful words, noisily: flips are findable, not trivially
+            good = sentences(rng, rng.lognormal(math.log(380), 0.7, m).clip(10, 8000), topics, vocab, HELPFUL,
+                             rng.uniform(0.0, 0.12, m))
+            bad = sentences(rng, rng.lognormal(math.log(320), 0.7, m).clip(10, 8000), topics, vocab, UNHELPFUL,
+                            rng.uniform(0.0, 0.12, m))
             for i in range(m):
                 flipped = (start + i) in flips
                 row = (prompts[i], bad[i], good[i], 1) if flipped else (prompts[i], good[i], bad[i], 0)
