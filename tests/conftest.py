@@ -88,7 +88,7 @@ def run_inproc(*args, input: bytes | str | None = None, cwd: Path | None = None,
                     _interpreter_warning_filters()
                     code = _call_main(main, argv)
             finally:
-                for stream in (sys.stdout, sys.stderr, *saved_streams[1:]):
+                for stream in (sys.stdout, sys.stderr):
                     with contextlib.suppress(Exception):
                         stream.flush()
                 sys.stdin, sys.stdout, sys.stderr = saved_streams
