@@ -52,14 +52,15 @@ WORDS = ("the model answer data question river system light garden energy market
          "history window table paper story water friend number moment science").split()
 
 
+def text_maker(rng: random.Random):
+    """text(lo, hi): a sentence of lo..hi random words."""
+    return lambda lo, hi: " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
+
+
 def synthetic(path: Path, n: int, seed: int = 0) -> None:
     """N trl-standard pairs with varied lengths (prompts 5-60 words, responses 5-200 words)."""
-    rng = random.Random(seed)
+    text = text_maker(random.Random(seed))
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def text(lo, hi):
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
-
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(n):
             fh.write(json.dumps({"prompt": f"#{i} " + text(5, 60), "chosen": text(5, 200),

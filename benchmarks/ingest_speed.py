@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from ingest_alpaca import WORDS, synthetic
+from ingest_alpaca import synthetic, text_maker
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "bench_out" / "ingest_speed"
@@ -40,11 +40,8 @@ def timed(cmd: list[str], env: dict | None = None) -> tuple[float, float]:
 def pairwise(path: Path, n: int, seed: int = 0) -> None:
     """N AlpacaEval-like judgments: instruction, output_1/2, preference 1 or 2, generator and annotator."""
     rng = random.Random(seed)
+    text = text_maker(rng)
     path.parent.mkdir(parents=True, exist_ok=True)
-
-    def text(lo, hi):
-        return " ".join(rng.choice(WORDS) for _ in range(rng.randint(lo, hi))).capitalize() + "."
-
     with open(path, "w", encoding="utf-8") as fh:
         for i in range(n):
             fh.write(json.dumps({"instruction": f"#{i} " + text(5, 60), "output_1": text(5, 200),
