@@ -288,15 +288,16 @@ def register(cls: type[Stage]) -> type[Stage]:
 
 
 def stage_class(name: str) -> type[Stage]:
-    """The stage registered under `name` ("dedup", "length-bias fit", or with '_' for spaces)."""
+    """The stage registered under `name`: "length-bias fit", "length_bias_fit" and "length-bias-fit" all match."""
     _load_all()
-    key = " ".join(name.replace("_", "-").split()) if name not in STAGES else name
-    if key not in STAGES:  # length_bias_fit -> length-bias-fit: one of its dashes is the space
-        key = next((c for i in range(len(key)) if key[i] == "-"
-                    for c in [key[:i] + " " + key[i + 1:]] if c in STAGES), key)
-    if key not in STAGES:
+
+    def spelling(text: str) -> str:
+        return "-".join(text.replace("_", " ").replace("-", " ").split())
+
+    found = {spelling(key): cls for key, cls in STAGES.items()}.get(spelling(name))
+    if found is None:
         raise InputError(f"no stage named {name!r} (stages: {', '.join(sorted(STAGES))})")
-    return STAGES[key]
+    return found
 
 
 def _load_all() -> None:
