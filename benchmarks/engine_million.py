@@ -1,7 +1,10 @@
 """N synthetic pairs through ingest -> dedup (exact + semantic, --drop) -> export, with --engine local and
 --engine ray: wall time per stage, peak RSS of the driver, and rows conserved (in = out + set aside, per stage).
 
-    python benchmarks/engine_million.py --pairs 100000 [--engines local,ray] [--out DIR]
+    python benchmarks/engine_million.py --pairs 10000,100000 [--engines local,ray] [--out DIR]
+
+With several sizes it also prints how the driver's peak RSS grows from the smallest to the largest size, per
+engine (the ray engine's driver holds one block at a time, so it should not grow with the data).
 
 Each engine runs `prefcli run` in a fresh subprocess (ray: a local cluster started by `ray.init()`), with its own
 workdir and cache. The numbers come from the run's manifest.json (peak_rss_mb is the driver's VmHWM per stage).
@@ -91,26 +94,44 @@ def run(engine: str, pipeline: Path, workdir: Path) -> dict:
     return {"engine": engine, "wall_s": round(wall, 1), "stages": stages, "kept": sorted(kept)}
 
 
+def one_size(pairs: int, engines: list[str], root: Path) -> list[dict]:
+    root.mkdir(parents=True, exist_ok=True)
+    raw = root / "raw.jsonl.gz"
+    if not raw.exists():
+        synthetic(raw, pairs)
+    pipeline = root / "bench.toml"
+    pipeline.write_text(PIPELINE.format(raw=raw))
+    results = [run(engine, pipeline, root / engine) for engine in engines]
+    for result in results:
+        peak = max(stage["peak_rss_mb"] or 0 for stage in result["stages"].values())
+        result.update(pairs=pairs, driver_peak_mb=peak)
+        print(json.dumps({k: v for k, v in result.items() if k != "kept"}), flush=True)
+    if len(results) == 2:
+        a, b = set(results[0]["kept"]), set(results[1]["kept"])
+        print(json.dumps({"pairs": pairs, "kept_local": len(a), "kept_ray": len(b),
+                          "kept_jaccard": round(len(a & b) / max(1, len(a | b)), 5),
+                          "wall_ratio_ray_over_local": round(results[1]["wall_s"] / results[0]["wall_s"], 2)}),
+              flush=True)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--pairs", type=int, default=100_000)
+    parser.add_argument("--pairs", default="100000", help="one size or several, comma-separated")
     parser.add_argument("--engines", default="local,ray")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="engine-bench-"))
-    root.mkdir(parents=True, exist_ok=True)
-    raw = root / "raw.jsonl.gz"
-    if not raw.exists():
-        synthetic(raw, args.pairs)
-    pipeline = root / "bench.toml"
-    pipeline.write_text(PIPELINE.format(raw=raw))
-    results = [run(engine, pipeline, root / engine) for engine in args.engines.split(",")]
-    for result in results:
-        print(json.dumps({k: v for k, v in result.items() if k != "kept"}))
-    if len(results) == 2:
-        a, b = set(results[0]["kept"]), set(results[1]["kept"])
-        print(json.dumps({"pairs": args.pairs, "kept_local": len(a), "kept_ray": len(b),
-                          "kept_jaccard": round(len(a & b) / max(1, len(a | b)), 5)}))
+    sizes = [int(p) for p in str(args.pairs).split(",")]
+    engines = args.engines.split(",")
+    by_size = {n: one_size(n, engines, root / str(n)) for n in sizes}
+    if len(sizes) > 1:
+        small, large = by_size[min(sizes)], by_size[max(sizes)]
+        for a, b in zip(small, large):
+            print(json.dumps({"engine": a["engine"], "pairs": [min(sizes), max(sizes)],
+                              "driver_peak_mb": [a["driver_peak_mb"], b["driver_peak_mb"]],
+                              "driver_growth_mb": round(b["driver_peak_mb"] - a["driver_peak_mb"], 1),
+                              "wall_s": [a["wall_s"], b["wall_s"]]}))
 
 
 if __name__ == "__main__":

@@ -87,7 +87,7 @@ def execute(call: Call, engine=None) -> Outcome:
     plan, paths = plan_outputs(call)
     load_reads(call)
     stage.check(call.ctx)
-    table = stage.read(call)
+    table = engine.read(stage, call) if engine is not None else stage.read(call)  # ray: rows stay on the cluster
     rows_in = table.num_rows if table is not None else 0
     with Timer() as timer:
         result = engine.run(stage, table, call.ctx) if engine is not None else stage.run(table, call.ctx)

@@ -160,7 +160,14 @@ class OutputPlan:
             raise
 
     def write(self, path: str, data: pa.Table | bytes | str | dict | list) -> None:
-        """Stage `data`: an Arrow table as Parquet, bytes, text, or a JSON document."""
+        """Stage `data`: an Arrow table (or cluster rows) as Parquet, bytes, text, or a JSON document."""
+        if hasattr(data, "iter_tables"):  # rows left on a cluster (prefcli.engines.ray_rows): one block at a time
+            if path == io.STDIO:
+                data = data.to_table()
+            else:
+                with self.staged(path) as tmp:
+                    io.write_tables(data.iter_tables(), data.schema, tmp)
+                return
         if path == io.STDIO:
             self.target(path).stdout = data
             return

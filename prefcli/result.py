@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import pyarrow as pa
 
@@ -29,6 +29,19 @@ class StageResult:
     @property
     def rows_set_aside(self) -> int:
         return 0 if self.set_aside is None else self.set_aside.num_rows
+
+
+def row_tables(rows) -> Iterator[pa.Table]:
+    """An Arrow table, or rows left on a cluster (`--engine ray`, prefcli.engines.ray_rows) block by block."""
+    if hasattr(rows, "iter_tables"):
+        yield from rows.iter_tables()
+    elif rows is not None:
+        yield rows
+
+
+def whole_table(rows) -> pa.Table | None:
+    """Every row as one Arrow table (fetches rows left on a cluster to this process)."""
+    return rows.to_table() if hasattr(rows, "iter_tables") else rows
 
 
 def mark_set_aside(rows: pa.Table, reasons: Sequence[str] | str, stage: str) -> pa.Table:

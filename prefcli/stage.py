@@ -138,6 +138,8 @@ class Context:
     use_cache: bool = True
     inputs: dict[str, Any] = field(default_factory=dict)
     report: Any = None  # a prefcli.report.Reporter, or None for silence
+    tasks: Any = None  # tasks(fn, shared, items) -> [fn(shared, item) ...]: how independent pieces of work run
+    #                    (the ensemble's folds). None: one after the other here; the ray engine's: Ray tasks
 
     def warn(self, message: str) -> None:
         if self.report is not None:
@@ -261,6 +263,12 @@ class Stage:
         out = pa.concat_tables(outs, promote_options="permissive") if outs else None
         aside = pa.concat_tables(asides, promote_options="permissive") if asides else None
         return StageResult(out=out, set_aside=aside, stats=stats, added=sum(r.added for r in results))
+
+    def takes_cluster_rows(self) -> bool:
+        """True when `write` and the hooks after it accept rows left on a cluster (prefcli.engines.ray_rows) for
+        `out`/`set_aside`: the default write hands them to the OutputPlan, which writes them block by block."""
+        cls = type(self)
+        return cls.write is Stage.write and cls.after_write is Stage.after_write
 
     WORKER_DROP: ClassVar[tuple[str, ...]] = ("_models",)  # state rebuilt on a worker (loaded models)
 

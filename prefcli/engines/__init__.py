@@ -87,5 +87,8 @@ class LocalEngine:
 
     name = "local"
 
+    def read(self, stage, call):
+        return stage.read(call)
+
     def run(self, stage, table, ctx):
         return stage.run(table, ctx)

@@ -18,23 +18,29 @@ check, the all-or-nothing write (the same files as `--engine local`), --max-reje
 - ingest parses its file sources in one Ray task too (stdin and hf: sources, and stages without a table
   input, run on the driver).
 
-The driver still reads the input table and receives the output rows, because the outputs are written by
-the same code as the local engine's: its memory grows with the data. Parquet datasets read and written on the
-cluster (prefcli.engines.ray_data.read/write_parquet_dataset) are the next step for that.
+Rows stay on the cluster (prefcli.engines.ray_rows.ClusterRows): a Parquet input (file or dataset directory)
+is read and validated by the workers, and every path hands its output back as object refs to blocks, which the
+driver writes one block at a time into the same staged files as the local engine. The driver's memory does not
+grow with the data, except where a stage's own writer needs the whole table (stages whose `write` is their own,
+e.g. length-bias fit, review export; stdin input; stdout output; export --to hf-dataset).
 """
 
 from __future__ import annotations
 
 import functools
-import pickle
 from contextlib import nullcontext
 from dataclasses import replace
 import pyarrow as pa
 
-from ..result import StageResult, check_accounting
+import pyarrow.compute as pc
+
+from ..errors import InputError
+from ..result import StageResult, check_accounting, whole_table
 from ..stage import Context, Stage
+from ..stages.ingest import IngestStream
 from . import require_ray
-from .ray_data import ROW, connect, gather_table, one_line_errors, ordered_context
+from .ray_data import connect, gather_table, one_line_errors, ordered_context
+from .ray_rows import ClusterRows, collect_streamed, in_row_order, stream_result
 
 TASK_RETRIES = 3  # the one-task path: a task whose worker dies (kill -9, OOM, node loss) is run again
 # map_batches needs no option for that: Ray Data retries a map task whose worker dies and restarts a pool's
@@ -63,7 +69,21 @@ def for_workers(ctx: Context, stage: Stage) -> Context:
     from ..cache.vectors import default_cache_dir
 
     models = stage.resources.uses_models and ctx.use_cache  # the ingest memo stays off unless asked for
-    return replace(ctx, report=None, cache_dir=ctx.cache_dir or (default_cache_dir() if models else None))
+    return replace(ctx, report=None, cache_dir=ctx.cache_dir or (default_cache_dir() if models else None),
+                   tasks=RayTasks())
+
+
+class RayTasks:
+    """`Context.tasks` on the ray engine: each item is a Ray task (the shared inputs go to the object store
+    once). Called from inside a stage's task on a worker, e.g. for the ensemble's cross-fitting folds; the
+    waiting task gives its CPU back to them while it waits."""
+
+    def __call__(self, fn, shared, items) -> list:
+        import ray
+
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES)(fn)
+        ref = ray.put(shared)
+        return ray.get([task.remote(ref, item) for item in items])
 
 
 def _on_worker(ctx: Context) -> tuple[Context, _Collect]:
@@ -88,20 +108,64 @@ def _materialized(result: StageResult) -> StageResult:
     return result
 
 
-def run_table_stage(stage: Stage, table: pa.Table | None, ctx: Context):
-    """The body of the one-task path, on a worker: (result, the stage's state for the driver, warnings)."""
+def run_table_stage(stage: Stage, table, ctx: Context):
+    """The body of the one-task path, on a worker (a streaming generator): the kept and set-aside rows in
+    blocks, then (result without rows, (the stage's state for the driver, warnings)). `table` is a table, the
+    refs of its blocks, or None."""
+    if isinstance(table, list):
+        import ray
+
+        blocks = ray.get(table)
+        table = pa.concat_tables(blocks, promote_options="permissive") if len(blocks) > 1 else blocks[0]
     ctx, sink = _on_worker(ctx)
     result = _materialized(stage.run(table, ctx))
-    return result, stage.worker_state(), sink.warnings
+    if table is not None:
+        check_accounting(table.num_rows, result, added=result.added)
+    yield from stream_result(result, (stage.worker_state(), sink.warnings))
+
+
+KIND, PAYLOAD = "_kind", "_payload"  # a batch result as rows: kept rows, set-aside rows, the rest (pickled)
+OUT, ASIDE, META = 0, 1, 2
+
+
+def _ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
 
 
 def _pack(result: StageResult, warnings: list[str], rows_in: int) -> pa.Table:
-    return pa.table({"result": pa.array([pickle.dumps((result, warnings))], pa.large_binary()),
-                     "rows_in": pa.array([rows_in], pa.int64())})
+    """A batch's result as up to three rows: its kept rows and its set-aside rows (each an Arrow IPC stream),
+    and the result without them, with the warnings and the rows in (pickled). The rows stay in the object
+    store until the driver writes them; only the META rows reach the driver before that."""
+    from ray import cloudpickle
+
+    kinds, payloads = [], []
+    for kind, rows in ((OUT, result.out), (ASIDE, result.set_aside)):
+        if rows is not None:
+            kinds.append(kind)
+            payloads.append(_ipc(rows))
+    meta = StageResult(out=None if result.out is None else result.out.slice(0, 0), stats=result.stats,
+                       artifacts=result.artifacts, added=result.added)
+    kinds.append(META)
+    payloads.append(cloudpickle.dumps((meta, warnings, rows_in)))
+    return pa.table({KIND: pa.array(kinds, pa.int8()), PAYLOAD: pa.array(payloads, pa.large_binary())})
+
+
+def _metas(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch.column(KIND), META))
+
+
+def _unpack(batch: pa.Table, kind: int) -> pa.Table:
+    """The rows of one kind (OUT or ASIDE) of packed batch results, in order."""
+    payloads = batch.filter(pc.equal(batch.column(KIND), kind)).column(PAYLOAD).to_pylist()
+    tables = [pa.ipc.open_stream(payload).read_all() for payload in payloads]
+    return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
 def run_batch(batch: pa.Table, stage: Stage, ctx: Context) -> pa.Table:
-    """One batch through `stage.run` (a stateless task): its result, checked and packed as one row."""
+    """One batch through `stage.run` (a stateless task): its result, checked and packed."""
     ctx, sink = _on_worker(ctx)
     result = stage.run(batch, ctx)
     check_accounting(batch.num_rows, result, added=result.added)
@@ -149,29 +213,71 @@ class RayEngine:
     def cpus(self) -> int:
         return max(1, int(self.ray.cluster_resources().get("CPU", 1)))
 
-    def run(self, stage: Stage, table: pa.Table | None, ctx: Context) -> StageResult:
+    # -- input: rows read by the workers
+    def read(self, stage: Stage, call):
+        """The stage's input as ClusterRows when it is a pairs Parquet file or dataset directory the stage reads
+        the default way; else the local read (stdin, stages with their own reader)."""
+        from .. import io
+        from .ray_rows import read_pairs
+
+        if stage.input != "pairs" or type(stage).read is not Stage.read or not call.inputs:
+            return stage.read(call)
+        path = call.inputs[0]
+        if path == io.STDIO or not (io.dataset_parts(path) or io.parquet_rows(path) is not None):
+            return stage.read(call)
+        with one_line_errors():
+            rows = read_pairs(path, where=str(path))
+        if stage.empty_input and not rows.num_rows:
+            raise InputError(f"{path}: {stage.empty_input}")
+        return rows
+
+    def run(self, stage: Stage, table, ctx: Context) -> StageResult:
         ordered_context()
         with one_line_errors():
-            if table is None:
-                if stage.name == "ingest" and _files_only(ctx):
-                    return self.one_task(stage, None, ctx)
-                return stage.run(table, ctx)  # no table to ship: the stage streams its own input on the driver
-            if stage.name == "dedup":
-                result = self.dedup(stage, table, ctx)
-                if result is not None:
-                    return result
-            if stage.batchwise():
-                return self.batches(stage, table, ctx)
-            return self.one_task(stage, table, ctx)
+            result = self._run(stage, table, ctx)
+        if not stage.takes_cluster_rows():  # the stage's own writer needs tables
+            result.out, result.set_aside = whole_table(result.out), whole_table(result.set_aside)
+        return result
+
+    def _run(self, stage: Stage, table, ctx: Context) -> StageResult:
+        if table is None:
+            if stage.name == "ingest" and _files_only(ctx):
+                return self.ingest(stage, ctx)
+            return stage.run(table, ctx)  # no table to ship: the stage streams its own input on the driver
+        if stage.name == "dedup":
+            result = self.dedup(stage, table, ctx)
+            if result is not None:
+                return result
+        if stage.batchwise():
+            return self.batches(stage, table, ctx)
+        return self.one_task(stage, table, ctx)
+
+    # -- ingest: one task per file
+    def ingest(self, stage: Stage, ctx: Context) -> StageResult:
+        """Each source file parsed (or replayed from the memo) by its own task, a streaming generator; the
+        driver writes the chunks in source order, one at a time."""
+        result = stage.run(None, ctx)
+        stream = result.artifacts["chunks"]
+        remote = ClusterIngestStream.__new__(ClusterIngestStream)
+        remote.__dict__.update(stream.__dict__)
+        remote.cache_dir = for_workers(ctx, stage).cache_dir if ctx.cache_dir and ctx.use_cache else None
+        remote.ray = self.ray
+        assert isinstance(stream, IngestStream)
+        result.artifacts["chunks"] = remote
+        return result
 
     # -- one Ray task on a worker
-    def one_task(self, stage: Stage, table: pa.Table | None, ctx: Context) -> StageResult:
+    def one_task(self, stage: Stage, table, ctx: Context) -> StageResult:
+        """The stage's `run` as one task on a worker, a streaming generator: its rows come back as refs to
+        blocks (owned by the driver, so a lost one is rebuilt), and only the rest of the result is fetched."""
         ray = self.ray
         gpus = 1.0 if stage.resources.uses_models and self.gpus() else 0.0
-        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=TASK_RETRIES)(run_table_stage)
+        task = ray.remote(num_cpus=1, num_gpus=gpus, max_retries=TASK_RETRIES,
+                          num_returns="streaming")(run_table_stage)
         worker_ctx = for_workers(ctx, stage)
-        ref = task.remote(stage.worker_copy(), ray.put(table) if table is not None else None, worker_ctx)
-        result, state, warnings = ray.get(ref)
+        shipped = table.refs if isinstance(table, ClusterRows) else (ray.put(table) if table is not None else None)
+        refs = list(task.remote(stage.worker_copy(), shipped, worker_ctx))
+        result, (state, warnings) = collect_streamed(refs)
         stage.__dict__.update(state)
         _replay(ctx, warnings)
         return result
@@ -181,7 +287,7 @@ class RayEngine:
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
         rows = self.batch_size or stage.resources.batch_size or DEFAULT_BATCH
-        ds = blocks_of(self.ray, table, rows)
+        ds = table.dataset() if isinstance(table, ClusterRows) else blocks_of(self.ray, table, rows)
         worker_ctx = for_workers(ctx, stage)
         if stage.resources.uses_models:
             size = self.actors or max(1, int(self.gpus()) or 1)
@@ -192,19 +298,28 @@ class RayEngine:
             mapped = ds.map_batches(run_batch, batch_size=rows, batch_format="pyarrow",
                                     fn_kwargs={"stage": stage.worker_copy(), "ctx": worker_ctx},
                                     compute=TaskPoolStrategy(size=self.actors) if self.actors else TaskPoolStrategy())
-        packed = gather_table(mapped)
-        rows_in = sum(packed.column("rows_in").to_pylist()) if packed.num_rows else 0
+        from ray import cloudpickle
+
+        packed = mapped.materialize()  # the batches' rows stay in the object store
+        metas = gather_table(packed.map_batches(_metas, batch_format="pyarrow"))
+        results, warnings, rows_in = [], [], 0
+        for blob in metas.column(PAYLOAD).to_pylist() if metas.num_rows else []:
+            result, said, count = cloudpickle.loads(blob)
+            results.append(result)
+            rows_in += count
+            warnings += [w for w in said if w not in warnings]
         if rows_in != table.num_rows:
             raise AssertionError(f"row accounting broken: {table.num_rows} rows in, {rows_in} reached the batches")
-        results, warnings = [], []
-        for blob in packed.column("result").to_pylist():
-            result, said = pickle.loads(blob)
-            results.append(result)
-            warnings += [w for w in said if w not in warnings]
         _replay(ctx, warnings)
         if not results:
-            return stage.run(table, ctx)
-        return stage.merge_batches(table, results, ctx)
+            return stage.run(whole_table(table), ctx)
+        merged = stage.merge_batches(pa.table({}), results, ctx)  # stats and artefacts; the rows come next
+        out = ClusterRows.of_dataset(packed.map_batches(_unpack, batch_format="pyarrow", fn_kwargs={"kind": OUT}))
+        aside = ClusterRows.of_dataset(packed.map_batches(_unpack, batch_format="pyarrow",
+                                                          fn_kwargs={"kind": ASIDE}))
+        merged.out = out if merged.out is not None else None
+        merged.set_aside = aside if aside.num_rows else None
+        return merged
 
     # -- dedup: the distributed algorithms
     def dedup(self, stage: Stage, table: pa.Table, ctx: Context) -> StageResult | None:
@@ -226,21 +341,15 @@ class RayEngine:
         gpus = self.gpus()
         actors = self.actors or max(1, int(gpus) or 1)
         rows = self.batch_size or 50_000
-        result = semantic_dedup(blocks_of(self.ray, table, rows), proposer, stage.options(ctx), keep_row=True,
+        ds = table.dataset() if isinstance(table, ClusterRows) else blocks_of(self.ray, table, rows)
+        result = semantic_dedup(ds, proposer, stage.options(ctx), keep_row=True,
                                 num_gpus=1 if gpus else None, embed_actors=actors, verify_actors=actors,
                                 verifier_factory=verifier)
-        out = _in_row_order(gather_table(result.out), table)
-        aside = _in_row_order(gather_table(result.set_aside), None) if result.set_aside is not None else None
+        out = in_row_order(result.out)
+        aside = in_row_order(result.set_aside) if result.set_aside is not None else None
         stage._cache_root = None  # no all-pairs graph to cache
         return StageResult(out=out, set_aside=aside if aside is not None and aside.num_rows else None,
                            stats=result.stats)
-
-
-def _in_row_order(table: pa.Table, like: pa.Table | None) -> pa.Table | None:
-    """Rows back in input order (the global row index), without the index column."""
-    if ROW not in table.column_names:
-        return table if table.num_rows or like is None else None
-    return table.sort_by(ROW).drop_columns([ROW])
 
 
 def _files_only(ctx: Context) -> bool:
@@ -255,3 +364,33 @@ def ray_available() -> bool:
         return False
     return True
 
+
+
+def parse_source_task(stream, raw):
+    """On a worker: one source's chunks, then its SourceDone (a streaming generator)."""
+    yield from stream.parse_source(raw)
+
+
+class ClusterIngestStream(IngestStream):
+    """An IngestStream whose sources are parsed by Ray tasks, one per file, all started at once; the chunks
+    come back in source order, one object at a time."""
+
+    def parsed_sources(self):
+        ray = self.ray
+        task = ray.remote(num_cpus=1, max_retries=TASK_RETRIES, num_returns="streaming")(parse_source_task)
+        shipped = IngestStream.__new__(IngestStream)
+        shipped.__dict__.update({k: v for k, v in self.__dict__.items() if k not in ("ctx", "ray", "cache_dir")})
+        shipped.ctx = None
+        if self.cache_dir is not None:
+            from ..cache.ingest import IngestCache
+
+            shipped.cache = IngestCache(self.cache_dir)
+        generators = [task.remote(shipped, raw) for raw in self.sources]
+        for generator in generators:
+            yield _fetched(ray, generator)
+
+
+def _fetched(ray, generator):
+    with one_line_errors():
+        for ref in generator:
+            yield ray.get(ref)

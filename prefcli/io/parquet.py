@@ -9,7 +9,7 @@ import os
 import re
 import sys
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -37,6 +37,25 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
         return
     with atomic_path(path) as tmp, writing(path):
         pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+
+
+def write_tables(tables: Iterable[pa.Table], schema: pa.Schema, path: str | os.PathLike) -> None:
+    """Write tables one after the other into one Parquet file at `path` (a staged temp: no rename here), in the
+    same row groups and bytes as `write_table` of their concatenation."""
+    pending: list[pa.Table] = []
+    rows, written = 0, False
+    with pq.ParquetWriter(str(path), schema, compression="zstd") as writer:
+        for table in tables:
+            pending.append(table.cast(schema) if table.schema != schema else table)
+            rows += table.num_rows
+            if rows >= ROW_GROUP_ROWS:
+                buffered = pa.concat_tables(pending)
+                whole = rows - rows % ROW_GROUP_ROWS
+                writer.write_table(buffered.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+                pending, rows, written = [buffered.slice(whole)], rows - whole, True
+        if rows or not written:
+            writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table(),
+                               row_group_size=ROW_GROUP_ROWS)
 
 
 class ParquetSink:

@@ -713,6 +713,9 @@ class DedupStage(Stage):
     def planned_writes(self):
         return tuple(w for w in self.writes if w.name != SET_ASIDE or self.params.drop)
 
+    def takes_cluster_rows(self) -> bool:
+        return True
+
     def options(self, ctx: Context) -> DedupOptions:
         p = self.params
         return DedupOptions(on=p.on, threshold=p.threshold, keep=p.keep, seed=ctx.seed,

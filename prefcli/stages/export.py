@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 
 from .. import io
 from ..errors import InputError
-from ..result import StageResult, mark_set_aside
+from ..result import StageResult, mark_set_aside, row_tables, whole_table
 from ..schema import MESSAGE_TYPE
 from ..stage import Context, Params, Resources, Stage, option, register
 from ..text import texts_for
@@ -240,10 +240,18 @@ def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: S
     return StageResult(out=out, set_aside=pa.concat_tables(left_out), stats=stats)
 
 
-def iter_rows(table: pa.Table, batch_rows: int = 4096) -> Iterator[dict]:
-    """Python dicts batch by batch, for streaming JSONL writes."""
-    for batch in table.to_batches(max_chunksize=batch_rows):
-        yield from batch.to_pylist()
+def iter_rows(rows, batch_rows: int = 4096) -> Iterator[dict]:
+    """Python dicts batch by batch (of a table, or of rows left on a cluster), for streaming JSONL writes."""
+    for table in row_tables(rows):
+        for batch in table.to_batches(max_chunksize=batch_rows):
+            yield from batch.to_pylist()
+
+
+def write_jsonl(rows, path) -> None:
+    """JSON lines, written as they are made (never the whole file's text in memory)."""
+    with open(path, "w", encoding="utf-8") as fh:
+        for table in row_tables(rows):
+            fh.write("".join(io.jsonl_lines(iter_rows(table))))
 
 
 def to_hf_dataset(table: pa.Table):
@@ -295,6 +303,9 @@ class ExportStage(Stage):
     def output_kind(self, call) -> str:
         return "dir" if self.params.to == "hf-dataset" else "file"
 
+    def takes_cluster_rows(self) -> bool:
+        return True
+
     def validate(self, call) -> None:
         if call.output is None and not self.params.push_to_hub:
             raise InputError("--output: give -o PATH (or - for stdout), or --push-to-hub REPO")
@@ -318,12 +329,11 @@ class ExportStage(Stage):
         if to in JSONL_FORMATS and output == io.STDIO:
             plan.write(output, "".join(io.jsonl_lines(iter_rows(rows))))
         elif to in JSONL_FORMATS:
-            plan.write_with(output, lambda tmp: tmp.write_text("".join(io.jsonl_lines(iter_rows(rows))),
-                                                               encoding="utf-8"))
+            plan.write_with(output, lambda tmp: write_jsonl(rows, tmp))
         elif to == "parquet":
             plan.write(output, rows)
         else:
-            plan.write_with(output, lambda tmp: save_dataset_to(to_hf_dataset(rows), tmp))
+            plan.write_with(output, lambda tmp: save_dataset_to(to_hf_dataset(whole_table(rows)), tmp))
 
     def final_stats(self, result: StageResult, rows_in: int, seconds: float) -> dict[str, Any]:
         output = getattr(self, "_written", (None, None))[0]
@@ -332,7 +342,7 @@ class ExportStage(Stage):
     def after_write(self, stats: dict[str, Any]) -> None:
         """--push-to-hub, once the files are committed."""
         if self.params.push_to_hub:
-            push(self._written[1], self.params.push_to_hub, self.params.private)
+            push(whole_table(self._written[1]), self.params.push_to_hub, self.params.private)
 
 
 def push(table: pa.Table, repo: str, private: bool) -> None:

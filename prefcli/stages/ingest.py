@@ -206,6 +206,14 @@ def open_sources(specs: Sequence[str]) -> list[RawSource]:
 Chunk = tuple[str, pa.Table, int]  # ("pairs" | "rejects", table, the size the output sink counts for it)
 
 
+@dataclass(frozen=True)
+class SourceDone:
+    """The end of one source's chunks: its summary row and whether it was replayed from the memo."""
+
+    summary: dict[str, Any]
+    cached: bool
+
+
 class IngestStream:
     """The chunks of every source, parsed or replayed from the memo, consumed once (by the writer, or by
     `collect()`); `stats` is filled in when the last source is done."""
@@ -217,22 +225,33 @@ class IngestStream:
         self.stats: dict[str, Any] = {}
         self._used = False
 
-    def __iter__(self) -> Iterator[Chunk]:
+    def parse_source(self, raw: RawSource) -> Iterator[Chunk | SourceDone]:
+        """One source's chunks, parsed or replayed from the memo, then its SourceDone."""
         from ..cache.ingest import CachedSource
 
+        job = SourceIngest(self.source_name or raw.label, raw.file, fmt=self.fmt, options=self.options)
+        source = CachedSource(job, self.cache)
+        yield from source.chunks(functools.partial(raw.batches, self.options.columnar))
+        yield SourceDone(source.summary(), source.cached)
+
+    def parsed_sources(self) -> Iterator[Iterator[Chunk | SourceDone]]:
+        """Each source's `parse_source`, in order (the Ray engine parses them on workers, one task each)."""
+        return (self.parse_source(raw) for raw in self.sources)
+
+    def __iter__(self) -> Iterator[Chunk]:
         if self._used:
             raise RuntimeError("an ingest stream is read once")
         self._used = True
         summaries, files_cached = [], 0
         with self.ctx.progress("ingest") as advance:
-            for raw in self.sources:
-                job = SourceIngest(self.source_name or raw.label, raw.file, fmt=self.fmt, options=self.options)
-                source = CachedSource(job, self.cache)
-                for chunk in source.chunks(functools.partial(raw.batches, self.options.columnar)):
-                    yield chunk
-                    advance(chunk[1].num_rows)
-                summaries.append(source.summary())
-                files_cached += source.cached
+            for items in self.parsed_sources():
+                for item in items:
+                    if isinstance(item, SourceDone):
+                        summaries.append(item.summary)
+                        files_cached += item.cached
+                        continue
+                    yield item
+                    advance(item[1].num_rows)
         totals = {key: sum(s[key] for s in summaries) for key in ("records", "read", "written", "set_aside")}
         self.stats.update({"sources": len(summaries), **totals, "files_parsed": len(summaries) - files_cached,
                            "files_cached": files_cached, "per_source": summaries})
@@ -300,8 +319,8 @@ class IngestStage(Stage):
     Params = IngestParams
     input = "sources"
     engines = ("local", "ray")
-    resources = Resources(on_ray="one Ray task on a worker parses every source (stdin and hf: sources are "
-                                 "parsed on the driver); not split per file yet")
+    resources = Resources(on_ray="one Ray task per file source, each a streaming generator of its chunks (stdin and "
+                                 "hf: sources are parsed on the driver)")
     uses_cache = True
     sets_aside = True
     input_help = ("Files, globs, directories, - (stdin), hf:NAME[:CONFIG][@SPLIT], or a datasets.save_to_disk "

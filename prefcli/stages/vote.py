@@ -302,8 +302,8 @@ def build_reward_models(specs: Sequence[str], ctx: Context, **opts: Any) -> list
     from ..models.reward import parse_rm_spec
 
     cache_dir = str(ctx.cache_dir) if ctx.cache_dir else None
-    return [parse_rm_spec(spec, device=ctx.device, cache_dir=cache_dir, use_cache=ctx.use_cache, **opts)
-            for spec in specs]
+    return [parse_rm_spec(spec, device=ctx.device, cache_dir=cache_dir, use_cache=ctx.use_cache, tasks=ctx.tasks,
+                          **opts) for spec in specs]
 
 
 @register
@@ -314,8 +314,8 @@ class VoteStage(Stage):
     Params = VoteParams
     summary = "Score pairs with reward models; flag incorrect/ambiguous labels; flip, drop or soft-label them."
     resources = Resources(mode="table", uses_models=True,
-                          on_ray="one Ray task on a worker, models loaded there (the per-RM robust scale and "
-                                 "the ensemble's cross-fitting need every row; not distributed yet)")
+                          on_ray="one Ray task on a worker, models loaded there (the per-RM robust scale needs "
+                                 "every row); the ensemble's cross-fitting folds run as Ray tasks in parallel")
     engines = ("local", "ray")
     uses_seed = True
     empty_input = "no pairs to vote on"

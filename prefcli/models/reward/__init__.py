@@ -30,7 +30,8 @@ def _ensemble(arg: str, name: str | None, opts: dict[str, Any]):
     from .ensemble import OfflineEnsemble
 
     return OfflineEnsemble.from_spec(arg, name=name, device=opts.get("device") or "auto",
-                                     cache_dir=opts.get("cache_dir"), use_cache=opts.get("use_cache", True))
+                                     cache_dir=opts.get("cache_dir"), use_cache=opts.get("use_cache", True),
+                                     tasks=opts.get("tasks"))
 
 
 def _scores(arg: str, name: str | None, opts: dict[str, Any]):
@@ -65,7 +66,7 @@ BACKENDS: dict[str, Callable[[str, str | None, dict[str, Any]], Any]] = {
 
 def parse_rm_spec(spec: str, **opts: Any) -> RewardModel:
     """Build a reward model from a `--rm` spec. opts: device, max_length, batch_size,
-    trust_remote_code, cache_dir, use_cache. Bad specs raise a one-line InputError."""
+    trust_remote_code, cache_dir, use_cache, tasks (Context.tasks). Bad specs raise a one-line InputError."""
     spec = spec.strip()
     name = None
     named = _NAME.match(spec)

@@ -177,6 +177,23 @@ def _fit_bt(delta, weights: np.ndarray, c: float) -> np.ndarray:
     return model.coef_[0]
 
 
+def _c(config: "EnsembleConfig", view: str) -> float:
+    return config.c_emb if view == "emb" else config.c_lex
+
+
+def train_fold(shared: tuple[dict, "EnsembleConfig"], train: np.ndarray) -> dict[str, np.ndarray]:
+    """One cross-fitting fold, on the pairs `train` of the Δφ of every view: round one on all of them, round two
+    without the `drop` share they fit worst. A pure function of its inputs (folds run anywhere, in any order)."""
+    deltas, c = shared
+    weights = np.ones(len(train))
+    coef = {v: _fit_bt(deltas[v][train], weights, _c(c, v)) for v in c.views}
+    if c.drop <= 0:
+        return coef
+    margin = np.mean([_zscale(_dot(deltas[v][train], coef[v])) for v in c.views], axis=0)
+    weights = (margin > np.quantile(margin, c.drop)).astype(np.float64)
+    return {v: _fit_bt(deltas[v][train], weights, _c(c, v)) for v in c.views}
+
+
 def _zscale(m: np.ndarray) -> np.ndarray:
     from ...scoring import robust_scale
 
@@ -210,7 +227,7 @@ class OfflineEnsemble:
     """K cross-fitted Bradley-Terry members trained on the input pairs (see module docstring)."""
 
     def __init__(self, config: EnsembleConfig | None = None, *, name: str | None = None, device: str = "auto",
-                 cache_dir: str | None = None, use_cache: bool = True):
+                 cache_dir: str | None = None, use_cache: bool = True, tasks=None):
         self.config = config or EnsembleConfig()
         self.name = column_safe(name or "ens")
         self.device = device
@@ -223,6 +240,7 @@ class OfflineEnsemble:
         self._features: dict[str, _Features] = {}
         self._embedder = None
         self.computed = 0  # texts embedded (cache misses)
+        self.tasks = tasks  # runs the cross-fitting folds (Context.tasks: Ray tasks on the ray engine; None: here)
 
     @classmethod
     def from_spec(cls, arg: str, **kwargs) -> "OfflineEnsemble":
@@ -269,14 +287,17 @@ class OfflineEnsemble:
         deltas = {v: phi[v][0] - phi[v][1] for v in c.views}
         ids = pairs.column("pair_id").to_pylist()
         self.members = []
-        for rep in range(c.repeats):
-            rng = np.random.default_rng([seed, rep])
-            fold_of = rng.permutation(m) % c.folds
+        folds_of = [np.random.default_rng([seed, rep]).permutation(m) % c.folds for rep in range(c.repeats)]
+        jobs = [np.flatnonzero(fold_of != fold) for fold_of in folds_of for fold in range(c.folds)]
+        shared = (deltas, c)
+        trained = iter(self.tasks(train_fold, shared, jobs) if self.tasks else  # independent: in parallel
+                       [train_fold(shared, job) for job in jobs])
+        for rep, fold_of in enumerate(folds_of):
             scores = {v: (np.zeros(m), np.zeros(m)) for v in c.views}
             weight_sum = {v: 0.0 for v in c.views}
             for fold in range(c.folds):
-                fit_on, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-                w = self._train_fold(deltas, fit_on)
+                held = np.flatnonzero(fold_of == fold)
+                w = next(trained)
                 for v in c.views:
                     scores[v][0][held] = _dot(phi[v][0][held], w[v])
                     scores[v][1][held] = _dot(phi[v][1][held], w[v])
@@ -310,19 +331,8 @@ class OfflineEnsemble:
         for (chosen, rejected, fold), member in zip(full, self.members):
             member.chosen, member.rejected, member.fold = chosen, rejected, fold
 
-    def _train_fold(self, deltas: dict, train: np.ndarray) -> dict[str, np.ndarray]:
-        """Round one on all training pairs; round two without the `drop` share they fit worst."""
-        c = self.config
-        weights = np.ones(len(train))
-        coef = {v: _fit_bt(deltas[v][train], weights, self._c(v)) for v in c.views}
-        if c.drop <= 0:
-            return coef
-        margin = np.mean([_zscale(_dot(deltas[v][train], coef[v])) for v in c.views], axis=0)
-        weights = (margin > np.quantile(margin, c.drop)).astype(np.float64)
-        return {v: _fit_bt(deltas[v][train], weights, self._c(v)) for v in c.views}
-
     def _c(self, view: str) -> float:
-        return self.config.c_emb if view == "emb" else self.config.c_lex
+        return _c(self.config, view)
 
     def voters(self) -> list[_Member]:
         if not self.members:
