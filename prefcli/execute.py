@@ -89,9 +89,12 @@ def execute(call: Call, engine=None) -> Outcome:
     stage.check(call.ctx)
     table = engine.read(stage, call) if engine is not None else stage.read(call)  # ray: rows stay on the cluster
     rows_in = table.num_rows if table is not None else 0
+    used = stage.rows_used(rows_in, call.ctx) if table is not None else None
+    if used is not None:  # the stage reads a sample: only those rows reach it (it writes no rows)
+        table = engine.take(table, used) if engine is not None else table.take(used)
     with Timer() as timer:
         result = engine.run(stage, table, call.ctx) if engine is not None else stage.run(table, call.ctx)
-    if table is not None:
+    if table is not None and used is None:
         check_accounting(rows_in, result, added=result.added)
     else:
         rows_in = result.stats.get("rows_in", rows_in)

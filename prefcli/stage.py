@@ -264,6 +264,11 @@ class Stage:
         aside = pa.concat_tables(asides, promote_options="permissive") if asides else None
         return StageResult(out=out, set_aside=aside, stats=stats, added=sum(r.added for r in results))
 
+    def rows_used(self, n: int, ctx: Context):
+        """Sorted indices of the rows `run` needs when it needs only some of the `n` input rows (e.g. a fit on a
+        seeded sample), else None. `execute` hands `run` only those rows, and an engine fetches only those."""
+        return None
+
     def takes_cluster_rows(self) -> bool:
         """True when `write` and the hooks after it accept rows left on a cluster (prefcli.engines.ray_rows) for
         `out`/`set_aside`: the default write hands them to the OutputPlan, which writes them block by block."""

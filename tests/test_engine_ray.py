@@ -33,13 +33,16 @@ FLOAT_TOLERANCE = 1e-9
 @pytest.mark.parametrize("text, spec", [("local", LOCAL), ("ray", EngineSpec("ray")),
                                         ("ray:auto", EngineSpec("ray", "auto")),
                                         ("ray:ray://head:10001", EngineSpec("ray", "ray://head:10001")),
-                                        ("ray:10.0.0.1:6379", EngineSpec("ray", "10.0.0.1:6379"))])
+                                        ("ray:10.0.0.1:6379", EngineSpec("ray", "10.0.0.1:6379")),
+                                        ("ray:auto,batch=8192,actors=4", EngineSpec("ray", "auto", batch=8192, actors=4)),
+                                        ("ray,actors=2", EngineSpec("ray", actors=2))])
 def test_parse_engine(text, spec):
     assert parse_engine(text) == spec
     assert str(parse_engine(text)) == text
 
 
-@pytest.mark.parametrize("text", ["spark", "ray:", "local:x", "ray:nowhere"])
+@pytest.mark.parametrize("text", ["spark", "ray:", "local:x", "ray:nowhere", "ray,foo=1", "ray,actors=0",
+                                  "ray,batch=x", "local,actors=2"])
 def test_parse_engine_rejects_bad_values(text):
     with pytest.raises(InputError) as err:
         parse_engine(text)
@@ -306,3 +309,43 @@ def test_ensemble_folds_run_as_ray_tasks_with_the_same_scores(ray_cluster, sampl
     for a, b in zip(local.voters(), on_ray.voters()):
         assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.rejected, b.rejected)
         assert np.array_equal(a.weights, b.weights)
+
+
+def test_vote_scores_hf_models_in_an_actor_pool(ray_cluster, sample_pairs, tmp_path):
+    """`--rm hf:` on Ray: the model scores the pairs batch by batch in an actor pool, the ensemble and the
+    aggregation run in the stage's task; every column equals the local run's, and the counters add up."""
+    from test_vote_hf import build_tiny_reward_model
+
+    model = build_tiny_reward_model(tmp_path / "tiny")
+    stats = {}
+    for engine in ("local", "ray"):
+        result = cli("vote", str(sample_pairs), "--rm", f"tiny=hf:{model}", "--rm", "ensemble:views=lex",
+                     "--action", "drop", "-o", str(tmp_path / engine / "out.parquet"), "--engine", engine,
+                     "--no-cache", "--json")
+        assert result.exit_code == 0, result.stderr
+        stats[engine] = json.loads(result.stdout)
+    assert stats["ray"]["scored_in_actor_pool"] == ["tiny"] and "scored_in_actor_pool" not in stats["local"]
+    assert stats["ray"]["rm_tiny_computed"] == stats["local"]["rm_tiny_computed"] > 0
+    assert stats["ray"]["buckets"] == stats["local"]["buckets"]
+    assert assert_dirs_match(tmp_path / "local", tmp_path / "ray") >= 1
+
+
+def test_length_fit_on_a_sample_takes_only_those_rows_on_ray(ray_cluster, sample_pairs, tmp_path):
+    """length-bias fit --sample under `prefcli run --engine ray`: the sampled rows are taken where their blocks
+    are (no whole table anywhere but the fit's task), and the model equals the local one byte for byte."""
+    table = pq.read_table(sample_pairs)
+    rng = np.random.default_rng(3)
+    lengths = np.array([len(t) for t in table.column("chosen").to_pylist()], float)
+    scored = table.append_column("rm_a_chosen", pa.array(np.log1p(lengths) + rng.normal(0, 0.3, table.num_rows)))
+    scored = scored.append_column("rm_a_rejected", pa.array(rng.normal(2.5, 0.5, table.num_rows)))
+    src = tmp_path / "scored.parquet"
+    pq.write_table(scored, src)
+    toml = tmp_path / "fit.toml"
+    toml.write_text(f'[pipeline]\nname = "fit"\n\n[[stage]]\nname = "fit"\ncommand = "length-bias fit"\n'
+                    f'input = "{src}"\nsample = {table.num_rows // 2}\noutput = "model.json"\n')
+    for engine in ("local", "ray"):
+        result = cli("run", str(toml), "--workdir", str(tmp_path / engine), "--engine", engine, "--quiet")
+        assert result.exit_code == 0, result.stderr
+    model = json.loads((tmp_path / "ray" / "fit" / "model.json").read_text())
+    assert model["fitted_pairs"] == table.num_rows // 2
+    assert (tmp_path / "local" / "fit" / "model.json").read_bytes() == (tmp_path / "ray" / "fit" / "model.json").read_bytes()

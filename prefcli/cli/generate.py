@@ -111,7 +111,7 @@ def stage_parameters(stage: type[Stage]) -> list[inspect.Parameter]:
     if "ray" in stage.engines:
         from ..engines import ENGINE_HELP
 
-        params.append(_kw("engine", Annotated[str, typer.Option("--engine", metavar="local|ray[:ADDRESS]",
+        params.append(_kw("engine", Annotated[str, typer.Option("--engine", metavar="local|ray[:ADDRESS][,OPTS]",
                                                                  help=ENGINE_HELP)], "local"))
     params.append(_kw("quiet", Annotated[bool, typer.Option("--quiet", "-q", help=COMMON_HELP["quiet"])], False))
     params.append(_kw("json_mode", Annotated[bool, typer.Option("--json", help=COMMON_HELP["json_mode"])], False))

@@ -38,7 +38,7 @@ def register(app: typer.Typer) -> None:
             "--wait-timeout", parser=number(float, 0.0),
                 help="With --wait: give up (exit 3) after this many seconds.")] = None,
         engine: Annotated[str, typer.Option(
-            "--engine", metavar="local|ray[:ADDRESS]",
+            "--engine", metavar="local|ray[:ADDRESS][,OPTS]",
             help=ENGINE_HELP + " Applies to every stage; the engine is not part of a stage's skip key.")] = "local",
         quiet: Quiet = False,
         json_mode: Json = False,

@@ -108,19 +108,23 @@ def _materialized(result: StageResult) -> StageResult:
     return result
 
 
-def run_table_stage(stage: Stage, table, ctx: Context):
+def run_table_stage(stage: Stage, table, ctx: Context, hooks=None):
     """The body of the one-task path, on a worker (a streaming generator): the kept and set-aside rows in
     blocks, then (result without rows, (the stage's state for the driver, warnings)). `table` is a table, the
-    refs of its blocks, or None."""
+    refs of its blocks, or None. `hooks` (e.g. ray_vote.UseScores) may prepare the stage and adjust the result."""
     if isinstance(table, list):
         import ray
 
         blocks = ray.get(table)
         table = pa.concat_tables(blocks, promote_options="permissive") if len(blocks) > 1 else blocks[0]
     ctx, sink = _on_worker(ctx)
+    if hooks is not None:
+        hooks.before(stage, ctx)
     result = _materialized(stage.run(table, ctx))
     if table is not None:
         check_accounting(table.num_rows, result, added=result.added)
+    if hooks is not None:
+        hooks.after(result)
     yield from stream_result(result, (stage.worker_state(), sink.warnings))
 
 
@@ -231,6 +235,14 @@ class RayEngine:
             raise InputError(f"{path}: {stage.empty_input}")
         return rows
 
+    def take(self, table, indices):
+        """The rows at sorted `indices`, taken where their blocks are."""
+        if not isinstance(table, ClusterRows):
+            return table.take(indices)
+        from .ray_rows import take_rows
+
+        return take_rows(table, indices)
+
     def run(self, stage: Stage, table, ctx: Context) -> StageResult:
         ordered_context()
         with one_line_errors():
@@ -248,9 +260,33 @@ class RayEngine:
             result = self.dedup(stage, table, ctx)
             if result is not None:
                 return result
+        if stage.name == "vote":
+            return self.vote(stage, table, ctx)
         if stage.batchwise():
             return self.batches(stage, table, ctx)
         return self.one_task(stage, table, ctx)
+
+    # -- vote: hf: models in an actor pool, the rest in one task
+    def vote(self, stage: Stage, table, ctx: Context) -> StageResult:
+        from ray.data import ActorPoolStrategy
+
+        from .ray_vote import COUNTERS, ScoreBatch, UseScores, counter_column, counter_sums, distributable
+
+        which = [j for j, spec in enumerate(stage.params.rm) if distributable(spec)]
+        if not which:
+            return self.one_task(stage, table, ctx)
+        rows = self.batch_size or DEFAULT_BATCH
+        ds = table.dataset() if isinstance(table, ClusterRows) else blocks_of(self.ray, table, rows)
+        size = self.actors or max(1, int(self.gpus()) or 1)
+        scored = ds.map_batches(ScoreBatch, batch_size=rows, batch_format="pyarrow",
+                                fn_constructor_kwargs={"stage": stage.worker_copy(), "ctx": for_workers(ctx, stage),
+                                                       "which": which},
+                                compute=ActorPoolStrategy(size=size),
+                                num_gpus=1 if self.gpus() else None).materialize()
+        sums = gather_table(scored.map_batches(counter_sums, batch_format="pyarrow", fn_kwargs={"which": which}))
+        counters = {j: {key: int(pc.sum(sums.column(counter_column(j, key))).as_py() or 0) if sums.num_rows else 0
+                        for key in COUNTERS} for j in which}
+        return self.one_task(stage, ClusterRows.of_dataset(scored), ctx, hooks=UseScores(which, counters))
 
     # -- ingest: one task per file
     def ingest(self, stage: Stage, ctx: Context) -> StageResult:
@@ -267,7 +303,7 @@ class RayEngine:
         return result
 
     # -- one Ray task on a worker
-    def one_task(self, stage: Stage, table, ctx: Context) -> StageResult:
+    def one_task(self, stage: Stage, table, ctx: Context, hooks=None) -> StageResult:
         """The stage's `run` as one task on a worker, a streaming generator: its rows come back as refs to
         blocks (owned by the driver, so a lost one is rebuilt), and only the rest of the result is fetched."""
         ray = self.ray
@@ -276,7 +312,7 @@ class RayEngine:
                           num_returns="streaming")(run_table_stage)
         worker_ctx = for_workers(ctx, stage)
         shipped = table.refs if isinstance(table, ClusterRows) else (ray.put(table) if table is not None else None)
-        refs = list(task.remote(stage.worker_copy(), shipped, worker_ctx))
+        refs = list(task.remote(stage.worker_copy(), shipped, worker_ctx, hooks))
         result, (state, warnings) = collect_streamed(refs)
         stage.__dict__.update(state)
         _replay(ctx, warnings)

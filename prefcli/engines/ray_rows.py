@@ -168,6 +168,26 @@ _schema_of = _Lazy(_schema, num_cpus=0.25)
 _validate_block = _Lazy(_validate, num_cpus=1)
 
 
+def take_rows(rows: ClusterRows, indices) -> ClusterRows:
+    """The rows at sorted global `indices`, each block's share taken by a task where the block is."""
+    indices = np.asarray(indices, dtype=np.int64)
+    starts = np.concatenate([[0], np.cumsum(rows.counts)]).astype(np.int64)
+    refs, counts = [], []
+    for ref, lo, hi in zip(rows.refs, starts[:-1], starts[1:]):
+        local = indices[(indices >= lo) & (indices < hi)] - lo
+        if len(local):
+            refs.append(_take.remote(ref, local))
+            counts.append(len(local))
+    return ClusterRows(refs, counts)
+
+
+def _take_block(block: pa.Table, local) -> pa.Table:
+    return block.take(pa.array(local))
+
+
+_take = _Lazy(_take_block, num_cpus=0.25)
+
+
 # --------------------------------------------------------------------------- results that stay on the cluster
 
 def slices(table: pa.Table | None, rows: int = BLOCK_ROWS) -> list[pa.Table]:

@@ -123,6 +123,8 @@ def _stdout_rejects(call) -> None:
 
 # --------------------------------------------------------------------------- fit
 
+SAMPLE_STREAM = 29  # the --sample draw's random stream
+
 class FitParams(Params):
     score: str = option("all", "all, pref_mean or rm_<name>.")
     length: str = option("chars", LENGTH_HELP)
@@ -135,6 +137,9 @@ class FitParams(Params):
     thresholds: dict[str, str] | None = option(
         None, "Vote bucket thresholds for len_pref_bucket, e.g. incorrect=-0.5,strong=1.5.")
     glm_groups: str | None = option(None, GLM_GROUPS_HELP)
+    sample: int | None = option(None, "Fit (and diagnose) on a seeded sample of at most this many pairs (default: "
+                                      "every pair); `length-bias apply` then corrects every pair. Not with --table.",
+                                low=2)
 
     @field_validator("thresholds", mode="before")
     @classmethod
@@ -157,9 +162,14 @@ class FitStage(_LengthStage):
     writes = (Write("table", "--table", "Also write the input with the fit-time debiased len_ columns to this "
                                         "Parquet file."),)
 
+    uses_seed = True
+
     def validate(self, call) -> None:
         super().validate(call)
         self._model_path = call.output
+        if self.params.sample is not None and call.writes.get("table"):
+            raise InputError("--table: not with --sample (the table would hold only the sample; run "
+                             "`length-bias apply` on every pair instead)")
         if call.writes.get("table") == io.STDIO and call.ctx.report is not None:
             call.ctx.report.data_on_stdout = True  # the summary must not mix with the table
 
@@ -172,6 +182,15 @@ class FitStage(_LengthStage):
         self.thresholds()
         self.measure(self.params.length)
 
+    def rows_used(self, n: int, ctx: Context):
+        """--sample: a seeded sample of the pairs (sorted row indices), the same on every engine."""
+        import numpy as np
+
+        self._rows_total = n
+        if self.params.sample is None or n <= self.params.sample:
+            return None
+        return np.sort(np.random.default_rng([ctx.seed, SAMPLE_STREAM]).choice(n, self.params.sample, replace=False))
+
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
         p, where = self.params, self.where
         measure = self.measure(p.length)
@@ -183,7 +202,9 @@ class FitStage(_LengthStage):
         debiased = lb.apply(table, model, lengths, where=where).out
         diag = lb.diagnose(table, lengths, debiased=debiased)
         warn_rho(ctx, diag)
-        stats = {"model": getattr(self, "_model_path", None), "scores": keys, "length": measure.spec,
+        model["fitted_pairs"] = table.num_rows
+        stats = {"model": getattr(self, "_model_path", None), "fitted_pairs": table.num_rows,
+                 "rows_in": getattr(self, "_rows_total", table.num_rows), "scores": keys, "length": measure.spec,
                  "method": p.method, "residual": p.residual, **headline(diag, glm_result), **rho_stats(diag),
                  "diagnosis": diag, "glm": glm_result}
         return StageResult(out=None, stats=stats, artifacts={"model": model, "table": debiased})

@@ -314,8 +314,9 @@ class VoteStage(Stage):
     Params = VoteParams
     summary = "Score pairs with reward models; flag incorrect/ambiguous labels; flip, drop or soft-label them."
     resources = Resources(mode="table", uses_models=True,
-                          on_ray="one Ray task on a worker, models loaded there (the per-RM robust scale needs "
-                                 "every row); the ensemble's cross-fitting folds run as Ray tasks in parallel")
+                          on_ray="hf: models score in an actor pool (map_batches, one GPU per actor when there "
+                                 "are GPUs); then one Ray task fits the ensemble (its folds as parallel Ray tasks) "
+                                 "and aggregates (the per-RM robust scale needs every row)")
     engines = ("local", "ray")
     uses_seed = True
     empty_input = "no pairs to vote on"
