@@ -1,7 +1,7 @@
 """A million pairs through the default pipeline's training path on this box: time and peak RSS per stage, and how
 each grows with the input (100k, 300k, 1M by default).
 
-    .venv/bin/python benchmarks/million.py [--sizes 100000,300000,1000000] [--keep]
+    .venv/bin/python benchmarks/million.py [--sizes 100000,300000,1000000] [--profile default|static] [--keep]
 
 Synthetic pairs with realistic lengths (prompts ~200 characters, responses ~350, log-normal; each pair on
 one of 20,000 made-up topic vocabularies), 4% exact repeats,
@@ -54,10 +54,19 @@ STAGES = [
 ]
 
 
-def pipeline_toml(raw: Path) -> str:
+# --profile static: every embedding on the static model (no MiniLM anywhere): dedup without the MiniLM verifier,
+# the ensemble's embedding view on static vectors. What a CPU box can afford at 1M; its accuracy cost is measured
+# by benchmarks/vote_speed.py and dedup_cascade.py.
+STATIC_PROFILE = {"dedup": {"verify": "none"}, "dedup-pairs": {"verify": "none"},
+                  "vote": {"rm": ["ensemble:model=static"]}}
+
+
+def pipeline_toml(raw: Path, profile: str = "default") -> str:
     """The pipeline file for one raw input (JSON scalars and lists are valid TOML values)."""
     lines = ["[pipeline]", 'name = "million"', "seed = 0"]
     for stage in STAGES:
+        if profile == "static":
+            stage = {**stage, **STATIC_PROFILE.get(stage.get("name", stage["command"]), {})}
         lines += ["", "[[stage]]"]
         lines += [f"{key} = {json.dumps(value).replace('{raw}', str(raw))}" for key, value in stage.items()]
     return "\n".join(lines) + "\n"
@@ -137,14 +146,14 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)) if n_pos and n_neg else float("nan")
 
 
-def run_size(n: int, scratch: Path) -> dict:
+def run_size(n: int, scratch: Path, profile: str = "default") -> dict:
     raw = scratch / f"raw-{n}" / "pairs.jsonl"
     raw.parent.mkdir(parents=True, exist_ok=True)
     began = time.perf_counter()
     planted = generate(raw, n)
     generated = time.perf_counter() - began
     toml = scratch / f"million-{n}.toml"
-    toml.write_text(pipeline_toml(raw))
+    toml.write_text(pipeline_toml(raw, profile))
     workdir = scratch / f"run-{n}"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PREFCLI_CACHE_DIR": ""}
     began = time.perf_counter()
@@ -163,7 +172,7 @@ def run_size(n: int, scratch: Path) -> dict:
     flipped = np.array([json.loads(m or "{}").get("flipped", 0) if isinstance(m, str) else 0
                         for m in vote.column("meta").to_pylist()])
     dedup = json.loads(proc.stdout)
-    return {"pairs": n, "generate_s": round(generated, 1), "wall_s": round(wall, 1), "stages": stages,
+    return {"pairs": n, "profile": profile, "generate_s": round(generated, 1), "wall_s": round(wall, 1), "stages": stages,
             "planted": planted, "flip_auroc": round(auroc(-vote.column("pref_mean").to_numpy(), flipped), 4),
             "rows_removed_by_dedup_pairs": stages.get("dedup-pairs", {}).get("set_aside"), "summary": dedup}
 
@@ -171,6 +180,8 @@ def run_size(n: int, scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,300000,1000000")
+    parser.add_argument("--profile", choices=["default", "static"], default="default",
+                        help="default: pipelines/default.toml's models; static: the static model everywhere")
     parser.add_argument("--keep", action="store_true", help="keep the scratch dir")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -179,7 +190,7 @@ def main() -> None:
     results = []
     try:
         for n in sizes:
-            result = run_size(n, scratch)
+            result = run_size(n, scratch, args.profile)
             results.append(result)
             print(f"\n{n:,} pairs: {result['wall_s']:.0f} s wall (generating the file: {result['generate_s']} s), "
                   f"flip AUROC {result['flip_auroc']}, dedup-pairs removed {result['rows_removed_by_dedup_pairs']} "

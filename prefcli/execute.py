@@ -82,18 +82,21 @@ def execute(call: Call, engine=None) -> Outcome:
     """Run one Call. `engine` (prefcli.engines.make_engine; None: local) supplies only the middle step, table ->
     StageResult: planning, side inputs, reading, accounting, the all-or-nothing write and --max-reject-rate are
     the same whatever runs the stage."""
+    from .engines import LocalEngine
+
+    engine = engine or LocalEngine()
     stage = call.stage
     stage.validate(call)
     plan, paths = plan_outputs(call)
     load_reads(call)
     stage.check(call.ctx)
-    table = engine.read(stage, call) if engine is not None else stage.read(call)  # ray: rows stay on the cluster
+    table = engine.read(stage, call)  # local: a table, or batches for a stage that streams; ray: rows on the cluster
     rows_in = table.num_rows if table is not None else 0
     used = stage.rows_used(rows_in, call.ctx) if table is not None else None
     if used is not None:  # the stage reads a sample: only those rows reach it (it writes no rows)
-        table = engine.take(table, used) if engine is not None else table.take(used)
+        table = engine.take(table, used)
     with Timer() as timer:
-        result = engine.run(stage, table, call.ctx) if engine is not None else stage.run(table, call.ctx)
+        result = engine.run(stage, table, call.ctx)
     if table is not None and used is None:
         check_accounting(rows_in, result, added=result.added)
     else:

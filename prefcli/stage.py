@@ -264,6 +264,15 @@ class Stage:
         aside = pa.concat_tables(asides, promote_options="permissive") if asides else None
         return StageResult(out=out, set_aside=aside, stats=stats, added=sum(r.added for r in results))
 
+    def streams(self) -> bool:
+        """True when `run` may be called on consecutive batches of the input, in order, on this one object (which
+        may carry state from batch to batch, e.g. export's seen repeats): the local engine then reads, runs and
+        writes batch by batch, so memory stays flat. Batch-wise stages stream."""
+        return self.batchwise()
+
+    def start_stream(self) -> None:
+        """Reset the state `run` carries between the batches of one stream."""
+
     def rows_used(self, n: int, ctx: Context):
         """Sorted indices of the rows `run` needs when it needs only some of the `n` input rows (e.g. a fit on a
         seeded sample), else None. `execute` hands `run` only those rows, and an engine fetches only those."""

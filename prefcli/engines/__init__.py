@@ -1,4 +1,5 @@
-"""Execution engines for prefcli's stages. `local` is the in-process default (prefcli/stages);
+"""Execution engines for prefcli's stages. `local` is the in-process default (prefcli/stages, streamed batch by
+batch where a stage allows it: prefcli.engines.stream);
 `ray` (prefcli.engines.ray_*) runs the same algorithms over Ray Data datasets.
 
 Ray is an optional extra: nothing here imports it until a Ray function is called, and a missing
@@ -101,15 +102,22 @@ def make_engine(spec: "str | EngineSpec | None", *, quiet: bool = False):
 
 
 class LocalEngine:
-    """The in-process default: `stage.run(table, ctx)`, as `prefcli.execute` always did."""
+    """The in-process default: `stage.run(table, ctx)`; a stage that streams (export) runs batch by batch over
+    its Parquet input, its rows spilled to temp Parquet files and written from there (prefcli.engines.stream)."""
 
     name = "local"
 
     def read(self, stage, call):
-        return stage.read(call)
+        from .stream import stream_input
+
+        return stream_input(stage, call) or stage.read(call)
 
     def take(self, table, indices):
         return table.take(indices)
 
     def run(self, stage, table, ctx):
+        from .stream import BatchInput, run_streamed
+
+        if isinstance(table, BatchInput):
+            return run_streamed(stage, table, ctx)
         return stage.run(table, ctx)

@@ -32,11 +32,25 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
     """Write one Arrow table as zstd Parquet, atomically (or to stdout for `-`)."""
     if str(path) == STDIO:
         buffer = _io.BytesIO()
-        pq.write_table(table, buffer, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        _write_groups(table, buffer)
         write_bytes(buffer.getvalue(), STDIO)
         return
     with atomic_path(path) as tmp, writing(path):
-        pq.write_table(table, tmp, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+        _write_groups(table, tmp)
+
+
+def _write_groups(table: pa.Table, where) -> None:
+    """Row groups of ROW_GROUP_ROWS, each written as one contiguous chunk: the bytes do not depend on how the
+    table happens to be chunked (a whole table, or the same rows streamed block by block by write_tables)."""
+    with pq.ParquetWriter(where, table.schema, compression="zstd") as writer:
+        _write_rows(writer, table)
+
+
+def _write_rows(writer: pq.ParquetWriter, table: pa.Table) -> None:
+    if not table.num_rows:
+        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+    for start in range(0, table.num_rows, ROW_GROUP_ROWS):
+        writer.write_table(table.slice(start, ROW_GROUP_ROWS).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
 
 
 def write_tables(tables: Iterable[pa.Table], schema: pa.Schema, path: str | os.PathLike) -> None:
@@ -51,11 +65,10 @@ def write_tables(tables: Iterable[pa.Table], schema: pa.Schema, path: str | os.P
             if rows >= ROW_GROUP_ROWS:
                 buffered = pa.concat_tables(pending)
                 whole = rows - rows % ROW_GROUP_ROWS
-                writer.write_table(buffered.slice(0, whole), row_group_size=ROW_GROUP_ROWS)
+                _write_rows(writer, buffered.slice(0, whole))
                 pending, rows, written = [buffered.slice(whole)], rows - whole, True
         if rows or not written:
-            writer.write_table(pa.concat_tables(pending) if pending else schema.empty_table(),
-                               row_group_size=ROW_GROUP_ROWS)
+            _write_rows(writer, pa.concat_tables(pending) if pending else schema.empty_table())
 
 
 class ParquetSink:

@@ -191,22 +191,34 @@ def training_table(table: pa.Table, fmt: str, *, keep: Sequence[str] = (), margi
     return pa.table(columns)
 
 
-def repeated_rows(table: pa.Table) -> np.ndarray:
-    """True for every row whose (prompt, chosen, rejected) already appeared earlier in the table."""
-    import polars as pl
+def repeated_rows(table: pa.Table, seen: set[bytes] | None = None) -> np.ndarray:
+    """True for every row whose (prompt, chosen, rejected) already appeared earlier in the table, or in `seen`
+    (the 16-byte digests of earlier batches' rows; this batch's are added), so a stream keeps keys, not texts."""
+    import hashlib
 
     if table.num_rows == 0:
         return np.zeros(0, bool)
-    frame = pl.DataFrame({"prompt": texts_for(table, "prompt"),
-                          "prompt_roles": [tuple(m["role"] for m in p) for p in table.column("prompt").to_pylist()],
-                          "chosen": table.column("chosen").to_pylist(),
-                          "rejected": table.column("rejected").to_pylist()})
-    return ~frame.select(pl.struct(pl.all()).is_first_distinct()).to_series().to_numpy()
+    prompts = texts_for(table, "prompt")
+    roles = ["\x1f".join(m["role"] for m in p) for p in table.column("prompt").to_pylist()]
+    seen = set() if seen is None else seen
+    repeated = np.zeros(table.num_rows, bool)
+    for i, parts in enumerate(zip(prompts, roles, table.column("chosen").to_pylist(),
+                                  table.column("rejected").to_pylist())):
+        digest = hashlib.blake2b(digest_size=16)
+        for part in parts:  # length-prefixed: no two different rows give the same bytes
+            data = part.encode("utf-8", "surrogatepass")
+            digest.update(len(data).to_bytes(8, "little") + data)
+        key = digest.digest()
+        if key in seen:
+            repeated[i] = True
+        else:
+            seen.add(key)
+    return repeated
 
 
 def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: Sequence[str] = (),
                  shuffle: bool = False, seed: int = 0, margin_floor: float = 0.0,
-                 keep_repeats: bool = False) -> StageResult:
+                 keep_repeats: bool = False, seen: set[bytes] | None = None) -> StageResult:
     """Filter (--where), drop ties and exact repeats from training shapes, optionally shuffle, reshape.
     The rows left out are the result's `set_aside`, each with its reason (where, tie, repeat)."""
     rows_in = table.num_rows
@@ -219,7 +231,7 @@ def export_pairs(table: pa.Table, fmt: str, *, where: str | None = None, keep: S
         stats["ties_left_out"] = int(pc.sum(ties.cast(pa.int64())).as_py() or 0)
         left_out.append(mark_set_aside(selected.filter(ties), "tie", "export"))
         selected = selected.filter(pc.invert(ties))
-        repeats = np.zeros(selected.num_rows, bool) if keep_repeats else repeated_rows(selected)
+        repeats = np.zeros(selected.num_rows, bool) if keep_repeats else repeated_rows(selected, seen)
         stats["repeats_left_out"] = int(repeats.sum())
         left_out.append(mark_set_aside(selected.filter(pa.array(repeats)), "repeat", "export"))
         selected = selected.filter(pa.array(~repeats))
@@ -297,6 +309,14 @@ class ExportStage(Stage):
     def batchwise(self) -> bool:
         """Rows are independent unless --shuffle, or repeats are dropped (a repeat is global)."""
         return not self.params.shuffle and (self.params.keep_repeats or SHAPE.get(self.params.to) == "all")
+
+    def streams(self) -> bool:
+        """In input order, batch by batch, unless --shuffle: repeats are found against the digests of the rows
+        seen so far."""
+        return not self.params.shuffle
+
+    def start_stream(self) -> None:
+        self._seen = set()
     output_help = "File (directory for hf-dataset), or - for stdout (JSONL formats and parquet)."
     uses_seed = True
 
@@ -319,7 +339,8 @@ class ExportStage(Stage):
         p = self.params
         columns = [c.strip() for c in (p.keep or "").split(",") if c.strip()]
         return export_pairs(table, p.to, where=p.where, keep=columns, shuffle=p.shuffle, seed=ctx.seed,
-                            margin_floor=p.margin_floor, keep_repeats=p.keep_repeats)
+                            margin_floor=p.margin_floor, keep_repeats=p.keep_repeats,
+                            seen=getattr(self, "_seen", None))
 
     def write(self, plan, paths: dict[str, str], result: StageResult) -> None:
         self._written = (paths.get("output"), result.out)
