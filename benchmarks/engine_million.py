@@ -1,7 +1,7 @@
 """N synthetic pairs through ingest -> dedup (exact + semantic, --drop) -> export, with --engine local and
 --engine ray: wall time per stage, peak RSS of the driver, and rows conserved (in = out + set aside, per stage).
 
-    python benchmarks/engine_million.py --pairs 10000,100000 [--engines local,ray] [--out DIR]
+    python benchmarks/engine_million.py --pairs 10000,100000 [--engines local,ray] [--verify none] [--out DIR]
 
 With several sizes it also prints how the driver's peak RSS grows from the smallest to the largest size, per
 engine (the ray engine's driver holds one block at a time, so it should not grow with the data).
@@ -44,6 +44,7 @@ name = "dedup"
 command = "dedup"
 input = "@ingest"
 drop = true
+{dedup_extra}
 
 [[stage]]
 name = "export"
@@ -94,13 +95,13 @@ def run(engine: str, pipeline: Path, workdir: Path) -> dict:
     return {"engine": engine, "wall_s": round(wall, 1), "stages": stages, "kept": sorted(kept)}
 
 
-def one_size(pairs: int, engines: list[str], root: Path) -> list[dict]:
+def one_size(pairs: int, engines: list[str], root: Path, verify: str | None = None) -> list[dict]:
     root.mkdir(parents=True, exist_ok=True)
     raw = root / "raw.jsonl.gz"
     if not raw.exists():
         synthetic(raw, pairs)
     pipeline = root / "bench.toml"
-    pipeline.write_text(PIPELINE.format(raw=raw))
+    pipeline.write_text(PIPELINE.format(raw=raw, dedup_extra=f'verify = "{verify}"' if verify else ""))
     results = [run(engine, pipeline, root / engine) for engine in engines]
     for result in results:
         peak = max(stage["peak_rss_mb"] or 0 for stage in result["stages"].values())
@@ -119,12 +120,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--pairs", default="100000", help="one size or several, comma-separated")
     parser.add_argument("--engines", default="local,ray")
+    parser.add_argument("--verify", default=None,
+                        help="dedup --verify (default: the cascade's MiniLM verifier; none: the static model alone)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="engine-bench-"))
     sizes = [int(p) for p in str(args.pairs).split(",")]
     engines = args.engines.split(",")
-    by_size = {n: one_size(n, engines, root / str(n)) for n in sizes}
+    by_size = {n: one_size(n, engines, root / str(n), args.verify) for n in sizes}
     if len(sizes) > 1:
         small, large = by_size[min(sizes)], by_size[max(sizes)]
         for a, b in zip(small, large):

@@ -194,6 +194,13 @@ def blocks_of(ray, table: pa.Table, rows: int):
     return ray.data.from_arrow(parts)
 
 
+def quiet_ray_logs() -> None:
+    import logging
+
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 class RayEngine:
     """`--engine ray[:ADDRESS]`: connects once (a missing install is the one-line pip hint, exit 2)."""
 
@@ -201,14 +208,13 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, *, batch_size: int | None = None, actors: int | None = None,
                  quiet: bool = False):
-        self.ray = connect(address, **({"log_to_driver": False} if quiet else {}))
+        if quiet:  # --quiet/--json: no start-up notes, no Ray Data INFO lines, no progress bars
+            quiet_ray_logs()
+        self.ray = connect(address, **({"log_to_driver": False, "logging_level": "error"} if quiet else {}))
         self.batch_size, self.actors = batch_size, actors
-        if quiet:  # --quiet/--json: no progress bars, no Ray Data INFO lines (cron logs stay clean)
-            import logging
-
+        if quiet:
+            quiet_ray_logs()  # ray.init configures Ray's loggers again
             ordered_context().enable_progress_bars = False
-            for name in ("ray", "ray.data"):
-                logging.getLogger(name).setLevel(logging.WARNING)
 
     # -- what the cluster has
     def gpus(self) -> float:
