@@ -104,27 +104,53 @@ def local_table(rows) -> pa.Table | None:
 # --------------------------------------------------------------------------- reading a stage's input
 
 def read_pairs(path: str, *, where: str) -> ClusterRows:
-    """A pairs Parquet file or dataset directory read by the workers, each block validated there against the
-    schema (the error names the row from the start of the input, as the local reader does)."""
+    """A pairs Parquet file or dataset directory read by the workers, in file and row-group order: one task per
+    run of row groups (up to BLOCK_ROWS rows), each validating its block against the schema (an error names the
+    row from the start of the input, as the local reader does). Ray Data's own Parquet reader (2.60) may hand
+    back a file's fragments out of order, and the row order is part of the output (ties go to the earlier row),
+    so the pieces are planned here from the footers."""
     from .. import io
     from ..io.parquet import _parquet_errors
     from ..schema import validate
     import pyarrow.parquet as pq
 
     ray = require_ray()
-    ordered_context()
     files = io.dataset_parts(path) or [path]
+    pieces: list[tuple[str, list[int], int]] = []  # (file, row groups, rows)
     with _parquet_errors(path):
         validate(pq.read_schema(files[0]).empty_table(), where=where)  # a missing column fails before any work
-        refs, counts = refs_and_counts(ray.data.read_parquet(files))
+        for file in files:
+            meta = pq.read_metadata(file)
+            groups, rows = [], 0
+            for index in range(meta.num_row_groups):
+                count = meta.row_group(index).num_rows
+                if groups and rows + count > BLOCK_ROWS:
+                    pieces.append((file, groups, rows))
+                    groups, rows = [], 0
+                groups.append(index)
+                rows += count
+            if groups or not meta.num_row_groups:
+                pieces.append((file, groups, rows))
+    counts = [rows for _, _, rows in pieces]
     offsets = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if counts else []
-    checked = [_validate_block.options(num_returns=2).remote(ref, int(start), where)
-               for ref, start in zip(refs, offsets)]
+    checked = [_read_block.options(num_returns=2).remote(file, groups, int(start), where)
+               for (file, groups, _), start in zip(pieces, offsets)]
     problems = ray.get([problem for _, problem in checked])
     for problem in problems:
         if problem is not None:
             raise SchemaError(problem)
     return ClusterRows([block for block, _ in checked], counts)
+
+
+def _read(file: str, groups: list[int], start: int, where: str):
+    import pyarrow.parquet as pq
+
+    from ..io.parquet import _parquet_errors
+
+    with _parquet_errors(where):
+        source = pq.ParquetFile(file)
+        block = source.read_row_groups(groups) if groups else source.schema_arrow.empty_table()
+    return _validate(block, start, where)
 
 
 def _validate(block: pa.Table, start: int, where: str):
@@ -165,7 +191,7 @@ def _rows(block: pa.Table) -> int:
 
 _rows_of = _Lazy(_rows, num_cpus=0.25)
 _schema_of = _Lazy(_schema, num_cpus=0.25)
-_validate_block = _Lazy(_validate, num_cpus=1)
+_read_block = _Lazy(_read, num_cpus=1)
 
 
 def take_rows(rows: ClusterRows, indices) -> ClusterRows:
