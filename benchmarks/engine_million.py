@@ -79,11 +79,14 @@ def synthetic(path: Path, n: int, seed: int = 0) -> None:
 def run(engine: str, pipeline: Path, workdir: Path) -> dict:
     env = {**os.environ, "PREFCLI_CACHE_DIR": str(workdir / "cache"), "HF_HUB_OFFLINE": "1"}
     began = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "prefcli.cli.main", "run", str(pipeline), "--workdir", str(workdir),
-                           "--engine", engine, "--json"], capture_output=True, text=True, env=env)
+    proc = subprocess.Popen([sys.executable, "-m", "prefcli.cli.main", "run", str(pipeline), "--workdir",
+                             str(workdir), "--engine", engine, "--json"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    memory = watch_memory(proc)
+    _, stderr = proc.communicate()
     wall = time.perf_counter() - began
     if proc.returncode:
-        raise SystemExit(f"{engine}: exit {proc.returncode}: {proc.stderr.strip()[-2000:]}")
+        raise SystemExit(f"{engine}: exit {proc.returncode}: {stderr.strip()[-2000:]}")
     manifest = json.loads((workdir / "manifest.json").read_text())
     stages = {}
     for name, record in manifest["stages"].items():
@@ -92,7 +95,35 @@ def run(engine: str, pipeline: Path, workdir: Path) -> dict:
                         "rows_out": rows_out, "set_aside": aside,
                         "conserved": rows_in is None or rows_out is None or rows_in == rows_out + aside}
     kept = pq.read_table(workdir / "dedup" / "dedup.parquet", columns=["pair_id"]).column("pair_id").to_pylist()
-    return {"engine": engine, "wall_s": round(wall, 1), "stages": stages, "kept": sorted(kept)}
+    return {"engine": engine, "wall_s": round(wall, 1), "stages": stages, **memory.result(), "kept": sorted(kept)}
+
+
+class watch_memory:
+    """Samples the driver's /proc status every 0.2 s: peak private memory (RssAnon) and peak shared memory
+    (RssShmem: pages of Ray's object store the driver has mapped while writing blocks), which VmHWM adds up."""
+
+    def __init__(self, proc):
+        import threading
+
+        self.proc, self.peak = proc, {"RssAnon": 0, "RssShmem": 0}
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        while self.proc.poll() is None:
+            try:
+                with open(f"/proc/{self.proc.pid}/status") as fh:
+                    for line in fh:
+                        key = line.split(":")[0]
+                        if key in self.peak:
+                            self.peak[key] = max(self.peak[key], int(line.split()[1]) // 1024)
+            except OSError:
+                pass
+            time.sleep(0.2)
+
+    def result(self) -> dict:
+        self.thread.join()
+        return {"driver_private_peak_mb": self.peak["RssAnon"], "driver_shared_peak_mb": self.peak["RssShmem"]}
 
 
 def one_size(pairs: int, engines: list[str], root: Path, verify: str | None = None) -> list[dict]:
@@ -133,6 +164,7 @@ def main() -> None:
         for a, b in zip(small, large):
             print(json.dumps({"engine": a["engine"], "pairs": [min(sizes), max(sizes)],
                               "driver_peak_mb": [a["driver_peak_mb"], b["driver_peak_mb"]],
+                              "driver_private_peak_mb": [a["driver_private_peak_mb"], b["driver_private_peak_mb"]],
                               "driver_growth_mb": round(b["driver_peak_mb"] - a["driver_peak_mb"], 1),
                               "wall_s": [a["wall_s"], b["wall_s"]]}))
 
