@@ -278,9 +278,10 @@ class Stage:
         seeded sample), else None. `execute` hands `run` only those rows, and an engine fetches only those."""
         return None
 
-    def takes_cluster_rows(self) -> bool:
-        """True when `write` and the hooks after it accept rows left on a cluster (prefcli.engines.ray_rows) for
-        `out`/`set_aside`: the default write hands them to the OutputPlan, which writes them block by block."""
+    def takes_row_blocks(self) -> bool:
+        """True when `write` and the hooks after it accept rows in blocks for `out`/`set_aside` (rows left on a
+        Ray cluster, or spilled by the local stream: anything with `iter_tables()`): the default write hands them
+        to the OutputPlan, which writes them block by block."""
         cls = type(self)
         return cls.write is Stage.write and cls.after_write is Stage.after_write
 

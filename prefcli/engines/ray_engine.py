@@ -30,8 +30,8 @@ from __future__ import annotations
 import functools
 from contextlib import nullcontext
 from dataclasses import replace
-import pyarrow as pa
 
+import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
@@ -253,7 +253,7 @@ class RayEngine:
         ordered_context()
         with one_line_errors():
             result = self._run(stage, table, ctx)
-        if not stage.takes_cluster_rows():  # the stage's own writer needs tables
+        if not stage.takes_row_blocks():  # the stage's own writer needs tables
             result.out, result.set_aside = whole_table(result.out), whole_table(result.set_aside)
         return result
 
@@ -299,12 +299,10 @@ class RayEngine:
         """Each source file parsed (or replayed from the memo) by its own task, a streaming generator; the
         driver writes the chunks in source order, one at a time."""
         result = stage.run(None, ctx)
-        stream = result.artifacts["chunks"]
         remote = ClusterIngestStream.__new__(ClusterIngestStream)
-        remote.__dict__.update(stream.__dict__)
+        remote.__dict__.update(result.artifacts["chunks"].__dict__)  # the same stats dict as the result's
         remote.cache_dir = for_workers(ctx, stage).cache_dir if ctx.cache_dir and ctx.use_cache else None
         remote.ray = self.ray
-        assert isinstance(stream, IngestStream)
         result.artifacts["chunks"] = remote
         return result
 
@@ -325,7 +323,8 @@ class RayEngine:
         return result
 
     # -- map_batches
-    def batches(self, stage: Stage, table: pa.Table, ctx: Context) -> StageResult:
+    def batches(self, stage: Stage, table, ctx: Context) -> StageResult:
+        from ray import cloudpickle
         from ray.data import ActorPoolStrategy, TaskPoolStrategy
 
         rows = self.batch_size or stage.resources.batch_size or DEFAULT_BATCH
@@ -340,8 +339,6 @@ class RayEngine:
             mapped = ds.map_batches(run_batch, batch_size=rows, batch_format="pyarrow",
                                     fn_kwargs={"stage": stage.worker_copy(), "ctx": worker_ctx},
                                     compute=TaskPoolStrategy(size=self.actors) if self.actors else TaskPoolStrategy())
-        from ray import cloudpickle
-
         packed = mapped.materialize()  # the batches' rows stay in the object store
         metas = gather_table(packed.map_batches(_metas, batch_format="pyarrow"))
         results, warnings, rows_in = [], [], 0
@@ -405,7 +402,6 @@ def ray_available() -> bool:
     except Exception:
         return False
     return True
-
 
 
 def parse_source_task(stream, raw):

@@ -32,9 +32,6 @@ class ClusterRows:
     def num_rows(self) -> int:
         return sum(self.counts)
 
-    def __len__(self) -> int:
-        return self.num_rows
-
     @property
     def column_names(self) -> list[str]:
         return self.schema.names
@@ -83,22 +80,6 @@ def refs_and_counts(ds) -> tuple[list, list[int]]:
     refs = list(ds.to_arrow_refs())
     counts = ray.get([_rows_of.remote(ref) for ref in refs]) if refs else []
     return refs, counts
-
-
-def is_cluster_rows(value: Any) -> bool:
-    return isinstance(value, ClusterRows)
-
-
-def tables_of(rows) -> Iterator[pa.Table]:
-    """An Arrow table, or cluster rows block by block."""
-    if isinstance(rows, ClusterRows):
-        yield from rows.iter_tables()
-    elif rows is not None:
-        yield rows
-
-
-def local_table(rows) -> pa.Table | None:
-    return rows.to_table() if isinstance(rows, ClusterRows) else rows
 
 
 # --------------------------------------------------------------------------- reading a stage's input

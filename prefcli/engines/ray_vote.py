@@ -99,11 +99,11 @@ class UseScores:
 
     def after(self, result) -> None:
         """The score and counter columns leave the rows."""
+        added = {c for j in self.which for c in (*score_columns(j), *(counter_column(j, k) for k in COUNTERS))}
         for side in ("out", "set_aside"):
             rows = getattr(result, side)
             if rows is not None:
-                setattr(result, side, rows.drop_columns([c for c in rows.column_names if c.startswith(PREFIX)
-                                                         and c[len(PREFIX):].split("_", 1)[0].isdigit()]))
+                setattr(result, side, rows.drop_columns([c for c in rows.column_names if c in added]))
         result.stats["scored_in_actor_pool"] = self.names
 
 

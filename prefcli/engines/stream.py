@@ -37,7 +37,7 @@ class BatchInput:
 def stream_input(stage: Stage, call) -> BatchInput | None:
     """The input as a BatchInput when the stage streams and reads a pairs Parquet file the default way."""
     if (stage.input != "pairs" or type(stage).read is not Stage.read or not stage.streams()
-            or not stage.takes_cluster_rows() or not call.inputs):
+            or not stage.takes_row_blocks() or not call.inputs):
         return None
     path = call.inputs[0]
     if path == io.STDIO or io.dataset_parts(path):
@@ -136,9 +136,6 @@ def run_streamed(stage: Stage, source: BatchInput, ctx: Context) -> StageResult:
         raise
     finally:
         stage.start_stream()  # no state left behind for a later call
-    if not results:  # an empty file: one run on the empty table, as the whole-table path does
-        folder.remove()
-        return stage.run(io.read_pairs(source.path), ctx)
     merged = stage.merge_batches(pa.table({}), results, ctx)
     if merged.out is not None:
         merged.out = kept if kept is not None else empty_out

@@ -713,7 +713,7 @@ class DedupStage(Stage):
     def planned_writes(self):
         return tuple(w for w in self.writes if w.name != SET_ASIDE or self.params.drop)
 
-    def takes_cluster_rows(self) -> bool:
+    def takes_row_blocks(self) -> bool:
         return True
 
     def options(self, ctx: Context) -> DedupOptions:

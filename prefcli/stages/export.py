@@ -323,7 +323,7 @@ class ExportStage(Stage):
     def output_kind(self, call) -> str:
         return "dir" if self.params.to == "hf-dataset" else "file"
 
-    def takes_cluster_rows(self) -> bool:
+    def takes_row_blocks(self) -> bool:
         return True
 
     def validate(self, call) -> None:
