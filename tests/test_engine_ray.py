@@ -332,7 +332,8 @@ def test_vote_scores_hf_models_in_an_actor_pool(ray_cluster, sample_pairs, tmp_p
 
 def test_length_fit_on_a_sample_takes_only_those_rows_on_ray(ray_cluster, sample_pairs, tmp_path):
     """length-bias fit --sample under `prefcli run --engine ray`: the sampled rows are taken where their blocks
-    are (no whole table anywhere but the fit's task), and the model equals the local one byte for byte."""
+    are (no whole table anywhere but the fit's task), and the model equals the local one byte for byte. apply
+    runs as batch tasks (50-row batches, after a first pass for the whole input's scale): the same table."""
     table = pq.read_table(sample_pairs)
     rng = np.random.default_rng(3)
     lengths = np.array([len(t) for t in table.column("chosen").to_pylist()], float)
@@ -342,13 +343,17 @@ def test_length_fit_on_a_sample_takes_only_those_rows_on_ray(ray_cluster, sample
     pq.write_table(scored, src)
     toml = tmp_path / "fit.toml"
     toml.write_text(f'[pipeline]\nname = "fit"\n\n[[stage]]\nname = "fit"\ncommand = "length-bias fit"\n'
-                    f'input = "{src}"\nsample = {table.num_rows // 2}\noutput = "model.json"\n')
-    for engine in ("local", "ray"):
+                    f'input = "{src}"\nsample = {table.num_rows // 2}\noutput = "model.json"\n\n'
+                    f'[[stage]]\nname = "apply"\ncommand = "length-bias apply"\ninput = "{src}"\nmodel = "@fit"\n')
+    for engine in ("local", "ray,batch=50"):
         result = cli("run", str(toml), "--workdir", str(tmp_path / engine), "--engine", engine, "--quiet")
         assert result.exit_code == 0, result.stderr
-    model = json.loads((tmp_path / "ray" / "fit" / "model.json").read_text())
+    local, ray = tmp_path / "local", tmp_path / "ray,batch=50"
+    model = json.loads((ray / "fit" / "model.json").read_text())
     assert model["fitted_pairs"] == table.num_rows // 2
-    assert (tmp_path / "local" / "fit" / "model.json").read_bytes() == (tmp_path / "ray" / "fit" / "model.json").read_bytes()
+    assert (local / "fit" / "model.json").read_bytes() == (ray / "fit" / "model.json").read_bytes()
+    applied = [pq.read_table(next((d / "apply").glob("*.parquet"))) for d in (local, ray)]
+    assert applied[0].num_rows == table.num_rows > 100 and applied[0].equals(applied[1])
 
 
 def test_many_row_groups_keep_their_order_on_ray(ray_cluster, sample_pairs, session_cache, tmp_path, monkeypatch):

@@ -151,6 +151,50 @@ def test_cli_apply_reproduces_fit_time_columns_exactly(planted, tmp_path):
     assert a.equals(b)
 
 
+def test_apply_streams_batch_by_batch_with_the_whole_input_scale(planted, tmp_path, monkeypatch):
+    """The local engine applies a model over 100-row batches of its input: a first pass takes the whole input's
+    per-RM scale and diagnosis from the scores and lengths alone, so the output and the stats are those of a
+    whole-table run; a bad score in a later batch is named by its row in the file."""
+    from prefcli.engines import stream
+
+    src, model = tmp_path / "in.parquet", tmp_path / "m.json"
+    io.write_table(planted, src)
+    assert run_inproc("length-bias", "fit", str(src), "-o", str(model), "--quiet").returncode == 0
+    whole = run_inproc("length-bias", "apply", str(src), "--model", str(model), "-o", str(tmp_path / "whole.parquet"),
+                       "--json")
+    assert whole.returncode == 0, whole.stderr.decode()
+    calls = []
+    real_run = stream.run_streamed
+
+    def counting(stage, source, ctx):
+        calls.append(source.batch_rows)
+        return real_run(stage, source, ctx)
+
+    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 100)
+    monkeypatch.setattr(stream, "run_streamed", counting)
+    streamed = run_inproc("length-bias", "apply", str(src), "--model", str(model), "-o",
+                          str(tmp_path / "streamed.parquet"), "--json")
+    assert streamed.returncode == 0, streamed.stderr.decode()
+    assert calls == [100]
+    a, b = pq.read_table(tmp_path / "whole.parquet"), pq.read_table(tmp_path / "streamed.parquet")
+    assert a.equals(b) and a.num_rows == planted.num_rows
+    # one batch's own scale would differ: the whole input's is used
+    batch = planted.slice(700, 100)
+    own = lb.apply(batch, json.loads(model.read_text()), lb.response_lengths(batch, LengthMeasure("chars"))).out
+    assert not np.allclose(own["len_rm_a_margin"].to_numpy(), a.slice(700, 100)["len_rm_a_margin"].to_numpy())
+    stats_whole, stats_streamed = json.loads(whole.stdout), json.loads(streamed.stdout)
+    for key in ("rows_in", "rows_out", "pairs", "rho_before", "rho_after", "diagnosis"):
+        assert stats_streamed[key] == stats_whole[key], key
+    scores = planted.column("rm_b_rejected").to_numpy().copy()
+    scores[1034] = np.nan
+    bad = planted.set_column(planted.column_names.index("rm_b_rejected"), "rm_b_rejected", pa.array(scores))
+    io.write_table(bad, tmp_path / "bad.parquet")
+    proc = run_inproc("length-bias", "apply", str(tmp_path / "bad.parquet"), "--model", str(model), "-o",
+                      str(tmp_path / "bad.out.parquet"))
+    assert_one_line_error(proc, "row 1034: column 'rm_b_rejected' is null or not finite")
+    assert not (tmp_path / "bad.out.parquet").exists()
+
+
 def test_fit_on_a_sample_is_the_fit_on_those_rows_and_still_debiases_every_pair(planted, tmp_path):
     """--sample N: a seeded sample; the model equals a fit on exactly those rows, and applying it to every pair
     still takes most of the length correlation out of all 1,200 (a fit on 400 pairs leaves |rho| < 0.1)."""

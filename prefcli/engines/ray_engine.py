@@ -168,6 +168,12 @@ def _unpack(batch: pa.Table, kind: int) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
+def summarize_batch(batch: pa.Table, stage: Stage, ctx: Context) -> pa.Table:
+    """One batch's summary for the stage's first pass (`Stage.summary`)."""
+    ctx, _ = _on_worker(ctx)
+    return stage.summary(batch, ctx)
+
+
 def run_batch(batch: pa.Table, stage: Stage, ctx: Context) -> pa.Table:
     """One batch through `stage.run` (a stateless task): its result, checked and packed."""
     ctx, sink = _on_worker(ctx)
@@ -324,12 +330,23 @@ class RayEngine:
 
     # -- map_batches
     def batches(self, stage: Stage, table, ctx: Context) -> StageResult:
-        from ray import cloudpickle
-        from ray.data import ActorPoolStrategy, TaskPoolStrategy
-
         rows = self.batch_size or stage.resources.batch_size or DEFAULT_BATCH
         ds = table.dataset() if isinstance(table, ClusterRows) else blocks_of(self.ray, table, rows)
         worker_ctx = for_workers(ctx, stage)
+        stage.start_stream()
+        try:
+            if stage.summarizes() and table.num_rows:  # a first pass: only the summary columns reach the driver
+                stage.prepare(gather_table(ds.map_batches(summarize_batch, batch_size=rows, batch_format="pyarrow",
+                                                          fn_kwargs={"stage": stage.worker_copy(),
+                                                                     "ctx": worker_ctx})), ctx)
+            return self._batches(stage, table, ds, rows, worker_ctx, ctx)
+        finally:
+            stage.start_stream()
+
+    def _batches(self, stage: Stage, table, ds, rows: int, worker_ctx: Context, ctx: Context) -> StageResult:
+        from ray import cloudpickle
+        from ray.data import ActorPoolStrategy, TaskPoolStrategy
+
         if stage.resources.uses_models:
             size = self.actors or max(1, int(self.gpus()) or 1)
             mapped = ds.map_batches(BatchActor, batch_size=rows, batch_format="pyarrow",

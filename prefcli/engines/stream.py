@@ -119,6 +119,13 @@ def run_streamed(stage: Stage, source: BatchInput, ctx: Context) -> StageResult:
     results, empty_out = [], None
     stage.start_stream()
     try:
+        if stage.summarizes():  # a first pass: what the batches need of the whole input
+            with ctx.progress(f"{stage.name} (first pass)", total=source.num_rows) as advance:
+                parts = []
+                for batch in source.batches():
+                    parts.append(stage.summary(batch, ctx))
+                    advance(batch.num_rows)
+            stage.prepare(pa.concat_tables(parts), ctx)
         with ctx.progress(stage.name, total=source.num_rows) as advance:
             for batch in source.batches():
                 result = stage.run(batch, ctx)
@@ -131,12 +138,12 @@ def run_streamed(stage: Stage, source: BatchInput, ctx: Context) -> StageResult:
                 results.append(result)
                 advance(batch.num_rows)
         kept, set_aside = out.close(), aside.close()
+        merged = stage.merge_batches(pa.table({}), results, ctx)
     except BaseException:
         folder.remove()
         raise
     finally:
         stage.start_stream()  # no state left behind for a later call
-    merged = stage.merge_batches(pa.table({}), results, ctx)
     if merged.out is not None:
         merged.out = kept if kept is not None else empty_out
     merged.set_aside = set_aside

@@ -399,12 +399,22 @@ def _residual_ok(residual: Any) -> bool:
         and all(b >= a for a, b in zip(q, q[1:]))
 
 
+def apply_inputs(table: pa.Table, lengths: tuple[np.ndarray, np.ndarray]) -> pa.Table:
+    """What `apply` and `diagnose` read of `table`, with its lengths: scores and the source, no texts. `apply`
+    on these columns of the whole input gives the scale that batch-wise `apply(..., scale=)` runs need."""
+    keep = ["source"] + [f"rm_{n}_{side}" for n in rm_names(table) for side in ("chosen", "rejected")]
+    keep += ["pref_mean"] if "pref_mean" in table.column_names else []
+    columns = {name: table.column(name) for name in keep if name in table.column_names}
+    return pa.table({**columns, "len_chosen": pa.array(lengths[0]), "len_rejected": pa.array(lengths[1])})
+
+
 def apply(table: pa.Table, model: dict[str, Any], lengths: tuple[np.ndarray, np.ndarray], *,
-          where: str = "input") -> StageResult:
+          where: str = "input", scale: np.ndarray | None = None) -> StageResult:
     """Add the debiased `len_` columns for every score in `model` (see the module docstring).
 
     `len_pref_*` are vote's aggregates (`aggregate_margins`) over every RM in the table, with the fitted
-    RMs' debiased margins in place of their originals. Voters weigh equally here."""
+    RMs' debiased margins in place of their originals. Voters weigh equally here. The per-RM scale is the
+    table's own, or `scale` (the whole input's, for one batch of it); it is returned as artefact "scale"."""
     len_c, len_r = lengths
     columns: dict[str, Any] = {"len_chosen": pa.array(len_c), "len_rejected": pa.array(len_r)}
     debiased_margins: dict[str, np.ndarray] = {}
@@ -430,15 +440,17 @@ def apply(table: pa.Table, model: dict[str, Any], lengths: tuple[np.ndarray, np.
         raw = np.column_stack([debiased_margins[n] if n in debiased_margins
                                else _scores(table, f"rm_{n}_chosen", where) - _scores(table, f"rm_{n}_rejected", where)
                                for n in names])
-        scale = robust_scale(raw)  # vote's per-RM scale, so len_rm_<name>_margin reads like rm_<name>_margin
+        if scale is None:
+            scale = robust_scale(raw)  # vote's per-RM scale, so len_rm_<name>_margin reads like rm_<name>_margin
+        z = raw / scale
         for j, name in enumerate(names):
             if name in debiased_margins:
-                columns[f"len_rm_{name}_margin"] = pa.array(raw[:, j] / scale[j])
+                columns[f"len_rm_{name}_margin"] = pa.array(z[:, j])
         thresholds = BucketThresholds(**model["pref_thresholds"]) if model.get("pref_thresholds") else None
-        columns.update(prefixed_columns(aggregate_margins(raw, thresholds), "len_pref_"))
+        columns.update(prefixed_columns(aggregate_margins(z, thresholds, normalise=False), "len_pref_"))
     out = with_stage_columns(table, STAGE, columns)
     return StageResult(out=out, stats={"rows_in": table.num_rows, "rows_out": out.num_rows,
-                                       "scores_debiased": list(model["scores"])})
+                                       "scores_debiased": list(model["scores"])}, artifacts={"scale": scale})
 
 
 # --------------------------------------------------------------------------- diagnose

@@ -16,7 +16,7 @@ from .. import io
 from ..errors import InputError
 from ..options import parse_key_values
 from ..result import StageResult
-from ..stage import SET_ASIDE, Context, Params, Read, Stage, Write, option, register
+from ..stage import SET_ASIDE, Context, Params, Read, Resources, Stage, Write, option, register
 from . import length_bias as lb
 
 LENGTH_HELP = "Length measure: chars, words or tokens:<local tokenizer dir>."
@@ -227,10 +227,16 @@ class ApplyParams(Params):
 
 @register
 class ApplyStage(_LengthStage):
-    """Add the debiased len_ columns using a saved model (no refit: a cron refresh applies the same correction)."""
+    """Add the debiased len_ columns using a saved model (no refit: a cron refresh applies the same correction).
+
+    Batch-wise: a first pass reads each batch's scores and lengths (`summary`), from which `prepare` takes the
+    whole input's per-RM scale and the diagnosis; every batch is then debiased with that scale, so the output
+    is the same as a whole-table run."""
 
     name = "length-bias apply"
     Params = ApplyParams
+    resources = Resources(mode="batch", on_ray="batch tasks (map_batches), after a first pass over the scores "
+                                                "for the whole input's scale and diagnosis")
     reads = (Read("model", "--model", "Model JSON written by `length-bias fit`.", load_model, required=True),)
 
     def validate(self, call) -> None:
@@ -238,19 +244,50 @@ class ApplyStage(_LengthStage):
         model = call.reads.get("model")
         self._model_path = model if isinstance(model, str) else None
 
-    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+    def _model(self, ctx: Context) -> dict:
         model = ctx.inputs.get("model")
         if model is None:
             raise InputError("missing option '--model'")
-        measure = self.measure(model["length"])
-        lengths = lb.response_lengths(table, measure)
-        result = lb.apply(table, model, lengths, where=self.where)
-        diag = lb.diagnose(table, lengths, debiased=result.out)
+        return model
+
+    def _lengths(self, table: pa.Table, ctx: Context):
+        return lb.response_lengths(table, self.measure(self._model(ctx)["length"]))
+
+    def summary(self, table: pa.Table, ctx: Context) -> pa.Table:
+        return lb.apply_inputs(table, self._lengths(table, ctx))
+
+    def prepare(self, summary: pa.Table, ctx: Context) -> None:
+        self._prepared = self._whole_input(summary, ctx)
+
+    def start_stream(self) -> None:
+        self._prepared = None
+
+    def _whole_input(self, summary: pa.Table, ctx: Context) -> tuple[Any, dict[str, Any]]:
+        """The per-RM scale and the stats (diagnosis) of the whole input, from its summary."""
+        lengths = (summary.column("len_chosen").to_numpy(), summary.column("len_rejected").to_numpy())
+        result = lb.apply(summary, self._model(ctx), lengths, where=self.where)
+        diag = lb.diagnose(summary, lengths, debiased=result.out)
         warn_rho(ctx, diag)
-        result.stats = {"rows_in": table.num_rows, "rows_out": result.out.num_rows,
-                        "model": getattr(self, "_model_path", None), **headline(diag, None), **rho_stats(diag),
-                        "diagnosis": diag}
+        stats = {"model": getattr(self, "_model_path", None), **headline(diag, None), **rho_stats(diag),
+                 "diagnosis": diag}
+        return result.artifacts["scale"], stats
+
+    def run(self, table: pa.Table, ctx: Context) -> StageResult:
+        lengths = self._lengths(table, ctx)
+        prepared = getattr(self, "_prepared", None)
+        if prepared is None:  # the whole table at once
+            prepared = self._whole_input(lb.apply_inputs(table, lengths), ctx)
+        scale, stats = prepared
+        result = lb.apply(table, self._model(ctx), lengths, where=self.where, scale=scale)
+        result.stats = {"rows_in": table.num_rows, "rows_out": result.out.num_rows, **stats}
+        result.artifacts = {}
         return result
+
+    def merge_batches(self, table: pa.Table, results: list[StageResult], ctx: Context) -> StageResult:
+        merged = super().merge_batches(table, results, ctx)
+        merged.stats.update(self._prepared[1])  # the whole input's (per-batch ints such as "pairs" were summed)
+        merged.artifacts = {}
+        return merged
 
     @classmethod
     def report_tables(cls, stats):
