@@ -273,18 +273,18 @@ class Stage:
     def start_stream(self) -> None:
         """Reset the state `run` carries between the batches of one stream (and what `prepare` set)."""
 
-    def summary(self, table: pa.Table, ctx: Context) -> pa.Table | None:
+    def first_pass(self, table: pa.Table, ctx: Context) -> pa.Table | None:
         """For a batch-wise stage whose batches need a figure of the whole input (length-bias apply: the robust
         scale, the diagnosis): the few columns of one batch that `prepare` needs (numbers, no texts). An engine
         computes them batch by batch (a first pass) and hands them to `prepare`. None: no first pass."""
         return None
 
-    def prepare(self, summary: pa.Table, ctx: Context) -> None:
-        """Called on the driver with the summaries of every batch, concatenated in input order, before `run`
+    def prepare(self, columns: pa.Table, ctx: Context) -> None:
+        """Called on the driver with the first pass of every batch, concatenated in input order, before `run`
         is called on the batches; `start_stream` clears what it set."""
 
-    def summarizes(self) -> bool:
-        return type(self).summary is not Stage.summary
+    def has_first_pass(self) -> bool:
+        return type(self).first_pass is not Stage.first_pass
 
     def rows_used(self, n: int, ctx: Context):
         """Sorted indices of the rows `run` needs when it needs only some of the `n` input rows (e.g. a fit on a

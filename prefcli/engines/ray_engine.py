@@ -168,10 +168,10 @@ def _unpack(batch: pa.Table, kind: int) -> pa.Table:
     return pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
 
 
-def summarize_batch(batch: pa.Table, stage: Stage, ctx: Context) -> pa.Table:
-    """One batch's summary for the stage's first pass (`Stage.summary`)."""
+def first_pass_batch(batch: pa.Table, stage: Stage, ctx: Context) -> pa.Table:
+    """One batch through the stage's first pass (`Stage.first_pass`)."""
     ctx, _ = _on_worker(ctx)
-    return stage.summary(batch, ctx)
+    return stage.first_pass(batch, ctx)
 
 
 def run_batch(batch: pa.Table, stage: Stage, ctx: Context) -> pa.Table:
@@ -335,8 +335,8 @@ class RayEngine:
         worker_ctx = for_workers(ctx, stage)
         stage.start_stream()
         try:
-            if stage.summarizes() and table.num_rows:  # a first pass: only the summary columns reach the driver
-                stage.prepare(gather_table(ds.map_batches(summarize_batch, batch_size=rows, batch_format="pyarrow",
+            if stage.has_first_pass() and table.num_rows:  # only the first pass's columns reach the driver
+                stage.prepare(gather_table(ds.map_batches(first_pass_batch, batch_size=rows, batch_format="pyarrow",
                                                           fn_kwargs={"stage": stage.worker_copy(),
                                                                      "ctx": worker_ctx})), ctx)
             return self._batches(stage, table, ds, rows, worker_ctx, ctx)

@@ -119,11 +119,11 @@ def run_streamed(stage: Stage, source: BatchInput, ctx: Context) -> StageResult:
     results, empty_out = [], None
     stage.start_stream()
     try:
-        if stage.summarizes():  # a first pass: what the batches need of the whole input
+        if stage.has_first_pass():  # a first pass: what the batches need of the whole input
             with ctx.progress(f"{stage.name} (first pass)", total=source.num_rows) as advance:
                 parts = []
                 for batch in source.batches():
-                    parts.append(stage.summary(batch, ctx))
+                    parts.append(stage.first_pass(batch, ctx))
                     advance(batch.num_rows)
             stage.prepare(pa.concat_tables(parts), ctx)
         with ctx.progress(stage.name, total=source.num_rows) as advance:

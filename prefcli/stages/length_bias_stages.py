@@ -229,7 +229,7 @@ class ApplyParams(Params):
 class ApplyStage(_LengthStage):
     """Add the debiased len_ columns using a saved model (no refit: a cron refresh applies the same correction).
 
-    Batch-wise: a first pass reads each batch's scores and lengths (`summary`), from which `prepare` takes the
+    Batch-wise: a first pass reads each batch's scores and lengths (`first_pass`), from which `prepare` takes the
     whole input's per-RM scale and the diagnosis; every batch is then debiased with that scale, so the output
     is the same as a whole-table run."""
 
@@ -253,20 +253,20 @@ class ApplyStage(_LengthStage):
     def _lengths(self, table: pa.Table, ctx: Context):
         return lb.response_lengths(table, self.measure(self._model(ctx)["length"]))
 
-    def summary(self, table: pa.Table, ctx: Context) -> pa.Table:
+    def first_pass(self, table: pa.Table, ctx: Context) -> pa.Table:
         return lb.apply_inputs(table, self._lengths(table, ctx))
 
-    def prepare(self, summary: pa.Table, ctx: Context) -> None:
-        self._prepared = self._whole_input(summary, ctx)
+    def prepare(self, columns: pa.Table, ctx: Context) -> None:
+        self._prepared = self._whole_input(columns, ctx)
 
     def start_stream(self) -> None:
         self._prepared = None
 
-    def _whole_input(self, summary: pa.Table, ctx: Context) -> tuple[Any, dict[str, Any]]:
-        """The per-RM scale and the stats (diagnosis) of the whole input, from its summary."""
-        lengths = (summary.column("len_chosen").to_numpy(), summary.column("len_rejected").to_numpy())
-        result = lb.apply(summary, self._model(ctx), lengths, where=self.where)
-        diag = lb.diagnose(summary, lengths, debiased=result.out)
+    def _whole_input(self, columns: pa.Table, ctx: Context) -> tuple[Any, dict[str, Any]]:
+        """The per-RM scale and the stats (diagnosis) of the whole input, from its scores and lengths."""
+        lengths = (columns.column("len_chosen").to_numpy(), columns.column("len_rejected").to_numpy())
+        result = lb.apply(columns, self._model(ctx), lengths, where=self.where)
+        diag = lb.diagnose(columns, lengths, debiased=result.out)
         warn_rho(ctx, diag)
         stats = {"model": getattr(self, "_model_path", None), **headline(diag, None), **rho_stats(diag),
                  "diagnosis": diag}
