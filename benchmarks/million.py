@@ -44,7 +44,7 @@ UNHELPFUL = ("sorry unsure maybe whatever cannot dunno guess probably unclear so
 STAGES = [
     {"command": "ingest", "inputs": ["{raw}"]},
     {"command": "dedup"},
-    {"name": "dedup-pairs", "command": "dedup", "input": "@ingest", "on": "pair", "drop": True},
+    {"name": "dedup-pairs", "command": "dedup", "input": "@ingest", "on": "pair", "threshold": 0.97, "drop": True},
     {"command": "vote", "input": "@dedup-pairs", "rm": ["ensemble"]},
     {"name": "length-fit", "command": "length-bias fit", "input": "@vote", "output": "length_model.json"},
     {"name": "length", "command": "length-bias apply", "input": "@vote", "model": "@length-fit"},

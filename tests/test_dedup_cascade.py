@@ -109,3 +109,74 @@ def test_cascade_cli_explain_verify_none_and_graph_reuse(tmp_path, session_cache
                            "--threshold", "0.95", "--json").stdout)
     assert "verifier" not in alone and alone["embedded"] == alone["unique_texts"] == 6  # static vectors only
     assert alone["exact_duplicates"] == stats["exact_duplicates"]
+
+
+@pytest.fixture(scope="module")
+def alpaca_answer_pairs(shared_data):
+    """AlpacaEval pairs: for 100 instructions, six models' answers (chosen) each against the same reference
+    answer (rejected), so pairs share their prompt and rejected response and differ in the chosen one; plus
+    40 planted copies with two letters swapped in the chosen response."""
+    import gzip
+
+    from prefcli.pairs import build_pairs, user_prompt
+
+    answers: dict[str, dict[str, tuple[str, str]]] = {}
+    path = shared_data / "alpaca-eval-annotations" / "annotations_compact.jsonl.gz"
+    with gzip.open(path, "rt", encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if not rec["output_1"].strip() or not rec["output_2"].strip():
+                continue
+            if rec["instruction"] not in answers and len(answers) == 100:
+                continue
+            models = answers.setdefault(rec["instruction"], {})
+            if len(models) < 6:
+                models.setdefault(rec["generator_2"], (rec["output_2"], rec["output_1"]))
+    prompts, chosen, rejected = [], [], []
+    for instruction, models in answers.items():
+        for answer, reference in models.values():
+            prompts.append(user_prompt(instruction))
+            chosen.append(answer)
+            rejected.append(reference)
+    n = len(prompts)
+    rng = np.random.default_rng(5)
+    for i in rng.choice(n, 40, replace=False):
+        j = int(rng.integers(1, len(chosen[i]) - 2))
+        prompts.append(prompts[i])
+        chosen.append(chosen[i][:j] + chosen[i][j + 1] + chosen[i][j] + chosen[i][j + 2:])
+        rejected.append(rejected[i])
+    return build_pairs(prompts, chosen, rejected, source="alpaca_eval"), n
+
+
+def test_pair_dedup_links_pairs_only_when_every_part_is_a_duplicate(alpaca_answer_pairs, static, monkeypatch):
+    """--on pair on real pairs that share a prompt and a long rejected answer: the whole-pair texts of two
+    different answers to one question look alike, so the whole-pair search only proposes. Every planted copy
+    (a typo in the chosen answer) is found; every other linked pair has each part at cosine >= threshold on its
+    own (recomputed here); and fewer distinct answers are merged than by the whole-pair cosine alone (the static
+    model still merges many at 0.92: see BENCHMARKS.md for the cascade and 0.97)."""
+    import prefcli.stages.dedup as dd
+
+    table, n = alpaca_answer_pairs
+    options = DedupOptions(on="pair", drop=True)
+    run = dedup(table, static, options)
+    out, aside = run.result.out, run.result.set_aside
+    assert out.num_rows + aside.num_rows == table.num_rows > 500
+    ids = table.column("pair_id").to_pylist()
+    row_of = {pid: i for i, pid in enumerate(ids)}
+    removed = {row_of[p] for p in aside.column("pair_id").to_pylist()}
+    assert all(i in removed for i in range(n, table.num_rows))  # every planted copy set aside
+    graph, first_row = run.graph, run.groups.first_row
+    parts = dd.pair_parts(table, np.arange(table.num_rows))
+    linked = np.flatnonzero(graph.sim >= options.threshold)
+    assert len(linked) >= 40
+    for e in linked:  # each part on its own, recomputed
+        i, j = first_row[graph.src[e]], first_row[graph.dst[e]]
+        for texts in parts:
+            if texts[i] != texts[j]:
+                a, b = static.encode([texts[i], texts[j]])
+                assert float(a @ b) >= options.threshold - 1e-4, (texts[i][:80], texts[j][:80])
+    monkeypatch.setattr(dd, "by_parts", lambda graph, *args, **kwargs: graph)  # the whole-pair cosine alone
+    whole = dedup(table, static, options).result.set_aside.num_rows
+    distinct_merged = len(removed) - (table.num_rows - n)
+    # static model, default 0.92: 433 of 600 distinct answers merged by the whole-pair cosine, 311 by parts
+    assert whole - (table.num_rows - n) >= distinct_merged + 100, (whole, len(removed))

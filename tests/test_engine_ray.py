@@ -356,6 +356,40 @@ def test_length_fit_on_a_sample_takes_only_those_rows_on_ray(ray_cluster, sample
     assert applied[0].num_rows == table.num_rows > 100 and applied[0].equals(applied[1])
 
 
+def test_dedup_against_eval_prompts_on_ray_equals_local(ray_cluster, shared_data, session_cache, tmp_path):
+    """dedup --against on the cluster: decontamination block by block in an actor pool (25-row blocks, the eval
+    prompts embedded once per actor), then the partitioned dedup. The same rows kept, the same rows set aside
+    as contaminated, exact or semantic, the same dedup_against_sim as the local stage, and no one-task fallback."""
+    from dedup_data import alpaca_instructions, hh_first_prompts, prompt_pairs, variants_of
+    from prefcli import io
+
+    base = alpaca_instructions(shared_data)[:30] + hh_first_prompts(shared_data, 30)
+    variants = [v for _, _, v in variants_of(base, seed=2)][:30]
+    io.write_table(prompt_pairs(base + variants), tmp_path / "in.parquet")
+    (tmp_path / "eval.txt").write_text("\n".join(base[:3] + variants[10:14]) + "\n")  # exact, and near copies
+    stats, kept, removed = {}, {}, {}
+    for engine in ("local", "ray,batch=25"):
+        out, gone = tmp_path / f"{engine}.parquet", tmp_path / f"{engine}.removed.parquet"
+        result = cli("dedup", str(tmp_path / "in.parquet"), "--drop", "--removed", str(gone), "-o", str(out),
+                     "--against", str(tmp_path / "eval.txt"), "--json", "--engine", engine)
+        assert result.exit_code == 0, result.stderr
+        assert "one Ray task" not in result.stderr
+        stats[engine] = json.loads(result.stdout.strip().splitlines()[-1])
+        kept[engine], removed[engine] = pq.read_table(out).sort_by("pair_id"), pq.read_table(gone).sort_by("pair_id")
+    local, ray = "local", "ray,batch=25"
+    for key in ("rows_in", "rows_out", "contaminated", "contaminated_exact", "contaminated_semantic",
+                "exact_duplicates", "semantic_duplicates", "against_threshold"):
+        assert stats[ray][key] == stats[local][key], key
+    assert stats[local]["contaminated_exact"] >= 3 and stats[local]["contaminated_semantic"] >= 1
+    assert kept[ray].column("pair_id").to_pylist() == kept[local].column("pair_id").to_pylist()
+    for table in (kept, removed):
+        assert table[ray].column("dedup_against_sim").to_pylist() == pytest.approx(
+            table[local].column("dedup_against_sim").to_pylist(), abs=1e-5)
+    reasons = {e: list(zip(removed[e].column("pair_id").to_pylist(), removed[e].column("set_aside_reason").to_pylist()))
+               for e in (local, ray)}
+    assert reasons[ray] == reasons[local]
+
+
 def test_many_row_groups_keep_their_order_on_ray(ray_cluster, sample_pairs, session_cache, tmp_path, monkeypatch):
     """An input of many small row groups, read by the workers as many blocks: the rows keep the file's order (the
     export is the same bytes) and dedup keeps the same representatives (ties go to the earlier row)."""

@@ -46,9 +46,9 @@ from ..errors import InputError
 from ..models.index import connected_components
 from ..report import mark_set_aside
 from ..schema import with_stage_columns
-from ..stages.dedup import (DEFAULT_PROPOSE, STAGE, STATIC_TYPO_FLOOR, DedupOptions, NeighbourGraph, _filled,
-                            choose_representatives, dedup_columns, edit_allowance, keep_priority, knn_edges,
-                            text_keys, with_edits)
+from ..stages.dedup import (DEFAULT_PROPOSE, PAIR_PARTS, STAGE, STATIC_TYPO_FLOOR, DedupOptions, EvalPrompts,
+                            NeighbourGraph, _filled, by_parts, choose_representatives, contamination, dedup_columns,
+                            edit_allowance, keep_priority, knn_edges, text_keys, with_edits)
 from ..text import texts_for
 from . import require_ray
 from .ray_data import ROW, account, gather_table, one_line_errors, ordered_context, with_row_index
@@ -63,7 +63,10 @@ VECTOR = "_vector"
 PART = "_part"  # the k-means cluster a node copy is assigned to
 TEXT = "_text"  # a node's text (for the character edits of the typo rescue)
 FIRST = "_first"  # the first row of its group (counts the clusters)
-INTERNAL = (KEY, PRIORITY, ELIGIBLE, BLANK, NODE, GROUP, VECTOR, PART, TEXT, FIRST)
+AGAINST = "_against"  # best cosine of the row's prompt to an eval prompt (1.0: an exact match): dedup_against_sim
+CONTAMINATED = "_contaminated"  # 0: clean; 1: the prompt matches an eval prompt exactly; 2: semantically
+PARTS = tuple(f"_{part}_text" for part in PAIR_PARTS)  # --on pair: a node's prompt, chosen and rejected texts
+INTERNAL = (KEY, PRIORITY, ELIGIBLE, BLANK, NODE, GROUP, VECTOR, PART, TEXT, FIRST, AGAINST, CONTAMINATED, *PARTS)
 ROWS_PER_PARTITION = 200_000  # rows per hash partition of a groupby (one reducer holds one partition)
 NODES_PER_CLUSTER = 20_000  # default k-means size: a cluster is searched exactly (flat) below 50k
 SAMPLE_PER_CLUSTER = 256  # k-means training points per centroid (faiss wants >= 39)
@@ -111,6 +114,8 @@ def keys_batch(batch: pa.Table, on: str, keep: str, seed: int, basis: str | None
     else:
         priority = keep_priority(batch, texts, keep, seed)[0]
     ok = pc.fill_null(batch.column(eligible), False) if eligible else pa.array(np.ones(batch.num_rows, bool))
+    if CONTAMINATED in batch.column_names:  # a contaminated row never represents its cluster
+        ok = pc.and_(ok, pc.equal(batch.column(CONTAMINATED), 0))
     return (batch.append_column(KEY, pa.array(text_keys(texts), pa.string()))
             .append_column(PRIORITY, pa.array(np.asarray(priority, dtype=np.float64)))
             .append_column(ELIGIBLE, ok)
@@ -154,7 +159,8 @@ def decide_block(block: pa.Table, group: str, with_vectors: bool = False) -> pa.
         reasons[~eligible] = "contaminated"
     # the cluster's id is the key of its first row's text (the local: the key of its smallest node)
     cluster_key = keys[first_pos][cluster]
-    columns = dedup_columns(cluster_key.tolist(), is_rep, sim, reasons.tolist(), None)
+    against = block.column(AGAINST).to_numpy() if AGAINST in block.column_names else None
+    columns = dedup_columns(cluster_key.tolist(), is_rep, sim, reasons.tolist(), against)
     out = with_stage_columns(block, STAGE, columns)
     if NODE not in out.column_names:
         out = out.append_column(NODE, pa.array(node, pa.int64()))
@@ -203,6 +209,9 @@ def count_block(block: pa.Table) -> pa.Table:
         "exact": [int(pc.sum(pc.cast(pc.equal(reason, "exact"), pa.int64())).as_py() or 0)],
         "semantic": [int(pc.sum(pc.cast(pc.equal(reason, "semantic"), pa.int64())).as_py() or 0)],
         "contaminated": [int(pc.sum(pc.cast(pc.equal(reason, "contaminated"), pa.int64())).as_py() or 0)],
+        **({f"contaminated_{kind}": [int(pc.sum(pc.cast(pc.equal(block.column(CONTAMINATED), code), pa.int64()))
+                                         .as_py() or 0)] for kind, code in (("exact", 1), ("semantic", 2))}
+           if CONTAMINATED in block.column_names else {}),
     })
 
 
@@ -274,6 +283,8 @@ def _finish(decided, rows_in: int, options: DedupOptions, extra_stats: dict, edg
         "exact_duplicates": sums.get("exact", 0),
         "semantic_duplicates": sums.get("semantic", 0),
         "contaminated": sums.get("contaminated", 0),
+        **({key: sums[key] for key in ("contaminated_exact", "contaminated_semantic")} if "contaminated_exact" in sums
+           else {}),
         "clusters": sums.get("clusters", 0),
         "threshold": options.threshold,
         "on": options.on,
@@ -303,6 +314,44 @@ def exact_dedup(ds, options: DedupOptions | None = None, *, eligible: str | None
         rows_in = keyed.count()
         decided = hash_groupby(keyed, KEY, decide_block, rows_in, num_partitions, group=KEY)
         return _finish(decided, rows_in, options, {"index": "none"}, keep_row=keep_row)
+
+
+# --------------------------------------------------------------------------- decontamination
+
+class ContaminationBlock:
+    """Actor-pool callable: the local `contamination` (exact and semantic matches of each row's prompt against
+    the eval prompts), block by block; each actor builds its models and embeds the eval prompts once."""
+
+    def __init__(self, prompts: list[str], factory: Callable[[], object], threshold: float, device: str = "auto",
+                 proposer_factory: Callable[[], object] | None = None, propose: float = DEFAULT_PROPOSE):
+        self.evals = EvalPrompts(prompts, device)
+        self.embedder = factory()
+        self.proposer = proposer_factory() if proposer_factory is not None else None
+        self.threshold, self.device, self.propose = threshold, device, propose
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        found = contamination(batch, self.evals, self.embedder, threshold=self.threshold, device=self.device,
+                              proposer=self.proposer, propose=self.propose)
+        kind = np.where(found.exact_rows, 1, np.where(found.flagged, 2, 0)).astype(np.int8)
+        batch = batch.drop_columns([c for c in (AGAINST, CONTAMINATED) if c in batch.column_names])
+        return batch.append_column(AGAINST, pa.array(found.similarity, pa.float64())).append_column(
+            CONTAMINATED, pa.array(kind, pa.int8()))
+
+
+def decontaminate(ds, prompts: list[str], factory: Callable[[], object], options: DedupOptions, *,
+                  proposer_factory: Callable[[], object] | None = None, actors: int = 1, batch_size: int = 1024,
+                  num_gpus: float | None = None):
+    """`ds` with each row's match against the eval prompts, for `exact_dedup`/`semantic_dedup` to act on: a
+    contaminated row is flagged (dropped with --drop) and never represents a cluster, as in the local stage.
+    With `proposer_factory` it is the cascade: the proposer's cosine decides which prompts `factory`'s model
+    re-scores."""
+    from ray.data import ActorPoolStrategy
+
+    return ds.map_batches(ContaminationBlock, batch_format="pyarrow", batch_size=batch_size,
+                          fn_constructor_kwargs={"prompts": list(prompts), "factory": factory,
+                                                 "threshold": options.against_threshold, "device": options.device,
+                                                 "proposer_factory": proposer_factory, "propose": options.propose},
+                          compute=ActorPoolStrategy(size=actors), num_gpus=num_gpus)
 
 
 # --------------------------------------------------------------------------- semantic dedup
@@ -379,23 +428,41 @@ def assign_block(batch: pa.Table, centroids: np.ndarray, replicas: int, on: str)
     _, parts = NeighbourIndex(centroids, device="cpu").search(vectors, r)
     take = np.repeat(np.arange(batch.num_rows), r)
     texts = np.asarray(texts_for(batch, on), dtype=object)
-    return pa.table({
+    columns = {
         NODE: pa.array(batch.column(ROW).to_numpy()[take], pa.int64()),
         PART: pa.array(parts.ravel().astype(np.int64)),
         TEXT: pa.array(texts[take].tolist(), pa.large_string()),
         VECTOR: _vector_array(vectors[take]),
-    })
+    }
+    if on == "pair":  # the partition step scores pairs part by part (the local by_parts)
+        for name, part in zip(PARTS, PAIR_PARTS):
+            columns[name] = pa.array(np.asarray(texts_for(batch, part), dtype=object)[take].tolist(), pa.large_string())
+    return pa.table(columns)
+
+
+_BUILT: dict[str, object] = {}  # embedders built in this worker process, by factory
+
+
+def _built(factory: Callable[[], object]):
+    key = repr(factory)
+    if key not in _BUILT:
+        _BUILT[key] = factory()
+    return _BUILT[key]
 
 
 def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | None, lexical: bool,
-                    device: str = "cpu", verifier=None, propose: float = DEFAULT_PROPOSE) -> pa.Table:
+                    device: str = "cpu", verifier=None, propose: float = DEFAULT_PROPOSE,
+                    part_models: list | None = None, part_factories: list | None = None) -> pa.Table:
     """Within each k-means cluster of this hash partition: the local kNN graph among its members (top-k at
     cosine >= floor, with character edits), as undirected (src < dst) node-id edges. With `threshold`, only
     the edges that link duplicates are kept.
 
     With a `verifier` (cascade) the block's vectors are the proposer's: the cluster's graph is the local
     cascade_graph's, i.e. proposals at cosine >= `propose` or typo-sized edits (searched down to
-    STATIC_TYPO_FLOOR), re-scored with the verifier's vectors of the proposed texts, kept at cosine >= floor."""
+    STATIC_TYPO_FLOOR), re-scored with the verifier's vectors of the proposed texts, kept at cosine >= floor.
+
+    --on pair (the block has the part columns): each edge is then scored part by part (the local by_parts) with
+    `part_models`, or embedders built once per worker process from `part_factories`."""
     empty = pa.table({"src": pa.array([], pa.int64()), "dst": pa.array([], pa.int64()),
                       "sim": pa.array([], pa.float32()), "edits": pa.array([], pa.int32()),
                       "length": pa.array([], pa.int32())})
@@ -405,6 +472,9 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
     nodes = block.column(NODE).to_numpy()
     vectors = _vectors(block.column(VECTOR))
     texts = block.column(TEXT).to_pylist()
+    pair_texts = [block.column(name).to_pylist() for name in PARTS] if PARTS[0] in block.column_names else None
+    if pair_texts is not None and part_models is None:
+        part_models = [_built(factory) for factory in part_factories or []]
     order = np.argsort(parts, kind="stable")
     bounds = np.flatnonzero(np.diff(parts[order])) + 1
     out = []
@@ -421,6 +491,8 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
         graph = with_edits(*_unique_pairs(pos_lo, pos_hi, sim), [texts[i] for i in members])
         if verifier is not None:
             graph = _verified(graph, [texts[i] for i in members], verifier, propose, floor)
+        if pair_texts is not None:
+            graph = by_parts(graph, [[column[i] for i in members] for column in pair_texts], part_models, propose)
         a, b = nodes[members][graph.src], nodes[members][graph.dst]
         keep = graph.linked(threshold, lexical) if threshold is not None else np.ones(len(a), bool)
         out.append(pa.table({"src": pa.array(a[keep], pa.int64()), "dst": pa.array(b[keep], pa.int64()),
@@ -446,11 +518,12 @@ def _verified(graph: NeighbourGraph, texts: list[str], verifier, propose: float,
 class VerifyPartitions:
     """Actor-pool callable for the cascade's partition step: the verifier loads once per actor."""
 
-    def __init__(self, factory: Callable[[], object]):
+    def __init__(self, factory: Callable[[], object], proposer_factory: Callable[[], object] | None = None):
         self.verifier = factory()
+        self.part_models = [proposer_factory(), self.verifier] if proposer_factory is not None else None
 
     def __call__(self, block: pa.Table, **kwargs) -> pa.Table:
-        return partition_edges(block, verifier=self.verifier, **kwargs)
+        return partition_edges(block, verifier=self.verifier, part_models=self.part_models, **kwargs)
 
 
 def _unique_pairs(lo: np.ndarray, hi: np.ndarray, sim: np.ndarray):
@@ -548,10 +621,13 @@ def semantic_dedup(ds, embedder_factory: Callable[[], object], options: DedupOpt
         search = dict(k=options.k, floor=options.floor, threshold=None if keep_graph else options.threshold,
                       lexical=options.lexical)
         if verifier_factory is None:
-            edges_ds = hash_groupby(assigned, PART, partition_edges, n_nodes * replicas, num_partitions, **search)
+            edges_ds = hash_groupby(assigned, PART, partition_edges, n_nodes * replicas, num_partitions,
+                                    part_factories=[embedder_factory] if options.on == "pair" else None, **search)
         else:
             edges_ds = hash_groupby(assigned, PART, VerifyPartitions, n_nodes * replicas, num_partitions,
-                                    actors=verify_actors, constructor={"factory": verifier_factory},
+                                    actors=verify_actors,
+                                    constructor={"factory": verifier_factory,
+                                                 "proposer_factory": embedder_factory if options.on == "pair" else None},
                                     num_gpus=num_gpus, propose=options.propose, **search)
         edge_table = gather_table(edges_ds)
         graph = merge_edges(edge_table)

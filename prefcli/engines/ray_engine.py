@@ -380,13 +380,12 @@ class RayEngine:
     # -- dedup: the distributed algorithms
     def dedup(self, stage: Stage, table: pa.Table, ctx: Context) -> StageResult | None:
         from ..models.embed import STATIC, build_embedder
-        from .ray_dedup import semantic_dedup
+        from .ray_dedup import decontaminate, semantic_dedup
 
         p = stage.params
-        ported = not (ctx.inputs.get("against") or p.explain or getattr(stage, "_graph_path", None))
-        if not ported:
-            ctx.warn("dedup --against/--graph/--explain: not ported to the partitioned algorithm yet; the local "
-                     "dedup runs as one Ray task")
+        if p.explain or getattr(stage, "_graph_path", None):
+            ctx.warn("dedup --graph/--explain: the all-pairs graph is a local artefact; the local dedup runs as "
+                     "one Ray task")
             return None
         cache_dir = for_workers(ctx, stage).cache_dir
         models = dict(device=ctx.device, cache_dir=str(cache_dir) if cache_dir else None,
@@ -398,12 +397,19 @@ class RayEngine:
         actors = self.actors or max(1, int(gpus) or 1)
         rows = self.batch_size or 50_000
         ds = table.dataset() if isinstance(table, ClusterRows) else blocks_of(self.ray, table, rows)
-        result = semantic_dedup(ds, proposer, stage.options(ctx), keep_row=True,
+        options, against = stage.options(ctx), ctx.inputs.get("against") or []
+        if against:  # decontamination, block by block in an actor pool
+            ds = decontaminate(ds, against, verifier or proposer, options, actors=actors,
+                               proposer_factory=proposer if verifier is not None else None,
+                               batch_size=self.batch_size or 1024, num_gpus=1 if gpus else None)
+        result = semantic_dedup(ds, proposer, options, keep_row=True,
                                 num_gpus=1 if gpus else None, embed_actors=actors, verify_actors=actors,
                                 verifier_factory=verifier)
         out = in_row_order(result.out)
         aside = in_row_order(result.set_aside) if result.set_aside is not None else None
         stage._cache_root = None  # no all-pairs graph to cache
+        if against:
+            result.stats["against_threshold"] = options.against_threshold
         return StageResult(out=out, set_aside=aside if aside is not None and aside.num_rows else None,
                            stats=result.stats)
 

@@ -238,44 +238,59 @@ class Contamination:
     similarity: np.ndarray  # float64 per row: best cosine to any eval prompt (1.0 for exact matches)
     exact: int = 0
     semantic: int = 0
+    exact_rows: np.ndarray | None = None  # bool per row: an exact match (the rest of `flagged` are semantic)
 
 
-def contamination(table: pa.Table, eval_prompts: Sequence[str], embedder, *, threshold: float,
+class EvalPrompts:
+    """The eval prompts to decontaminate against: their content keys, and their vectors under each model,
+    embedded once (an engine's worker keeps one for all the blocks it checks)."""
+
+    def __init__(self, prompts: Sequence[str], device: str = "auto"):
+        self.prompts = [p for p in prompts if p.strip()]
+        self.keys = set(text_keys(self.prompts))
+        self.device = device
+        self._indexes: dict[str, NeighbourIndex] = {}
+
+    def best_match(self, embedder, texts: Sequence[str]) -> np.ndarray:
+        """Each text's highest cosine to any eval prompt."""
+        index = self._indexes.get(embedder.model_id)
+        if index is None:
+            index = self._indexes[embedder.model_id] = NeighbourIndex(embedder.encode(self.prompts),
+                                                                      device=self.device)
+        sims, _ = index.search(embedder.encode(texts), 1)
+        return np.clip(sims[:, 0], -1.0, 1.0).astype(np.float64)
+
+
+def contamination(table: pa.Table, eval_prompts: "Sequence[str] | EvalPrompts", embedder, *, threshold: float,
                   device: str = "auto", proposer=None, propose: float = DEFAULT_PROPOSE) -> Contamination:
     """Rows whose prompt matches an eval prompt: exactly (whole prompt or any user turn) or at cosine >= threshold.
 
     With a `proposer` (cascade) only prompts whose proposer cosine to an eval prompt reaches `propose` are
-    embedded by `embedder`; the others keep the proposer's cosine in dedup_against_sim."""
+    embedded by `embedder`; the others keep the proposer's cosine in dedup_against_sim. Row by row: any split of
+    the table gives the same answer per row."""
     n = table.num_rows
-    eval_prompts = [p for p in eval_prompts if p.strip()]
-    if not eval_prompts:
-        return Contamination(np.zeros(n, bool), np.zeros(n))
-    eval_keys = set(text_keys(eval_prompts))
+    evals = eval_prompts if isinstance(eval_prompts, EvalPrompts) else EvalPrompts(eval_prompts, device)
+    if not evals.prompts:
+        return Contamination(np.zeros(n, bool), np.zeros(n), exact_rows=np.zeros(n, bool))
     prompts = table.column("prompt").to_pylist()
     rendered = [render_messages(m) for m in prompts]
     groups = exact_groups(text_keys(rendered))
-    node_exact = np.array([k in eval_keys for k in groups.keys], dtype=bool)
-    turn_exact = np.array([any(m["role"] == "user" and text_key(m["content"]) in eval_keys for m in turns)
+    node_exact = np.array([k in evals.keys for k in groups.keys], dtype=bool)
+    turn_exact = np.array([any(m["role"] == "user" and text_key(m["content"]) in evals.keys for m in turns)
                            for turns in prompts], dtype=bool)
     exact = node_exact[groups.node_of_row] | turn_exact
     node_texts = [rendered[i] for i in groups.first_row]
     if proposer is None:
-        node_best = best_match(embedder, node_texts, eval_prompts, device)
+        node_best = evals.best_match(embedder, node_texts)
     else:
-        node_best = best_match(proposer, node_texts, eval_prompts, device)
+        node_best = evals.best_match(proposer, node_texts)
         candidates = np.flatnonzero(node_best >= propose)
         if len(candidates):
-            node_best[candidates] = best_match(embedder, [node_texts[i] for i in candidates], eval_prompts, device)
+            node_best[candidates] = evals.best_match(embedder, [node_texts[i] for i in candidates])
     best = node_best[groups.node_of_row]
     semantic = (best >= threshold) & ~exact
     best[exact] = 1.0
-    return Contamination(exact | semantic, best, int(exact.sum()), int(semantic.sum()))
-
-
-def best_match(embedder, texts: Sequence[str], eval_prompts: Sequence[str], device: str) -> np.ndarray:
-    """Each text's highest cosine to any eval prompt."""
-    sims, _ = NeighbourIndex(embedder.encode(eval_prompts), device=device).search(embedder.encode(texts), 1)
-    return np.clip(sims[:, 0], -1.0, 1.0).astype(np.float64)
+    return Contamination(exact | semantic, best, int(exact.sum()), int(semantic.sum()), exact_rows=exact)
 
 
 # --------------------------------------------------------------------------- keep policy and columns
@@ -404,7 +419,8 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
     priority = keep_priority(table, texts, options.keep, options.seed)  # before any embedding: fails fast
     groups = exact_groups(text_keys(texts))
     model_id = embedder.model_id if verifier is None else cascade_id(embedder, verifier, options.propose)
-    fingerprint = graph_fingerprint(groups, model_id=model_id, on=options.on, k=options.k, floor=options.floor)
+    view = "pair:parts" if options.on == "pair" else options.on  # pair graphs are scored part by part
+    fingerprint = graph_fingerprint(groups, model_id=model_id, on=view, k=options.k, floor=options.floor)
     graph_table = graph_source(fingerprint) if graph_source is not None else None
     reused = graph_table is not None and _table_fingerprint(graph_table) == fingerprint
     graph = NeighbourGraph.from_table(graph_table, groups) if reused else None
@@ -415,6 +431,8 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
             graph = build_graph(vectors, node_texts, k=options.k, floor=options.floor, device=options.device)
         else:
             graph, vectors = cascade_graph(node_texts, embedder, verifier, options)
+        if options.on == "pair":
+            graph = by_parts(graph, pair_parts(table, groups.first_row), models, options.propose)
         graph.fingerprint = fingerprint
         graph.meta = {**graph.meta, "model": model_id, "on": options.on, "k": options.k, "floor": options.floor}
     else:  # exact similarities to representatives when the cache has every clustered text's vector
@@ -430,6 +448,47 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
                             proposed_edges=int(graph.meta.get("proposed_edges", len(graph.sim))),
                             verified_texts=int(graph.meta.get("verified_texts", 0)))
     return DedupRun(result, graph, groups, texts, vectors)
+
+
+PAIR_PARTS = ("prompt", "chosen", "rejected")
+
+
+def pair_parts(table: pa.Table, rows: np.ndarray) -> list[list[str]]:
+    """--on pair: the prompt, chosen and rejected texts of `rows` (one list per part)."""
+    return [np.asarray(texts_for(table, part), dtype=object)[rows].tolist() for part in PAIR_PARTS]
+
+
+def by_parts(graph: NeighbourGraph, parts: Sequence[Sequence[str]], models: Sequence,
+             propose: float = DEFAULT_PROPOSE) -> NeighbourGraph:
+    """--on pair: two pairs are near-duplicates only when their prompts, chosen and rejected responses each are
+    (one long shared part must not make two different pairs look alike). The whole-pair search proposes the
+    edges; each edge's cosine becomes its least similar part's, each part embedded on its own (identical parts:
+    1.0; with a proposer and a verifier, as in the cascade, the verifier re-scores the parts the proposer puts
+    at `propose` or above); the typo rescue holds only when every part is within its own edit allowance.
+    `parts[j][node]` is node's text of part j; `models` are embedders (.encode, normalised rows)."""
+    if not len(graph.src):
+        return graph
+    sim = np.ones(len(graph.src), np.float32)
+    typo = np.ones(len(graph.src), bool)
+    for texts in parts:
+        part = with_edits(graph.src, graph.dst, sim, texts)
+        typo &= part.edits <= edit_allowance(part.length)
+        part_sim = np.ones(len(graph.src), np.float32)
+        todo = np.flatnonzero(part.edits > 0)  # the same normalised text: 1.0
+        for j, model in enumerate(models):
+            if not len(todo):
+                break
+            src, dst = graph.src[todo], graph.dst[todo]
+            nodes = np.unique(np.concatenate([src, dst]))
+            vectors = np.asarray(model.encode([texts[i] for i in nodes]), dtype=np.float32)
+            a, b = vectors[np.searchsorted(nodes, src)], vectors[np.searchsorted(nodes, dst)]
+            part_sim[todo] = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+            if j + 1 < len(models):
+                todo = todo[part_sim[todo] >= propose]
+        sim = np.minimum(sim, part_sim)
+    edits = np.where(typo, graph.edits, graph.length + 1).astype(np.int32)
+    return NeighbourGraph(graph.src, graph.dst, sim, edits, graph.length, graph.fingerprint, graph.index_kind,
+                          {**graph.meta, "by_parts": True})
 
 
 def cascade_id(proposer, verifier, propose: float) -> str:
@@ -557,6 +616,8 @@ def dedup_new_rows(new: pa.Table, kept: pa.Table, embedder, options: DedupOption
     kept_nodes = int(np.sum(groups.first_row < kept.num_rows))  # kept rows come first, so do their nodes
     node_texts = [texts[i] for i in groups.first_row]
     graph = cross_graph(embedder.encode(node_texts), node_texts, kept_nodes, options)
+    if options.on == "pair":
+        graph = by_parts(graph, pair_parts(both, groups.first_row), [embedder], options.propose)
     contam = contamination(both, against, embedder, threshold=options.against_threshold,
                            device=options.device) if against else None
     pinned_clusters = kept.column("dedup_cluster").to_pylist() if "dedup_cluster" in kept.column_names \
