@@ -12,6 +12,7 @@ from ingest_helpers import cli
 from prefcli import io
 from prefcli.models.embed import STATIC, build_embedder, ensure_static_model, static_model_dir
 from prefcli.stages.dedup import DEFAULT_PROPOSE, DedupOptions, dedup, text_keys
+from prefcli.text import texts_for
 
 PROBES = ["How do I sort a list in Python?", "how do i sort a list in python", "What is the capital of France?",
           "Write a haiku about autumn leaves."]
@@ -166,7 +167,7 @@ def test_pair_dedup_links_pairs_only_when_every_part_is_a_duplicate(alpaca_answe
     removed = {row_of[p] for p in aside.column("pair_id").to_pylist()}
     assert all(i in removed for i in range(n, table.num_rows))  # every planted copy set aside
     graph, first_row = run.graph, run.groups.first_row
-    parts = dd.pair_parts(table, np.arange(table.num_rows))
+    parts = [texts_for(table, part) for part in dd.PAIR_PARTS]
     linked = np.flatnonzero(graph.sim >= options.threshold)
     assert len(linked) >= 40
     for e in linked:  # each part on its own, recomputed

@@ -492,7 +492,7 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
         if verifier is not None:
             graph = _verified(graph, [texts[i] for i in members], verifier, propose, floor)
         if pair_texts is not None:
-            graph = by_parts(graph, [[column[i] for i in members] for column in pair_texts], part_models, propose)
+            graph = by_parts(graph, _member_parts(pair_texts, members), part_models, propose)
         a, b = nodes[members][graph.src], nodes[members][graph.dst]
         keep = graph.linked(threshold, lexical) if threshold is not None else np.ones(len(a), bool)
         out.append(pa.table({"src": pa.array(a[keep], pa.int64()), "dst": pa.array(b[keep], pa.int64()),
@@ -500,6 +500,14 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
                              "edits": pa.array(graph.edits[keep], pa.int32()),
                              "length": pa.array(graph.length[keep], pa.int32())}))
     return pa.concat_tables(out) if out else empty
+
+
+def _member_parts(pair_texts: list[list[str]], members: np.ndarray):
+    """by_parts' part_texts over one cluster: node ids there are positions in `members`."""
+    def texts(part: str, nodes: np.ndarray) -> list[str]:
+        column = pair_texts[PAIR_PARTS.index(part)]
+        return [column[members[i]] for i in nodes]
+    return texts
 
 
 def _verified(graph: NeighbourGraph, texts: list[str], verifier, propose: float, floor: float) -> NeighbourGraph:

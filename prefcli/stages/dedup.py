@@ -40,6 +40,7 @@ GRAPH_FLOOR = 0.5  # edges below this cosine are not kept: thresholds below it n
 # prompt can drop MiniLM's cosine to 0.3, while templated prompts differing in a word stay apart.
 MIN_EDITS = 2
 EDIT_RATIO = 0.03
+EDIT_CHUNK = 16_384  # edges per batch of edit distances
 EXPLAIN_THRESHOLDS = (0.8, 0.85, 0.9, 0.92, 0.95, 0.98)
 # Cascade: the static model proposes neighbours at this cosine (its own scale: generous, so that the
 # encoder's duplicates are all among the candidates); the verifier embeds only the candidates' texts.
@@ -204,10 +205,13 @@ def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequenc
     allowed = edit_allowance(length)
     # only pairs whose lengths could be within the allowance are compared, with a bounded (banded) distance
     edits = length.copy()
-    close = np.flatnonzero(np.abs(sizes[src] - sizes[dst]) <= allowed)
-    if len(close):
-        edits[close] = cpdist(normal[src[close]].tolist(), normal[dst[close]].tolist(), scorer=OSA.distance,
-                              score_cutoff=int(allowed[close].max()), workers=1)
+    same = normal[src] == normal[dst]
+    edits[same] = 0
+    close = np.flatnonzero((np.abs(sizes[src] - sizes[dst]) <= allowed) & ~same)
+    for start in range(0, len(close), EDIT_CHUNK):  # cpdist copies its strings: a chunk at a time
+        chunk = close[start:start + EDIT_CHUNK]
+        edits[chunk] = cpdist(normal[src[chunk]].tolist(), normal[dst[chunk]].tolist(), scorer=OSA.distance,
+                              score_cutoff=int(allowed[chunk].max()), workers=1)
     return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
 
 
@@ -432,7 +436,7 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
         else:
             graph, vectors = cascade_graph(node_texts, embedder, verifier, options)
         if options.on == "pair":
-            graph = by_parts(graph, pair_parts(table, groups.first_row), models, options.propose)
+            graph = by_parts(graph, pair_part_texts(table, groups.first_row), models, options.propose)
         graph.fingerprint = fingerprint
         graph.meta = {**graph.meta, "model": model_id, "on": options.on, "k": options.k, "floor": options.floor}
     else:  # exact similarities to representatives when the cache has every clustered text's vector
@@ -453,35 +457,41 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
 PAIR_PARTS = ("prompt", "chosen", "rejected")
 
 
-def pair_parts(table: pa.Table, rows: np.ndarray) -> list[list[str]]:
-    """--on pair: the prompt, chosen and rejected texts of `rows` (one list per part)."""
-    return [np.asarray(texts_for(table, part), dtype=object)[rows].tolist() for part in PAIR_PARTS]
+def pair_part_texts(table: pa.Table, rows: np.ndarray) -> Callable[[str, np.ndarray], list[str]]:
+    """--on pair: `texts(part, nodes)` gives the part's texts of those nodes, `rows[node]` being each node's row
+    of `table`; only the rows asked for are read."""
+    def texts(part: str, nodes: np.ndarray) -> list[str]:
+        return texts_for(table.take(pa.array(rows[nodes], pa.int64())), part)
+    return texts
 
 
-def by_parts(graph: NeighbourGraph, parts: Sequence[Sequence[str]], models: Sequence,
+def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list[str]], models: Sequence,
              propose: float = DEFAULT_PROPOSE) -> NeighbourGraph:
     """--on pair: two pairs are near-duplicates only when their prompts, chosen and rejected responses each are
     (one long shared part must not make two different pairs look alike). The whole-pair search proposes the
     edges; each edge's cosine becomes its least similar part's, each part embedded on its own (identical parts:
     1.0; with a proposer and a verifier, as in the cascade, the verifier re-scores the parts the proposer puts
     at `propose` or above); the typo rescue holds only when every part is within its own edit allowance.
-    `parts[j][node]` is node's text of part j; `models` are embedders (.encode, normalised rows)."""
+    `part_texts(part, nodes)` gives the texts of a part (PAIR_PARTS) for sorted node ids; `models` are
+    embedders (.encode, normalised rows). Only the texts of nodes with an edge are read or embedded."""
     if not len(graph.src):
         return graph
-    sim = np.ones(len(graph.src), np.float32)
-    typo = np.ones(len(graph.src), bool)
-    for texts in parts:
-        part = with_edits(graph.src, graph.dst, sim, texts)
-        typo &= part.edits <= edit_allowance(part.length)
-        part_sim = np.ones(len(graph.src), np.float32)
-        todo = np.flatnonzero(part.edits > 0)  # the same normalised text: 1.0
+    nodes = np.unique(np.concatenate([graph.src, graph.dst]))
+    src, dst = np.searchsorted(nodes, graph.src), np.searchsorted(nodes, graph.dst)  # positions in `nodes`
+    sim = np.ones(len(src), np.float32)
+    typo = np.ones(len(src), bool)
+    for part in PAIR_PARTS:
+        texts = part_texts(part, nodes)
+        found = with_edits(src, dst, sim, texts)
+        typo &= found.edits <= edit_allowance(found.length)
+        part_sim = np.ones(len(src), np.float32)
+        todo = np.flatnonzero(found.edits > 0)  # the same normalised text: 1.0
         for j, model in enumerate(models):
             if not len(todo):
                 break
-            src, dst = graph.src[todo], graph.dst[todo]
-            nodes = np.unique(np.concatenate([src, dst]))
-            vectors = np.asarray(model.encode([texts[i] for i in nodes]), dtype=np.float32)
-            a, b = vectors[np.searchsorted(nodes, src)], vectors[np.searchsorted(nodes, dst)]
+            ends = np.unique(np.concatenate([src[todo], dst[todo]]))
+            vectors = np.asarray(model.encode([texts[i] for i in ends]), dtype=np.float32)
+            a, b = vectors[np.searchsorted(ends, src[todo])], vectors[np.searchsorted(ends, dst[todo])]
             part_sim[todo] = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
             if j + 1 < len(models):
                 todo = todo[part_sim[todo] >= propose]
@@ -617,7 +627,7 @@ def dedup_new_rows(new: pa.Table, kept: pa.Table, embedder, options: DedupOption
     node_texts = [texts[i] for i in groups.first_row]
     graph = cross_graph(embedder.encode(node_texts), node_texts, kept_nodes, options)
     if options.on == "pair":
-        graph = by_parts(graph, pair_parts(both, groups.first_row), [embedder], options.propose)
+        graph = by_parts(graph, pair_part_texts(both, groups.first_row), [embedder], options.propose)
     contam = contamination(both, against, embedder, threshold=options.against_threshold,
                            device=options.device) if against else None
     pinned_clusters = kept.column("dedup_cluster").to_pylist() if "dedup_cluster" in kept.column_names \

@@ -50,6 +50,9 @@ class SelectParams(EmbedAndVoteParams):
                   "responses), chosen or rejected.")
     rm: list[str] | None = option(None, "Vote first with these reward models (specs as for `prefcli vote`, e.g. "
                                            "served: or judge:), for input that has no vote columns yet.")
+    model: str | None = option("static", "Embedding model for topic groups and gold retrieval: static (the "
+                                         "packaged MiniLM distilled; dedup has usually cached these vectors), "
+                                         "minilm, or a sentence-transformers path or hub id.")
 
 
 @register
