@@ -43,7 +43,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from ..models.index import connected_components
+from ..models.index import connected_components, rowwise_dot
 from ..report import mark_set_aside
 from ..schema import with_stage_columns
 from ..stages.dedup import (DEFAULT_PROPOSE, PAIR_PARTS, STAGE, STATIC_TYPO_FLOOR, DedupOptions, EvalPrompts,
@@ -152,7 +152,8 @@ def decide_block(block: pa.Table, group: str, with_vectors: bool = False) -> pa.
     todo = ~same & (rep >= 0)
     if with_vectors and todo.any():
         vectors = _vectors(block.column(VECTOR))
-        sim[todo] = np.clip(np.einsum("ij,ij->i", vectors[todo], vectors[rep[todo]]), -1.0, 1.0)
+        rows = np.flatnonzero(todo)
+        sim[todo] = np.clip(rowwise_dot(vectors, rows, vectors, rep[rows]), -1.0, 1.0)
     reasons = np.where(same, "exact", "semantic").astype(object)
     reasons[is_rep] = None
     if not eligible.all():
@@ -518,7 +519,7 @@ def _verified(graph: NeighbourGraph, texts: list[str], verifier, propose: float,
     vectors = np.zeros((len(texts), verifier.dim), dtype=np.float32)
     if len(nodes):
         vectors[nodes] = verifier.encode([texts[i] for i in nodes])
-    sim = np.clip(np.einsum("ij,ij->i", vectors[src], vectors[dst]), -1.0, 1.0)
+    sim = np.clip(rowwise_dot(vectors, src, vectors, dst), -1.0, 1.0)
     kept = sim >= floor
     return NeighbourGraph(src[kept], dst[kept], sim[kept].astype(np.float32), edits[kept], length[kept])
 

@@ -70,6 +70,18 @@ class NeighbourIndex:
         return sims, ids
 
 
+ROW_CHUNK = 65_536  # row pairs per step of rowwise_dot
+
+
+def rowwise_dot(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
+    """a[ia[k]] · b[ib[k]] for every k (float32), a chunk at a time: never a copy of every pair's vectors."""
+    out = np.empty(len(ia), np.float32)
+    for start in range(0, len(ia), ROW_CHUNK):
+        stop = start + ROW_CHUNK
+        out[start:stop] = np.einsum("ij,ij->i", a[ia[start:stop]], b[ib[start:stop]])
+    return out
+
+
 def connected_components(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     """Component label of each of n nodes, given undirected edges: the smallest node index in the component."""
     src, dst = np.asarray(src, dtype=np.int64), np.asarray(dst, dtype=np.int64)

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from ..cache.graphs import GRAPH_DIR, graph_path, graph_source  # noqa: F401 (GRAPH_DIR re-exported)
 from ..errors import InputError
-from ..models.index import NeighbourIndex, connected_components
+from ..models.index import NeighbourIndex, connected_components, rowwise_dot
 from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
 from ..stage import (SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage, Write, option,
@@ -351,8 +351,7 @@ def similarity_to(nodes_a: np.ndarray, nodes_b: np.ndarray, vectors: np.ndarray 
     out[same] = 1.0
     todo = ~same & (nodes_a >= 0) & (nodes_b >= 0)
     if vectors is not None:
-        a, b = vectors[nodes_a[todo]], vectors[nodes_b[todo]]
-        out[todo] = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+        out[todo] = np.clip(rowwise_dot(vectors, nodes_a[todo], vectors, nodes_b[todo]), -1.0, 1.0)
         return out
     lookup = dict(zip(zip(graph.src.tolist(), graph.dst.tolist()), graph.sim.tolist()))
     idx = np.flatnonzero(todo)
@@ -491,8 +490,8 @@ def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list
                 break
             ends = np.unique(np.concatenate([src[todo], dst[todo]]))
             vectors = np.asarray(model.encode([texts[i] for i in ends]), dtype=np.float32)
-            a, b = vectors[np.searchsorted(ends, src[todo])], vectors[np.searchsorted(ends, dst[todo])]
-            part_sim[todo] = np.clip(np.einsum("ij,ij->i", a, b), -1.0, 1.0)
+            part_sim[todo] = np.clip(rowwise_dot(vectors, np.searchsorted(ends, src[todo]),
+                                                 vectors, np.searchsorted(ends, dst[todo])), -1.0, 1.0)
             if j + 1 < len(models):
                 todo = todo[part_sim[todo] >= propose]
         sim = np.minimum(sim, part_sim)
@@ -521,7 +520,7 @@ def cascade_graph(texts: Sequence[str], proposer, verifier, options: DedupOption
     vectors = np.zeros((len(texts), verifier.dim), dtype=np.float32)
     if len(nodes):
         vectors[nodes] = verifier.encode([texts[i] for i in nodes])
-    sim = np.clip(np.einsum("ij,ij->i", vectors[proposed.src], vectors[proposed.dst]), -1.0, 1.0)
+    sim = np.clip(rowwise_dot(vectors, proposed.src, vectors, proposed.dst), -1.0, 1.0)
     kept = sim >= options.floor  # the same graph floor as a single-model search, on the verifier's cosine
     graph = NeighbourGraph(proposed.src[kept], proposed.dst[kept], sim[kept].astype(np.float32),
                            proposed.edits[kept], proposed.length[kept], index_kind=proposed.index_kind,

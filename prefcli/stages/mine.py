@@ -40,6 +40,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ..errors import InputError
+from ..models.index import rowwise_dot
 from ..pairs import build_pairs
 from ..report import StageResult, mark_set_aside
 from ..schema import with_stage_columns
@@ -57,8 +58,6 @@ REPLACED_REASON = "replaced-easy"
 EASY_BUCKET = "strong"
 # Candidates are scored by the reward models in chunks of this many (prompt, response) items.
 SCORE_CHUNK = 8192
-# Similarities are computed over flat candidate lists in chunks of this many rows (bounded memory).
-SIM_CHUNK = 65536
 # The default voters: two single-view offline ensembles, so that "the ensemble agrees" (--min-agree) has two
 # voters to count.
 DEFAULT_RMS = ("emb=ensemble:views=emb", "lex=ensemble:views=lex")
@@ -378,21 +377,13 @@ def _exclude_trivial(cand: _Candidates, responses: _ResponsePool, table: pa.Tabl
     return cand.take(np.flatnonzero(~(same_as_chosen | already_pair | labelled_better)))
 
 
-def _rowwise_dot(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
-    out = np.empty(len(ia), np.float32)
-    for start in range(0, len(ia), SIM_CHUNK):
-        stop = start + SIM_CHUNK
-        out[start:stop] = np.einsum("ij,ij->i", a[ia[start:stop]], b[ib[start:stop]])
-    return out
-
-
 def _embedding_features(cand: _Candidates, responses: _ResponsePool, sources: np.ndarray, chosen_resp: np.ndarray,
                         response_vectors: np.ndarray, prompt_vectors: np.ndarray) -> _Candidates:
     src_chosen = chosen_resp[cand.pair]
     src_group = responses.row_group[sources][cand.pair]
-    cand.sim_chosen = _rowwise_dot(response_vectors, cand.resp, response_vectors, src_chosen)
-    cand.sim_prompt = _rowwise_dot(response_vectors, cand.resp, prompt_vectors, src_group)
-    cand.sim_prompt_chosen = _rowwise_dot(response_vectors, src_chosen, prompt_vectors, src_group)
+    cand.sim_chosen = rowwise_dot(response_vectors, cand.resp, response_vectors, src_chosen)
+    cand.sim_prompt = rowwise_dot(response_vectors, cand.resp, prompt_vectors, src_group)
+    cand.sim_prompt_chosen = rowwise_dot(response_vectors, src_chosen, prompt_vectors, src_group)
     return cand
 
 
