@@ -153,6 +153,23 @@ def _restore_environ(saved: dict) -> None:
             os.environ[key] = value
 
 
+def stream_in_batches(monkeypatch, batch_rows: int) -> list[int]:
+    """Make the local engine stream inputs of more than `batch_rows` rows in batches of that size; the list
+    returned gets one entry (the batch size) per streamed run."""
+    from prefcli.engines import stream
+
+    calls: list[int] = []
+    real_run = stream.run_streamed
+
+    def counting(stage, source, ctx):
+        calls.append(source.batch_rows)
+        return real_run(stage, source, ctx)
+
+    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", batch_rows)
+    monkeypatch.setattr(stream, "run_streamed", counting)
+    return calls
+
+
 def assert_one_line_error(proc, *fragments: str, code: int = 2) -> None:
     err = proc.stderr.decode()
     assert proc.returncode == code, (proc.returncode, err)

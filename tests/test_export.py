@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from conftest import assert_one_line_error, run_cli, run_inproc
+from conftest import assert_one_line_error, run_cli, run_inproc, stream_in_batches
 from prefcli import io
 from prefcli.errors import InputError
 from prefcli.schema import with_stage_columns
@@ -169,22 +169,13 @@ def test_export_streams_batch_by_batch_with_the_same_output(pairs_file, tmp_path
     """The local engine runs export over 7-row batches of its input (repeats found against the rows seen in
     earlier batches): the training file is the same as one run on the whole table, the stats the same."""
     import prefcli
-    from prefcli.engines import stream
     from prefcli.stages.export import iter_rows
 
     root, table = pairs_file
     repeats = pa.concat_tables([table, table.slice(3, 20), table.slice(60, 9)])  # repeats across batches
     io.write_table(repeats, tmp_path / "in.parquet")
     whole = prefcli.run_stage("export", repeats, to=to, where="source != 'nothing'")
-    calls = []
-    real_run = stream.run_streamed
-
-    def counting(stage, source, ctx):
-        calls.append(source.batch_rows)
-        return real_run(stage, source, ctx)
-
-    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 7)
-    monkeypatch.setattr(stream, "run_streamed", counting)
+    calls = stream_in_batches(monkeypatch, 7)
     suffix = ".parquet" if to == "parquet" else ".jsonl"
     proc = run_inproc("export", str(tmp_path / "in.parquet"), "--to", to, "--where", "source != 'nothing'",
                       "-o", str(tmp_path / f"out{suffix}"), "--json")

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from scipy.stats import spearmanr
 
-from conftest import ROOT, assert_one_line_error, run_cli, run_inproc
+from conftest import ROOT, assert_one_line_error, run_cli, run_inproc, stream_in_batches
 from prefcli import io
 from prefcli.models.embed import default_model_path
 from prefcli.models.length import LengthMeasure
@@ -155,7 +155,6 @@ def test_apply_streams_batch_by_batch_with_the_whole_input_scale(planted, tmp_pa
     """The local engine applies a model over 100-row batches of its input: a first pass takes the whole input's
     per-RM scale and diagnosis from the scores and lengths alone, so the output and the stats are those of a
     whole-table run; a bad score in a later batch is named by its row in the file."""
-    from prefcli.engines import stream
 
     src, model = tmp_path / "in.parquet", tmp_path / "m.json"
     io.write_table(planted, src)
@@ -163,15 +162,7 @@ def test_apply_streams_batch_by_batch_with_the_whole_input_scale(planted, tmp_pa
     whole = run_inproc("length-bias", "apply", str(src), "--model", str(model), "-o", str(tmp_path / "whole.parquet"),
                        "--json")
     assert whole.returncode == 0, whole.stderr.decode()
-    calls = []
-    real_run = stream.run_streamed
-
-    def counting(stage, source, ctx):
-        calls.append(source.batch_rows)
-        return real_run(stage, source, ctx)
-
-    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 100)
-    monkeypatch.setattr(stream, "run_streamed", counting)
+    calls = stream_in_batches(monkeypatch, 100)
     streamed = run_inproc("length-bias", "apply", str(src), "--model", str(model), "-o",
                           str(tmp_path / "streamed.parquet"), "--json")
     assert streamed.returncode == 0, streamed.stderr.decode()
