@@ -56,8 +56,14 @@ def pair_id(messages: Sequence[dict], chosen: str, rejected: str) -> str:
     return digest(payload)
 
 
+TEXT_CHUNK = 65_536  # rows turned into Python texts at a time
+
+
 def texts_for(table: pa.Table, on: str) -> list[str]:
     """The text a stage works on: `prompt` (rendered history), `chosen`, `rejected`, or `pair` (all three)."""
+    if table.num_rows > TEXT_CHUNK:  # a chunk at a time: the message dicts of one chunk, not the whole table's
+        return [text for start in range(0, table.num_rows, TEXT_CHUNK)
+                for text in texts_for(table.slice(start, TEXT_CHUNK), on)]
     if on == "prompt":
         return [render_messages(m) for m in table.column("prompt").to_pylist()]
     if on in ("chosen", "rejected"):

@@ -493,7 +493,7 @@ def partition_edges(block: pa.Table, k: int, floor: float, threshold: float | No
         if verifier is not None:
             graph = _verified(graph, [texts[i] for i in members], verifier, propose, floor)
         if pair_texts is not None:
-            graph = by_parts(graph, _member_parts(pair_texts, members), part_models, propose)
+            graph = by_parts(graph, _member_parts(pair_texts, members), part_models, propose, floor)
         a, b = nodes[members][graph.src], nodes[members][graph.dst]
         keep = graph.linked(threshold, lexical) if threshold is not None else np.ones(len(a), bool)
         out.append(pa.table({"src": pa.array(a[keep], pa.int64()), "dst": pa.array(b[keep], pa.int64()),

@@ -168,6 +168,7 @@ class CachedEmbedder:
 STATIC = "static"  # --model static: the packaged MiniLM distilled to a static (model2vec) model
 MINILM = "minilm"  # --model minilm: the packaged all-MiniLM-L6-v2 encoder
 STATIC_DIMS = 256
+STATIC_CHUNK = 65_536  # texts per model2vec call
 
 
 def models_dir() -> Path:
@@ -247,9 +248,13 @@ class StaticEmbedder:
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         if not len(texts):
             return np.zeros((0, self.dim), dtype=np.float32)
-        vectors = np.asarray(self.model.encode(list(texts), show_progress_bar=False), dtype=np.float32)
-        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-        return vectors / np.where(norms > 0, norms, 1.0)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        for start in range(0, len(texts), STATIC_CHUNK):  # model2vec keeps every batch until it concatenates
+            vectors = np.asarray(self.model.encode(list(texts[start:start + STATIC_CHUNK]), show_progress_bar=False),
+                                 dtype=np.float32)
+            norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+            out[start:start + len(vectors)] = vectors / np.where(norms > 0, norms, 1.0)
+        return out
 
 
 def build_embedder(model: str | None = None, *, device: str = "auto", cache_dir: str | None = None,

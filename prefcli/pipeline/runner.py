@@ -367,6 +367,7 @@ class Runner:
                 work.mkdir(parents=True)
                 io.write_json({"written_by": "prefcli run", "stage": stage.name}, work / DIR_MARKER)
                 call, _, inputs, _ = self.build_call(stage, previous, fingerprint, work)
+                _release_memory()
                 _reset_peak_rss()
                 began = time.perf_counter()
                 outcome = execute(call, engine=self.engine())
@@ -456,6 +457,20 @@ def _stats_int(stats: dict, keys: tuple[str, ...]) -> int | None:
         if isinstance(stats.get(key), int):
             return stats[key]
     return None
+
+
+def _release_memory() -> None:
+    """Hand back what earlier stages freed (Python cycles, Arrow's pool, glibc's arenas): one process runs every
+    stage, and a stage should start from the memory it needs, not from the last stage's peak."""
+    import ctypes
+    import gc
+
+    import pyarrow as pa
+
+    gc.collect()
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):  # glibc only
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _reset_peak_rss() -> None:

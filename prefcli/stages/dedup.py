@@ -34,6 +34,7 @@ KEEP_POLICIES = ("first", "longest", "strongest", "random")
 DEFAULT_THRESHOLD = 0.92
 DEFAULT_AGAINST_THRESHOLD = 0.9
 GRAPH_K = 10  # neighbours kept per text in the graph artefact
+SEARCH_CHUNK = 65_536  # queries per kNN search call
 GRAPH_FLOOR = 0.5  # edges below this cosine are not kept: thresholds below it need a new search
 # Typo rescue: kNN candidates whose normalised texts differ by a few character edits (OSA distance
 # <= max(MIN_EDITS, EDIT_RATIO * length)) are duplicates whatever their cosine: a typo in a short
@@ -183,13 +184,18 @@ def knn_edges(base: np.ndarray, queries: np.ndarray, *, k: int, floor: float, de
     Node ids are positions plus the offsets; a query never links to itself.
     """
     index = NeighbourIndex(base, device=device)
-    sims, ids = index.search(queries, k)
-    rows = np.repeat(np.arange(len(queries), dtype=np.int64) + offset, ids.shape[1])
-    ids, sims = ids.ravel().astype(np.int64), sims.ravel()
-    keep = (ids >= 0) & (sims >= floor)
-    ids = ids + base_offset
-    keep &= ids != rows
-    return rows[keep], ids[keep], sims[keep], index.kind
+    found = []
+    for start in range(0, len(queries), SEARCH_CHUNK):  # the search's buffers stay a chunk's size
+        sims, ids = index.search(queries[start:start + SEARCH_CHUNK], k)
+        rows = np.repeat(np.arange(start, start + len(ids), dtype=np.int64) + offset, ids.shape[1])
+        ids, sims = ids.ravel().astype(np.int64), sims.ravel()
+        keep = (ids >= 0) & (sims >= floor)
+        ids = ids + base_offset
+        keep &= ids != rows
+        found.append((rows[keep], ids[keep], sims[keep]))
+    if not found:
+        return (*_no_edges(), index.kind)
+    return (*(np.concatenate([f[i] for f in found]) for i in range(3)), index.kind)
 
 
 def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequence[str], **kw) -> NeighbourGraph:
@@ -199,18 +205,20 @@ def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequenc
 
     if not len(src):
         return NeighbourGraph(src, dst, sim, np.zeros(0, np.int32), np.zeros(0, np.int32), **kw)
-    normal = np.array([normalize(t) for t in texts], dtype=object)
+    ends = np.unique(np.concatenate([src, dst]))  # only the texts with an edge are normalised
+    normal = np.array([normalize(texts[i]) for i in ends.tolist()], dtype=object)
+    a, b = np.searchsorted(ends, src), np.searchsorted(ends, dst)
     sizes = np.array([len(t) for t in normal], dtype=np.int32)
-    length = np.maximum(sizes[src], sizes[dst])
+    length = np.maximum(sizes[a], sizes[b])
     allowed = edit_allowance(length)
     # only pairs whose lengths could be within the allowance are compared, with a bounded (banded) distance
     edits = length.copy()
-    same = normal[src] == normal[dst]
+    same = normal[a] == normal[b]
     edits[same] = 0
-    close = np.flatnonzero((np.abs(sizes[src] - sizes[dst]) <= allowed) & ~same)
+    close = np.flatnonzero((np.abs(sizes[a] - sizes[b]) <= allowed) & ~same)
     for start in range(0, len(close), EDIT_CHUNK):  # cpdist copies its strings: a chunk at a time
         chunk = close[start:start + EDIT_CHUNK]
-        edits[chunk] = cpdist(normal[src[chunk]].tolist(), normal[dst[chunk]].tolist(), scorer=OSA.distance,
+        edits[chunk] = cpdist(normal[a[chunk]].tolist(), normal[b[chunk]].tolist(), scorer=OSA.distance,
                               score_cutoff=int(allowed[chunk].max()), workers=1)
     return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
 
@@ -397,9 +405,8 @@ class DedupRun:
 
 def stage_texts(table: pa.Table, on: str) -> list[str]:
     texts = texts_for(table, on)
-    blank = pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(pa.array(texts, pa.large_string()))), 0)
-    if pc.any(blank).as_py():
-        row = pc.index(blank, True).as_py()
+    row = next((i for i, text in enumerate(texts) if not text or text.isspace()), None)
+    if row is not None:
         raise InputError(f"row {row}: empty {on} text (dedup --on {on} needs text to compare)")
     return texts
 
@@ -435,7 +442,8 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
         else:
             graph, vectors = cascade_graph(node_texts, embedder, verifier, options)
         if options.on == "pair":
-            graph = by_parts(graph, pair_part_texts(table, groups.first_row), models, options.propose)
+            graph = by_parts(graph, pair_part_texts(table, groups.first_row), models, options.propose,
+                             options.floor)
         graph.fingerprint = fingerprint
         graph.meta = {**graph.meta, "model": model_id, "on": options.on, "k": options.k, "floor": options.floor}
     else:  # exact similarities to representatives when the cache has every clustered text's vector
@@ -460,29 +468,29 @@ def pair_part_texts(table: pa.Table, rows: np.ndarray) -> Callable[[str, np.ndar
     """--on pair: `texts(part, nodes)` gives the part's texts of those nodes, `rows[node]` being each node's row
     of `table`; only the rows asked for are read."""
     def texts(part: str, nodes: np.ndarray) -> list[str]:
-        return texts_for(table.take(pa.array(rows[nodes], pa.int64())), part)
+        return texts_for(table.select([part]).take(pa.array(rows[nodes], pa.int64())), part)
     return texts
 
 
 def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list[str]], models: Sequence,
-             propose: float = DEFAULT_PROPOSE) -> NeighbourGraph:
+             propose: float = DEFAULT_PROPOSE, floor: float = GRAPH_FLOOR) -> NeighbourGraph:
     """--on pair: two pairs are near-duplicates only when their prompts, chosen and rejected responses each are
     (one long shared part must not make two different pairs look alike). The whole-pair search proposes the
     edges; each edge's cosine becomes its least similar part's, each part embedded on its own (identical parts:
     1.0; with a proposer and a verifier, as in the cascade, the verifier re-scores the parts the proposer puts
     at `propose` or above); the typo rescue holds only when every part is within its own edit allowance.
     `part_texts(part, nodes)` gives the texts of a part (PAIR_PARTS) for sorted node ids; `models` are
-    embedders (.encode, normalised rows). Only the texts of nodes with an edge are read or embedded."""
-    if not len(graph.src):
-        return graph
-    nodes = np.unique(np.concatenate([graph.src, graph.dst]))
-    src, dst = np.searchsorted(nodes, graph.src), np.searchsorted(nodes, graph.dst)  # positions in `nodes`
-    sim = np.ones(len(src), np.float32)
-    typo = np.ones(len(src), bool)
+    embedders (.encode, normalised rows). An edge is dropped as soon as one part is below the graph `floor`
+    and not a typo copy (it can link at no threshold the graph keeps), so each part reads and embeds only the
+    texts of the edges still standing, the prompt (shortest) first."""
     for part in PAIR_PARTS:
+        if not len(graph.src):
+            return graph
+        nodes = np.unique(np.concatenate([graph.src, graph.dst]))
+        src, dst = np.searchsorted(nodes, graph.src), np.searchsorted(nodes, graph.dst)  # positions in `nodes`
         texts = part_texts(part, nodes)
-        found = with_edits(src, dst, sim, texts)
-        typo &= found.edits <= edit_allowance(found.length)
+        found = with_edits(src, dst, graph.sim, texts)
+        part_typo = found.edits <= edit_allowance(found.length)
         part_sim = np.ones(len(src), np.float32)
         todo = np.flatnonzero(found.edits > 0)  # the same normalised text: 1.0
         for j, model in enumerate(models):
@@ -494,10 +502,12 @@ def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list
                                                  vectors, np.searchsorted(ends, dst[todo])), -1.0, 1.0)
             if j + 1 < len(models):
                 todo = todo[part_sim[todo] >= propose]
-        sim = np.minimum(sim, part_sim)
-    edits = np.where(typo, graph.edits, graph.length + 1).astype(np.int32)
-    return NeighbourGraph(graph.src, graph.dst, sim, edits, graph.length, graph.fingerprint, graph.index_kind,
-                          {**graph.meta, "by_parts": True})
+        sim = np.minimum(graph.sim if part != PAIR_PARTS[0] else 1.0, part_sim).astype(np.float32)
+        edits = np.where(part_typo, graph.edits, graph.length + 1).astype(np.int32)
+        keep = (sim >= floor) | (edits <= edit_allowance(graph.length))  # can still link
+        graph = NeighbourGraph(graph.src[keep], graph.dst[keep], sim[keep], edits[keep], graph.length[keep],
+                               graph.fingerprint, graph.index_kind, {**graph.meta, "by_parts": True})
+    return graph
 
 
 def cascade_id(proposer, verifier, propose: float) -> str:
@@ -626,7 +636,8 @@ def dedup_new_rows(new: pa.Table, kept: pa.Table, embedder, options: DedupOption
     node_texts = [texts[i] for i in groups.first_row]
     graph = cross_graph(embedder.encode(node_texts), node_texts, kept_nodes, options)
     if options.on == "pair":
-        graph = by_parts(graph, pair_part_texts(both, groups.first_row), [embedder], options.propose)
+        graph = by_parts(graph, pair_part_texts(both, groups.first_row), [embedder], options.propose,
+                         options.floor)
     contam = contamination(both, against, embedder, threshold=options.against_threshold,
                            device=options.device) if against else None
     pinned_clusters = kept.column("dedup_cluster").to_pylist() if "dedup_cluster" in kept.column_names \
