@@ -22,16 +22,19 @@ def memoised(keys: Sequence[str], store: VectorStore | None, compute: Callable[[
     for i, key in enumerate(keys):
         first.setdefault(key, i)
     unique = list(first)
-    if store is not None:
+    if store is None:  # every key computed: the computed rows are the values (no second copy)
+        missing = np.arange(len(unique))
+        values = (np.asarray(compute([first[k] for k in unique]), dtype).reshape(len(unique), -1) if unique
+                  else np.zeros((0, width()), dtype))
+    else:
         found, values = store.get(unique)
         values = values.astype(dtype, copy=False)
-    else:
-        found, values = np.zeros(len(unique), bool), np.zeros((len(unique), width()), dtype)
-    missing = np.flatnonzero(~found)
-    if len(missing):
-        fresh = np.asarray(compute([first[unique[i]] for i in missing]), dtype).reshape(len(missing), -1)
-        values[missing] = fresh
-        if store is not None:
+        missing = np.flatnonzero(~found)
+        if len(missing):
+            fresh = np.asarray(compute([first[unique[i]] for i in missing]), dtype).reshape(len(missing), -1)
+            values[missing] = fresh
             store.put([unique[i] for i in missing], fresh)
+    if len(unique) == len(keys):  # no repeated key: `unique` is `keys`, in order
+        return values, len(missing)
     position = {k: i for i, k in enumerate(unique)}
     return values[[position[k] for k in keys]], len(missing)

@@ -205,21 +205,20 @@ def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequenc
 
     if not len(src):
         return NeighbourGraph(src, dst, sim, np.zeros(0, np.int32), np.zeros(0, np.int32), **kw)
-    ends = np.unique(np.concatenate([src, dst]))  # only the texts with an edge are normalised
-    normal = np.array([normalize(texts[i]) for i in ends.tolist()], dtype=object)
+    ends = np.unique(np.concatenate([src, dst]))  # the texts with an edge
+    sizes = np.fromiter((len(normalize(texts[i])) for i in ends.tolist()), np.int32, len(ends))
     a, b = np.searchsorted(ends, src), np.searchsorted(ends, dst)
-    sizes = np.array([len(t) for t in normal], dtype=np.int32)
     length = np.maximum(sizes[a], sizes[b])
     allowed = edit_allowance(length)
-    # only pairs whose lengths could be within the allowance are compared, with a bounded (banded) distance
+    # only pairs whose lengths could be within the allowance are compared, with a bounded (banded) distance;
+    # a chunk at a time, normalising just that chunk's texts (no normalised copy of every text is kept)
     edits = length.copy()
-    same = normal[a] == normal[b]
-    edits[same] = 0
-    close = np.flatnonzero((np.abs(sizes[a] - sizes[b]) <= allowed) & ~same)
-    for start in range(0, len(close), EDIT_CHUNK):  # cpdist copies its strings: a chunk at a time
+    close = np.flatnonzero(np.abs(sizes[a] - sizes[b]) <= allowed)
+    for start in range(0, len(close), EDIT_CHUNK):
         chunk = close[start:start + EDIT_CHUNK]
-        edits[chunk] = cpdist(normal[a[chunk]].tolist(), normal[b[chunk]].tolist(), scorer=OSA.distance,
-                              score_cutoff=int(allowed[chunk].max()), workers=1)
+        normal = {i: normalize(texts[ends[i]]) for i in np.unique(np.concatenate([a[chunk], b[chunk]])).tolist()}
+        edits[chunk] = cpdist([normal[i] for i in a[chunk].tolist()], [normal[i] for i in b[chunk].tolist()],
+                              scorer=OSA.distance, score_cutoff=int(allowed[chunk].max()), workers=1)
     return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
 
 
