@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -95,3 +96,52 @@ def test_bad_input_gives_one_line_error(files):
     assert_one_line_error(run_cli("dedup", str(files / "in.parquet"), "--keep", "strongest", "-o",
                                   str(files / "x.parquet")), "--keep strongest")
     assert not (files / "x.parquet").exists()
+
+
+def test_projected_columns_give_the_whole_table_outputs(files, monkeypatch):
+    """Past one stream batch the local engine hands dedup only the columns it needs (prompt, pair_id, the keep
+    scores; the responses too with --on pair) and joins the rest back as rows are written: the same kept and
+    set-aside tables as a whole-table run, flagging or dropping; a bad row in a column dedup does not read
+    still fails the command first, named from the file's start, with nothing written."""
+    from prefcli.engines import project, stream
+
+    src = str(files / "in.parquet")
+    against = ["--against", str(files / "eval.txt")]
+    runs = {
+        "flag": ["--seed", "1"],
+        "drop": ["--drop", *against, "--seed", "1"],
+        "pair": ["--on", "pair", "--drop", "--threshold", "0.9"],
+    }
+    whole = {}
+    for name, args in runs.items():
+        out = files / f"whole-{name}.parquet"
+        run_inproc("dedup", src, "-o", str(out), "-q", *args)
+        whole[name] = out
+    seen: list[list[str]] = []
+    real = project.run_projected
+
+    def recording(stage, source, ctx):
+        seen.append(source.table.column_names)
+        return real(stage, source, ctx)
+
+    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 16)
+    monkeypatch.setattr(project, "run_projected", recording)
+    for name, args in runs.items():
+        out = files / f"projected-{name}.parquet"
+        run_inproc("dedup", src, "-o", str(out), "-q", *args)
+        assert pq.read_table(out).equals(pq.read_table(whole[name])), name
+        rejects = [p.with_name(p.name.replace(".parquet", ".rejects.parquet")) for p in (whole[name], out)]
+        if "--drop" in args:
+            assert pq.read_table(rejects[1]).equals(pq.read_table(rejects[0])) and pq.read_table(rejects[1]).num_rows
+    assert len(seen) == 3
+    assert "chosen" not in seen[0] and "meta" not in seen[0] and "prompt" in seen[0] and "pair_id" in seen[0]
+    assert {"prompt", "chosen", "rejected"} <= set(seen[2]) and "meta" not in seen[2]
+    table = pq.read_table(src)
+    chosen = table.column("chosen").to_pylist()
+    chosen[50] = None
+    bad = files / "bad-chosen.parquet"
+    io.write_table(table.set_column(table.column_names.index("chosen"), "chosen", pa.array(chosen, pa.large_string())),
+                   bad)
+    result = run_inproc("dedup", str(bad), "-o", str(files / "never.parquet"))
+    assert_one_line_error(result, "row 50")
+    assert not (files / "never.parquet").exists() and len(seen) == 3

@@ -103,21 +103,27 @@ def make_engine(spec: "str | EngineSpec | None", *, quiet: bool = False):
 
 class LocalEngine:
     """The in-process default: `stage.run(table, ctx)`; a stage that streams (export) runs batch by batch over
-    its Parquet input, its rows spilled to temp Parquet files and written from there (prefcli.engines.stream)."""
+    its Parquet input, its rows spilled to temp Parquet files and written from there (prefcli.engines.stream);
+    a stage that needs only some columns (dedup) gets only those, the rest joined back as its rows are written
+    (prefcli.engines.project)."""
 
     name = "local"
 
     def read(self, stage, call):
+        from .project import project_input
         from .stream import stream_input
 
-        return stream_input(stage, call) or stage.read(call)
+        return stream_input(stage, call) or project_input(stage, call) or stage.read(call)
 
     def take(self, table, indices):
         return table.take(indices)
 
     def run(self, stage, table, ctx):
+        from .project import ProjectedInput, run_projected
         from .stream import BatchInput, run_streamed
 
         if isinstance(table, BatchInput):
             return run_streamed(stage, table, ctx)
+        if isinstance(table, ProjectedInput):
+            return run_projected(stage, table, ctx)
         return stage.run(table, ctx)
