@@ -254,7 +254,7 @@ def test_bradley_terry_fit_one_row_per_pair_is_the_stacked_fit(alpaca_noisy):
                                      random_state=0)
         stacked.fit(sp.vstack([delta, -delta]).tocsr(), np.r_[np.ones(len(w)), np.zeros(len(w))],
                     sample_weight=np.r_[w, w])
-        ours = _fit_bt(delta, w, 1.0)
+        ours = _fit_bt(delta, np.arange(delta.shape[0]), w, 1.0)
         assert ours.shape == stacked.coef_[0].shape and np.abs(ours).max() > 0
         assert np.corrcoef(ours, stacked.coef_[0])[0, 1] > 0.9999
         np.testing.assert_allclose(np.linalg.norm(ours), np.linalg.norm(stacked.coef_[0]), rtol=1e-2)

@@ -161,18 +161,23 @@ class _Features:
         return self._tfidf.transform(responses).tocsr()
 
 
-def _fit_bt(delta, weights: np.ndarray, c: float) -> np.ndarray:
-    """Bradley-Terry weights w: minimise C·Σ weight·log(1 + exp(−w·Δ)) + ½‖w‖².
+def _fit_bt(deltas, rows: np.ndarray, weights: np.ndarray, c: float) -> np.ndarray:
+    """Bradley-Terry weights w on the pairs `rows` of `deltas`: minimise C·Σ weight·log(1 + exp(−w·Δ)) + ½‖w‖².
 
     That is logistic regression without intercept on s·Δ with label s > 0, s alternating +1, −1 row by row
     (the loss of −Δ labelled 0 is the loss of Δ labelled 1): one row per pair, where stacking ±Δ needs two
-    (and twice liblinear's memory). liblinear's dual solver is fast on the wide sparse TF-IDF view and on the
-    dense one alike.
+    (and twice liblinear's memory). The rows are copied once, as the float64 liblinear reads, and signed in
+    place. liblinear's dual solver is fast on the wide sparse TF-IDF view and on the dense one alike.
     """
     from sklearn.linear_model import LogisticRegression
 
-    sign = np.where(np.arange(delta.shape[0]) % 2 == 0, 1.0, -1.0)
-    signed = delta.multiply(sign[:, None]).tocsr() if sp.issparse(delta) else delta * sign[:, None]
+    sign = np.where(np.arange(len(rows)) % 2 == 0, 1.0, -1.0)
+    signed = deltas[rows].astype(np.float64)
+    if sp.issparse(signed):
+        signed = signed.tocsr()
+        signed.data *= np.repeat(sign, np.diff(signed.indptr))
+    else:
+        signed *= sign[:, None]
     model = LogisticRegression(C=c, fit_intercept=False, solver="liblinear", tol=1e-4, max_iter=200,
                                random_state=0)
     model.fit(signed, (sign > 0).astype(np.float64), sample_weight=weights)
@@ -188,12 +193,12 @@ def train_fold(shared: tuple[dict, "EnsembleConfig"], train: np.ndarray) -> dict
     without the `drop` share they fit worst. A pure function of its inputs (folds run anywhere, in any order)."""
     deltas, c = shared
     weights = np.ones(len(train))
-    coef = {v: _fit_bt(deltas[v][train], weights, _c(c, v)) for v in c.views}
+    coef = {v: _fit_bt(deltas[v], train, weights, _c(c, v)) for v in c.views}
     if c.drop <= 0:
         return coef
     margin = np.mean([_zscale(_dot(deltas[v][train], coef[v])) for v in c.views], axis=0)
     weights = (margin > np.quantile(margin, c.drop)).astype(np.float64)
-    return {v: _fit_bt(deltas[v][train], weights, _c(c, v)) for v in c.views}
+    return {v: _fit_bt(deltas[v], train, weights, _c(c, v)) for v in c.views}
 
 
 def _zscale(m: np.ndarray) -> np.ndarray:
