@@ -126,6 +126,35 @@ def test_actions_flip_drop_soft_keep_row_accounting(llmbar_scored, tmp_path):
     assert (probs[incorrect] < 0.5).all() and (probs[~incorrect] > probs[incorrect].max()).all()
 
 
+def test_projected_columns_give_the_whole_table_outputs(llmbar_scored, tmp_path, monkeypatch):
+    """Past one stream batch the local engine hands vote only the pairs, the side scores and the columns a
+    `scores:` voter names; the other columns come back as rows are written: the same tables as a whole-table
+    run, for every action (flip swaps projected columns; drop sets rows aside)."""
+    from prefcli.engines import project, stream
+
+    _, table = llmbar_scored
+    judge = np.random.default_rng(0).normal(size=(table.num_rows, 2))
+    table = table.append_column("judge_chosen", pa.array(judge[:, 0])).append_column("judge_rejected",
+                                                                                      pa.array(judge[:, 1]))
+    src = tmp_path / "in.parquet"
+    pq.write_table(table, src)
+    extra = ["--rm", "j=scores:judge_chosen,judge_rejected"]
+    whole = {a: _vote_cli(src, tmp_path / f"whole-{a}.parquet", "--action", a, *extra)[1]
+             for a in ("none", "flip", "drop")}
+    seen = []
+    real = project.run_projected
+    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 16)
+    monkeypatch.setattr(project, "run_projected", lambda st, source, ctx: seen.append(source.table.column_names)
+                        or real(st, source, ctx))
+    for action, expected in whole.items():
+        _, got = _vote_cli(src, tmp_path / f"projected-{action}.parquet", "--action", action, *extra)
+        assert got.equals(expected), action
+    side = [pq.read_table(tmp_path / f"{kind}-drop.rejects.parquet") for kind in ("whole", "projected")]
+    assert side[0].num_rows and side[1].equals(side[0])
+    assert len(seen) == 3 and {"judge_chosen", "judge_rejected", "chosen_score"} <= set(seen[0])
+    assert "meta" not in seen[0] and "source" not in seen[0]
+
+
 def test_bad_rm_spec_and_options_one_line_errors(llmbar_scored, tmp_path):
     src, _ = llmbar_scored
     out = tmp_path / "x.parquet"

@@ -54,7 +54,9 @@ def project_input(stage: Stage, call) -> ProjectedInput | None:
         part = batch.select([name for name in batch.column_names if name in wanted])
         parts.append(part.append_column(ROW, pa.array(np.arange(offset, offset + batch.num_rows), pa.int64())))
         offset += batch.num_rows
-    return ProjectedInput(path, pa.concat_tables(parts), schema)
+    table = pa.concat_tables(parts)
+    pa.default_memory_pool().release_unused()  # the other columns' batches, freed but still held by the pool
+    return ProjectedInput(path, table, schema)
 
 
 def run_projected(stage: Stage, source: ProjectedInput, ctx) -> "StageResult":  # noqa: F821

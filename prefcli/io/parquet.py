@@ -42,15 +42,25 @@ def write_table(table: pa.Table, path: str | os.PathLike) -> None:
 def _write_groups(table: pa.Table, where) -> None:
     """Row groups of ROW_GROUP_ROWS, each written as one contiguous chunk: the bytes do not depend on how the
     table happens to be chunked (a whole table, or the same rows streamed block by block by write_tables)."""
-    with pq.ParquetWriter(where, table.schema, compression="zstd") as writer:
-        _write_rows(writer, table)
+    plain = _decoded(table.schema)
+    with pq.ParquetWriter(where, plain, compression="zstd") as writer:
+        _write_rows(writer, table, plain)
 
 
-def _write_rows(writer: pq.ParquetWriter, table: pa.Table) -> None:
+def _decoded(schema: pa.Schema) -> pa.Schema:
+    """The schema with dictionary columns as their values: a dictionary kept in memory to share repeated values
+    (e.g. the dedup graph's node keys) is written out decoded, a row group at a time, not once per row group."""
+    fields = [f.with_type(f.type.value_type) if pa.types.is_dictionary(f.type) else f for f in schema]
+    return pa.schema(fields, metadata=schema.metadata)
+
+
+def _write_rows(writer: pq.ParquetWriter, table: pa.Table, plain: pa.Schema | None = None) -> None:
+    plain = plain or table.schema
     if not table.num_rows:
-        writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+        writer.write_table(table.cast(plain), row_group_size=ROW_GROUP_ROWS)
     for start in range(0, table.num_rows, ROW_GROUP_ROWS):
-        writer.write_table(table.slice(start, ROW_GROUP_ROWS).combine_chunks(), row_group_size=ROW_GROUP_ROWS)
+        group = table.slice(start, ROW_GROUP_ROWS).combine_chunks()
+        writer.write_table(group.cast(plain) if group.schema != plain else group, row_group_size=ROW_GROUP_ROWS)
 
 
 def write_tables(tables: Iterable[pa.Table], schema: pa.Schema, path: str | os.PathLike) -> None:
@@ -58,17 +68,18 @@ def write_tables(tables: Iterable[pa.Table], schema: pa.Schema, path: str | os.P
     same row groups and bytes as `write_table` of their concatenation."""
     pending: list[pa.Table] = []
     rows, written = 0, False
-    with pq.ParquetWriter(str(path), schema, compression="zstd") as writer:
+    plain = _decoded(schema)
+    with pq.ParquetWriter(str(path), plain, compression="zstd") as writer:
         for table in tables:
             pending.append(table.cast(schema) if table.schema != schema else table)
             rows += table.num_rows
             if rows >= ROW_GROUP_ROWS:
                 buffered = pa.concat_tables(pending)
                 whole = rows - rows % ROW_GROUP_ROWS
-                _write_rows(writer, buffered.slice(0, whole))
+                _write_rows(writer, buffered.slice(0, whole), plain)
                 pending, rows, written = [buffered.slice(whole)], rows - whole, True
         if rows or not written:
-            _write_rows(writer, pa.concat_tables(pending) if pending else schema.empty_table())
+            _write_rows(writer, pa.concat_tables(pending) if pending else schema.empty_table(), plain)
 
 
 class ParquetSink:

@@ -131,17 +131,20 @@ class NeighbourGraph:
         keep = self.linked(threshold, lexical)
         return self.src[keep], self.dst[keep]
 
-    def to_table(self, groups: ExactGroups, pair_ids: Sequence[str]) -> pa.Table:
-        """Parquet-ready: text keys (what re-clustering needs) plus the pair_ids of their first rows."""
-        keys = np.array(groups.keys, dtype=object)
-        first_pairs = np.array(pair_ids, dtype=object)[groups.first_row]
+    def to_table(self, groups: ExactGroups, pair_ids: "Sequence[str] | pa.ChunkedArray") -> pa.Table:
+        """Parquet-ready: text keys (what re-clustering needs) plus the pair_ids of their first rows. Each node's
+        key and pair_id is stored once, as a dictionary the edges index (two int32 per edge, not four strings)."""
+        keys = pa.array(groups.keys, pa.large_string())
+        pair_ids = pair_ids.combine_chunks() if isinstance(pair_ids, pa.ChunkedArray) else pa.array(pair_ids)
+        first_pairs = pair_ids.cast(pa.large_string()).take(pa.array(groups.first_row, pa.int64()))
+        src, dst = pa.array(self.src.astype(np.int32)), pa.array(self.dst.astype(np.int32))
         meta = {"fingerprint": self.fingerprint, "index": self.index_kind,
                 **{k: str(v) for k, v in self.meta.items()}}
         return pa.table({
-            "text_key": pa.array(keys[self.src], pa.large_string()),
-            "neighbour_text_key": pa.array(keys[self.dst], pa.large_string()),
-            "pair_id": pa.array(first_pairs[self.src], pa.large_string()),
-            "neighbour_pair_id": pa.array(first_pairs[self.dst], pa.large_string()),
+            "text_key": pa.DictionaryArray.from_arrays(src, keys),
+            "neighbour_text_key": pa.DictionaryArray.from_arrays(dst, keys),
+            "pair_id": pa.DictionaryArray.from_arrays(src, first_pairs),
+            "neighbour_pair_id": pa.DictionaryArray.from_arrays(dst, first_pairs),
             "similarity": pa.array(self.sim, pa.float32()),
             "edits": pa.array(self.edits, pa.int32()),
             "length": pa.array(self.length, pa.int32()),
@@ -824,7 +827,8 @@ class DedupStage(Stage):
         run = dedup(table, embedder, self.options(ctx), against=ctx.inputs.get("against") or [],
                     graph_source=source, verifier=verifier)
         result = run.result
-        result.artifacts["graph"] = run.graph.to_table(run.groups, table.column("pair_id").to_pylist())
+        if cache_root is not None or getattr(self, "_graph_path", None):  # written: to the cache, or to --graph
+            result.artifacts["graph"] = run.graph.to_table(run.groups, table.column("pair_id"))
         result.artifacts["graph_fingerprint"] = run.graph.fingerprint
         self._cache_root = cache_root
         if p.explain:

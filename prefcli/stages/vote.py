@@ -348,6 +348,13 @@ class VoteStage(Stage):
         self.thresholds(ctx)
         self.reward_models(ctx)
 
+    def columns_needed(self, columns: list[str], ctx: Context) -> list[str]:
+        """What the reward models read (prompt, responses, pair_id), the side scores a flip swaps, and the columns
+        `scores:` voters read."""
+        named = [c for m in self.reward_models(ctx) for c in (getattr(m, "chosen_column", None),
+                                                               getattr(m, "rejected_column", None)) if c]
+        return ["pair_id", "prompt", "chosen", "rejected", "chosen_score", "rejected_score", *named]
+
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
         options = VoteOptions(action=self.params.action, thresholds=self.thresholds(ctx), seed=ctx.seed)
         models, self._models = self.reward_models(ctx), None
