@@ -286,11 +286,10 @@ class Stage:
     def has_first_pass(self) -> bool:
         return type(self).first_pass is not Stage.first_pass
 
-    def columns_needed(self, columns: list[str], ctx: Context) -> list[str] | None:
+    def columns_needed(self, ctx: Context) -> list[str] | None:
         """For a whole-table stage that adds columns and keeps or sets aside rows (its rows written through
-        `takes_row_blocks`): the input columns `run` reads, of the input's `columns`. The local engine then hands
-        `run` only those (and a row number it must keep) and joins the rest back as the rows are written.
-        None: every column."""
+        `takes_row_blocks`): the input columns `run` reads. The local engine then hands `run` only those (and a
+        row number it must keep) and joins the rest back as the rows are written. None: every column."""
         return None
 
     def rows_used(self, n: int, ctx: Context):

@@ -37,17 +37,11 @@ class ProjectedInput:
 def project_input(stage: Stage, call) -> ProjectedInput | None:
     """The input as a ProjectedInput when the stage names the columns it needs and reads one pairs Parquet file
     the default way; None otherwise (small files too: they are read whole)."""
-    if stage.input != "pairs" or type(stage).read is not Stage.read or not stage.takes_row_blocks() or not call.inputs:
-        return None
-    path = call.inputs[0]
-    if path == io.STDIO or io.dataset_parts(path):
-        return None
-    rows = io.parquet_rows(path)
-    if rows is None or rows <= stream.STREAM_BATCH_ROWS:
-        return None
-    wanted = stage.columns_needed(io.parquet_columns(path), call.ctx)
+    found = stream.large_parquet_input(stage, call)
+    wanted = stage.columns_needed(call.ctx) if found else None
     if wanted is None:
         return None
+    path = found[0]
     parts, schema, offset = [], None, 0
     for batch in io.iter_pair_batches(path, batch_rows=stream.STREAM_BATCH_ROWS):
         schema = schema or batch.schema

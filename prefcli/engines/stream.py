@@ -36,18 +36,23 @@ class BatchInput:
 
 def stream_input(stage: Stage, call) -> BatchInput | None:
     """The input as a BatchInput when the stage streams and reads a pairs Parquet file the default way."""
-    if (stage.input != "pairs" or type(stage).read is not Stage.read or not stage.streams()
-            or not stage.takes_row_blocks() or not call.inputs):
+    found = large_parquet_input(stage, call) if stage.streams() else None
+    return BatchInput(*found, STREAM_BATCH_ROWS) if found else None
+
+
+def large_parquet_input(stage: Stage, call) -> tuple[str, int] | None:
+    """(path, rows) when the stage reads its rows from one local pairs Parquet file the default way, writes them
+    in blocks, and the file holds more than one stream batch; None otherwise (small files are read whole)."""
+    if (stage.input != "pairs" or type(stage).read is not Stage.read or not stage.takes_row_blocks()
+            or not call.inputs):
         return None
     path = call.inputs[0]
     if path == io.STDIO or io.dataset_parts(path):
         return None
     rows = io.parquet_rows(path)
-    if rows is None:
-        return None  # not Parquet: the local reader gives the one-line error
-    if rows <= STREAM_BATCH_ROWS:
-        return None  # one batch: the whole-table path, no spill
-    return BatchInput(path, rows, STREAM_BATCH_ROWS)
+    if rows is None or rows <= STREAM_BATCH_ROWS:
+        return None  # not Parquet (the reader gives the one-line error), or one batch: the whole-table path
+    return path, rows
 
 
 class SpilledRows:

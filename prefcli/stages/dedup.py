@@ -799,7 +799,7 @@ class DedupStage(Stage):
     def takes_row_blocks(self) -> bool:
         return True
 
-    def columns_needed(self, columns: list[str], ctx: Context) -> list[str]:
+    def columns_needed(self, ctx: Context) -> list[str]:
         """The texts compared, pair_id (the graph, --keep random), the prompt (--against) and the keep scores."""
         texts = list(PAIR_PARTS) if self.params.on == "pair" else [self.params.on]
         return ["pair_id", "prompt", *texts, "pref_mean", "chosen_score", "rejected_score"]

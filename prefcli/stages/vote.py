@@ -348,7 +348,7 @@ class VoteStage(Stage):
         self.thresholds(ctx)
         self.reward_models(ctx)
 
-    def columns_needed(self, columns: list[str], ctx: Context) -> list[str]:
+    def columns_needed(self, ctx: Context) -> list[str]:
         """What the reward models read (prompt, responses, pair_id), the side scores a flip swaps, and the columns
         `scores:` voters read."""
         named = [c for m in self.reward_models(ctx) for c in (getattr(m, "chosen_column", None),
