@@ -373,6 +373,17 @@ def test_residual_step_zeroes_rho_and_gap_on_the_fitted_pairs(method, residual):
     assert "residual" not in none["scores"]["pref_mean"]
 
 
+def test_average_ranks_are_scipys_rankdata_ties_included(planted):
+    from scipy.stats import rankdata
+
+    len_c, len_r = lb.response_lengths(planted, LengthMeasure("chars"))
+    margin = np.asarray(planted.column("pref_mean").to_numpy(), np.float64)
+    d = len_c - len_r
+    assert len(np.unique(d)) < len(d)  # real character lengths repeat: the ties path runs
+    for values in (d, margin, np.round(margin, 1), np.sign(d), np.append(margin, [np.inf, -np.inf, -0.0, 0.0])):
+        assert np.array_equal(lb.average_ranks(values), rankdata(values))
+
+
 def test_models_without_a_residual_step_still_apply_and_bad_ones_fail(planted):
     lengths = lb.response_lengths(planted, LengthMeasure("chars"))
     new = lb.fit(planted, ["rm_a"], lengths, length_spec="chars")

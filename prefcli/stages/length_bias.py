@@ -218,10 +218,31 @@ def _accuracy_gap(margin: np.ndarray, d: np.ndarray) -> float | None:
     return float(correct[longer].mean() - correct[shorter].mean())
 
 
-def _centred_ranks(x: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
+def average_ranks(x: np.ndarray) -> np.ndarray:
+    """scipy's rankdata(x) (ties share their mean rank), from numpy's unstable argsort: ties get the same
+    rank whatever their order, and the SIMD quicksort is about 6x faster than the stable sort scipy uses."""
+    x = np.asarray(x, np.float64)
+    if np.isnan(x).any():
+        from scipy.stats import rankdata
 
-    r = rankdata(x)
+        return rankdata(x)
+    order = np.argsort(x)
+    ordered = x[order]
+    ranks = np.empty(len(x), np.float64)
+    new_value = np.empty(len(x), bool)
+    new_value[:1] = True
+    np.not_equal(ordered[1:], ordered[:-1], out=new_value[1:])
+    if new_value.all():
+        ranks[order] = np.arange(1, len(x) + 1, dtype=np.float64)
+        return ranks
+    starts = np.flatnonzero(np.append(new_value, True))
+    group = np.cumsum(new_value) - 1
+    ranks[order] = 0.5 * (starts[group] + starts[group + 1] + 1)
+    return ranks
+
+
+def _centred_ranks(x: np.ndarray) -> np.ndarray:
+    r = average_ranks(x)
     return r - r.mean()
 
 
