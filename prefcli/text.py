@@ -6,8 +6,9 @@ import hashlib
 import json
 import re
 import unicodedata
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
+import numpy as np
 import pyarrow as pa
 
 _WS = re.compile(r"\s+")
@@ -42,9 +43,15 @@ def text_key(text: str) -> str:
 
 
 def text_keys(texts: Sequence[str]) -> list[str]:
-    """text_key of each text; repeated texts (many pairs share a prompt) are normalised once."""
+    """text_key of each text; a text repeated within TEXT_CHUNK texts (many pairs share a prompt) is normalised
+    once, and only a chunk's texts are remembered (`texts` may be a TableTexts that is never held whole)."""
+    out: list[str] = []
     keys: dict[str, str] = {}
-    return [keys[t] if t in keys else keys.setdefault(t, text_key(t)) for t in texts]
+    for text in texts:
+        if len(keys) >= TEXT_CHUNK:
+            keys.clear()
+        out.append(keys[text] if text in keys else keys.setdefault(text, text_key(text)))
+    return out
 
 
 def prompt_id(messages: Sequence[dict]) -> str:
@@ -73,6 +80,63 @@ def texts_for(table: pa.Table, on: str) -> list[str]:
         return [f"{p}\n\nchosen: {c}\n\nrejected: {r}"
                 for p, c, r in zip(prompts, table.column("chosen").to_pylist(), table.column("rejected").to_pylist())]
     raise ValueError(f"unknown text view '{on}' (expected prompt, pair, chosen or rejected)")
+
+
+class TableTexts(Sequence[str]):
+    """The texts_for view of a table's rows, built TEXT_CHUNK rows at a time when read and never held whole:
+    a million whole-pair texts are gigabytes as Python strings, already held once by the table.
+    `rows` picks the rows, in order (default: every row)."""
+
+    def __init__(self, table: pa.Table, on: str, rows: np.ndarray | None = None):
+        self.table, self.on = table, on
+        self.rows = None if rows is None else np.asarray(rows, np.int64)
+
+    def __len__(self) -> int:
+        return self.table.num_rows if self.rows is None else len(self.rows)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.take(np.arange(len(self))[i])
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        return self.take(np.array([i % len(self)]))[0]
+
+    def __iter__(self) -> Iterator[str]:
+        for start in range(0, len(self), TEXT_CHUNK):
+            yield from self.take(np.arange(start, min(start + TEXT_CHUNK, len(self))))
+
+    def take(self, positions: np.ndarray) -> list[str]:
+        """The texts at these positions (a list)."""
+        rows = np.asarray(positions, np.int64) if self.rows is None else self.rows[positions]
+        out: list[str] = []
+        for start in range(0, len(rows), TEXT_CHUNK):
+            chunk = rows[start:start + TEXT_CHUNK]
+            contiguous = len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1 and bool(np.all(np.diff(chunk) == 1))
+            part = self.table.slice(int(chunk[0]), len(chunk)) if contiguous else self.table.take(pa.array(chunk))
+            out.extend(texts_for(part.select([c for c in VIEW_COLUMNS[self.on]]), self.on))
+        return out
+
+    def subset(self, positions: np.ndarray) -> "TableTexts":
+        rows = np.asarray(positions, np.int64) if self.rows is None else self.rows[positions]
+        return TableTexts(self.table, self.on, rows)
+
+
+VIEW_COLUMNS = {"prompt": ("prompt",), "chosen": ("chosen",), "rejected": ("rejected",),
+                "pair": ("prompt", "chosen", "rejected")}
+
+
+def pick(texts: Sequence[str], positions: np.ndarray) -> Sequence[str]:
+    """The texts at these positions: a TableTexts stays lazy, a list gives a list."""
+    if isinstance(texts, TableTexts):
+        return texts.subset(positions)
+    return [texts[i] for i in np.asarray(positions).tolist()]
+
+
+def take_texts(texts: Sequence[str], positions: np.ndarray) -> list[str]:
+    """The texts at these positions, as a list."""
+    if isinstance(texts, TableTexts):
+        return texts.take(positions)
+    return [texts[i] for i in np.asarray(positions).tolist()]
 
 
 def word_count(texts: Iterable[str]) -> list[int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -96,6 +97,64 @@ def test_bad_input_gives_one_line_error(files):
     assert_one_line_error(run_cli("dedup", str(files / "in.parquet"), "--keep", "strongest", "-o",
                                   str(files / "x.parquet")), "--keep strongest")
     assert not (files / "x.parquet").exists()
+
+
+def test_texts_read_a_chunk_at_a_time_give_the_same_outputs(files, monkeypatch):
+    """dedup never holds every text: the view is read from the table TEXT_CHUNK rows at a time (keys, blank
+    check, embedding, edit distances, each pair part, decontamination). With a 7-row chunk the outputs equal
+    the defaults' (where 90 rows fit one chunk): flagging, dropping with --against, --on pair, --keep longest."""
+    from prefcli import text
+    from prefcli.models import embed
+    from prefcli.stages import dedup as dd
+
+    src = str(files / "in.parquet")
+    runs = {
+        "flag": ["--seed", "1", "--keep", "longest"],
+        "drop": ["--drop", "--against", str(files / "eval.txt"), "--seed", "1"],
+        "pair": ["--on", "pair", "--drop", "--threshold", "0.9"],
+    }
+    whole = {}
+    for name, args in runs.items():
+        whole[name] = files / f"one-chunk-{name}.parquet"
+        run_inproc("dedup", src, "-o", str(whole[name]), "-q", *args)
+    read: list[int] = []
+    real_take = text.TableTexts.take
+
+    def counting(self, positions):
+        read.append(len(positions))
+        return real_take(self, positions)
+
+    for module in (text, embed, dd):
+        monkeypatch.setattr(module, "TEXT_CHUNK", 7)
+    monkeypatch.setattr(text.TableTexts, "take", counting)
+    for name, args in runs.items():
+        out = files / f"chunked-{name}.parquet"
+        run_inproc("dedup", src, "-o", str(out), "-q", *args)
+        assert pq.read_table(out).equals(pq.read_table(whole[name])), name
+        if "--drop" in args:
+            rejects = [p.with_name(p.name.replace(".parquet", ".rejects.parquet")) for p in (whole[name], out)]
+            assert pq.read_table(rejects[1]).equals(pq.read_table(rejects[0])) and pq.read_table(rejects[1]).num_rows
+    assert read and max(read) <= 7
+
+
+def test_table_texts_are_the_text_view_read_when_asked_for(files, monkeypatch):
+    from prefcli import text
+
+    table = pq.read_table(files / "in.parquet")
+    monkeypatch.setattr(text, "TEXT_CHUNK", 4)
+    for on in ("prompt", "chosen", "pair"):
+        full = text.texts_for(table, on)
+        lazy = text.TableTexts(table, on)
+        assert len(lazy) == len(full) and list(lazy) == full
+        assert lazy[-1] == full[-1] and lazy[5] == full[5] and lazy[3:11:2] == full[3:11:2]
+        picked = np.array([40, 2, 2, 17, 89, 3])
+        assert lazy.take(picked) == [full[i] for i in picked]
+        sub = text.pick(lazy, picked)
+        assert isinstance(sub, text.TableTexts) and list(sub) == [full[i] for i in picked]
+        assert text.take_texts(sub, np.array([5, 0])) == [full[3], full[40]]
+        assert text.text_keys(lazy) == [text.text_key(t) for t in full]
+    with pytest.raises(IndexError):
+        text.TableTexts(table, "prompt")[table.num_rows]
 
 
 def test_projected_columns_give_the_whole_table_outputs(files, monkeypatch):

@@ -13,7 +13,7 @@ from ..cache.memo import memoised
 from ..cache.vectors import VectorStore
 from ..errors import InputError
 from ..io import atomic_path
-from ..text import text_keys
+from ..text import TEXT_CHUNK, take_texts, text_keys
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -150,11 +150,20 @@ class CachedEmbedder:
         return self.embedder.dim
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        vectors, computed = memoised(text_keys(texts), self.store,
-                                     lambda rows: self.embedder.encode([texts[i] for i in rows]),
+        vectors, computed = memoised(text_keys(texts), self.store, lambda rows: self._encode_rows(texts, rows),
                                      width=lambda: self.dim)
         self.computed += computed
         return vectors
+
+    def _encode_rows(self, texts: Sequence[str], rows: list[int]) -> np.ndarray:
+        """The vectors of texts[rows], TEXT_CHUNK texts at a time (a TableTexts is read a chunk at a time)."""
+        if len(rows) <= TEXT_CHUNK:
+            return self.embedder.encode(take_texts(texts, np.asarray(rows, np.int64)))
+        out = np.empty((len(rows), self.dim), np.float32)
+        for start in range(0, len(rows), TEXT_CHUNK):
+            chunk = np.asarray(rows[start:start + TEXT_CHUNK], np.int64)
+            out[start:start + len(chunk)] = self.embedder.encode(take_texts(texts, chunk))
+        return out
 
     def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """(found mask, vectors) from the cache alone: never embeds; rows not found are zeros."""

@@ -26,7 +26,8 @@ from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
 from ..stage import (SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage, Write, option,
                      register)
-from ..text import digest, normalize, render_messages, text_key, text_keys, texts_for
+from ..text import (TEXT_CHUNK, TableTexts, digest, normalize, pick, render_messages, take_texts, text_key, text_keys,
+                    texts_for)
 
 STAGE = "dedup"
 TEXT_VIEWS = ("prompt", "pair", "chosen")
@@ -201,15 +202,28 @@ def knn_edges(base: np.ndarray, queries: np.ndarray, *, k: int, floor: float, de
     return (*(np.concatenate([f[i] for f in found]) for i in range(3)), index.kind)
 
 
-def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequence[str], **kw) -> NeighbourGraph:
-    """A graph whose edges carry the character edit distance between their normalised texts."""
+TextsAt = Callable[[np.ndarray], list[str]]  # the texts at sorted node ids
+
+
+def texts_at(texts: "Sequence[str] | TextsAt") -> TextsAt:
+    """A text list as a TextsAt; a TextsAt (texts read from a table when asked for) as it is."""
+    return texts if callable(texts) else (lambda ids: take_texts(texts, ids))
+
+
+def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: "Sequence[str] | TextsAt",
+               **kw) -> NeighbourGraph:
+    """A graph whose edges carry the character edit distance between their normalised texts. `texts` is a
+    list, or a TextsAt that reads them when asked for: only a chunk's texts are held at a time."""
     from rapidfuzz.distance import OSA
     from rapidfuzz.process import cpdist
 
     if not len(src):
         return NeighbourGraph(src, dst, sim, np.zeros(0, np.int32), np.zeros(0, np.int32), **kw)
+    at = texts_at(texts)
     ends = np.unique(np.concatenate([src, dst]))  # the texts with an edge
-    sizes = np.fromiter((len(normalize(texts[i])) for i in ends.tolist()), np.int32, len(ends))
+    sizes = np.empty(len(ends), np.int32)
+    for start in range(0, len(ends), TEXT_CHUNK):
+        sizes[start:start + TEXT_CHUNK] = [len(normalize(t)) for t in at(ends[start:start + TEXT_CHUNK])]
     a, b = np.searchsorted(ends, src), np.searchsorted(ends, dst)
     length = np.maximum(sizes[a], sizes[b])
     allowed = edit_allowance(length)
@@ -219,10 +233,22 @@ def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequenc
     close = np.flatnonzero(np.abs(sizes[a] - sizes[b]) <= allowed)
     for start in range(0, len(close), EDIT_CHUNK):
         chunk = close[start:start + EDIT_CHUNK]
-        normal = {i: normalize(texts[ends[i]]) for i in np.unique(np.concatenate([a[chunk], b[chunk]])).tolist()}
+        ids = np.unique(np.concatenate([a[chunk], b[chunk]]))
+        normal = dict(zip(ids.tolist(), map(normalize, at(ends[ids]))))
         edits[chunk] = cpdist([normal[i] for i in a[chunk].tolist()], [normal[i] for i in b[chunk].tolist()],
                               scorer=OSA.distance, score_cutoff=int(allowed[chunk].max()), workers=1)
     return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
+
+
+def encode_at(model, at: TextsAt, ids: np.ndarray) -> np.ndarray:
+    """model.encode of the texts at `ids` (sorted), TEXT_CHUNK texts at a time: their vectors, not every text."""
+    out = None
+    for start in range(0, len(ids), TEXT_CHUNK):
+        vectors = np.asarray(model.encode(at(ids[start:start + TEXT_CHUNK])), dtype=np.float32)
+        if out is None:
+            out = np.empty((len(ids), vectors.shape[1]), np.float32)
+        out[start:start + len(vectors)] = vectors
+    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def edit_allowance(length: np.ndarray) -> np.ndarray:
@@ -286,6 +312,14 @@ def contamination(table: pa.Table, eval_prompts: "Sequence[str] | EvalPrompts", 
     evals = eval_prompts if isinstance(eval_prompts, EvalPrompts) else EvalPrompts(eval_prompts, device)
     if not evals.prompts:
         return Contamination(np.zeros(n, bool), np.zeros(n), exact_rows=np.zeros(n, bool))
+    if n > TEXT_CHUNK:  # row by row, so a chunk at a time: one chunk's prompts and vectors are held, not all
+        parts = [contamination(table.slice(start, TEXT_CHUNK), evals, embedder, threshold=threshold,
+                               device=device, proposer=proposer, propose=propose)
+                 for start in range(0, n, TEXT_CHUNK)]
+        return Contamination(np.concatenate([c.flagged for c in parts]),
+                             np.concatenate([c.similarity for c in parts]),
+                             sum(c.exact for c in parts), sum(c.semantic for c in parts),
+                             exact_rows=np.concatenate([c.exact_rows for c in parts]))
     prompts = table.column("prompt").to_pylist()
     rendered = [render_messages(m) for m in prompts]
     groups = exact_groups(text_keys(rendered))
@@ -315,8 +349,7 @@ def keep_priority(table: pa.Table, texts: Sequence[str], keep: str, seed: int) -
     if keep == "first":
         return np.zeros(n), "row order"
     if keep == "longest":
-        return pc.utf8_length(pa.array(texts, pa.large_string())).to_numpy(zero_copy_only=False).astype(float), \
-            "text length"
+        return np.fromiter(map(len, texts), float, len(texts)), "text length"  # characters, as utf8_length
     if keep == "strongest":
         if "pref_mean" in table.column_names:
             return _filled(table.column("pref_mean")), "pref_mean"
@@ -405,8 +438,9 @@ class DedupRun:
     vectors: np.ndarray | None
 
 
-def stage_texts(table: pa.Table, on: str) -> list[str]:
-    texts = texts_for(table, on)
+def stage_texts(table: pa.Table, on: str) -> TableTexts:
+    """The rows' texts in the `on` view, read from the table a chunk at a time when used (never held whole)."""
+    texts = TableTexts(table, on)
     row = next((i for i, text in enumerate(texts) if not text or text.isspace()), None)
     if row is not None:
         raise InputError(f"row {row}: empty {on} text (dedup --on {on} needs text to compare)")
@@ -436,7 +470,7 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
     graph_table = graph_source(fingerprint) if graph_source is not None else None
     reused = graph_table is not None and _table_fingerprint(graph_table) == fingerprint
     graph = NeighbourGraph.from_table(graph_table, groups) if reused else None
-    node_texts = [texts[i] for i in groups.first_row]
+    node_texts = pick(texts, groups.first_row)
     if graph is None:
         if verifier is None:
             vectors = embedder.encode(node_texts)
@@ -488,28 +522,41 @@ def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list
     for part in PAIR_PARTS:
         if not len(graph.src):
             return graph
-        nodes = np.unique(np.concatenate([graph.src, graph.dst]))
-        src, dst = np.searchsorted(nodes, graph.src), np.searchsorted(nodes, graph.dst)  # positions in `nodes`
-        texts = part_texts(part, nodes)
-        found = with_edits(src, dst, graph.sim, texts)
-        part_typo = found.edits <= edit_allowance(found.length)
-        part_sim = np.ones(len(src), np.float32)
-        todo = np.flatnonzero(found.edits > 0)  # the same normalised text: 1.0
-        for j, model in enumerate(models):
-            if not len(todo):
-                break
-            ends = np.unique(np.concatenate([src[todo], dst[todo]]))
-            vectors = np.asarray(model.encode([texts[i] for i in ends]), dtype=np.float32)
-            part_sim[todo] = np.clip(rowwise_dot(vectors, np.searchsorted(ends, src[todo]),
-                                                 vectors, np.searchsorted(ends, dst[todo])), -1.0, 1.0)
-            if j + 1 < len(models):
-                todo = todo[part_sim[todo] >= propose]
+        part_sim, part_typo = _part_similarity(graph, part, part_texts, models, propose)
         sim = np.minimum(graph.sim if part != PAIR_PARTS[0] else 1.0, part_sim).astype(np.float32)
         edits = np.where(part_typo, graph.edits, graph.length + 1).astype(np.int32)
         keep = (sim >= floor) | (edits <= edit_allowance(graph.length))  # can still link
         graph = NeighbourGraph(graph.src[keep], graph.dst[keep], sim[keep], edits[keep], graph.length[keep],
                                graph.fingerprint, graph.index_kind, {**graph.meta, "by_parts": True})
     return graph
+
+
+def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str, np.ndarray], list[str]],
+                     models: Sequence, propose: float) -> tuple[np.ndarray, np.ndarray]:
+    """Each edge's cosine on one part, and whether that part is within its edit allowance. The part's texts
+    are read a chunk at a time (sizes, edit distances, vectors), never all at once."""
+    nodes = np.unique(np.concatenate([graph.src, graph.dst]))
+    src, dst = np.searchsorted(nodes, graph.src), np.searchsorted(nodes, graph.dst)  # positions in `nodes`
+
+    def at(positions: np.ndarray) -> list[str]:
+        return part_texts(part, nodes[positions])
+
+    found = with_edits(src, dst, graph.sim, at)
+    part_typo = found.edits <= edit_allowance(found.length)
+    part_sim = np.ones(len(src), np.float32)
+    todo = np.flatnonzero(found.edits > 0)  # the same normalised text: 1.0
+    del found
+    for j, model in enumerate(models):
+        if not len(todo):
+            break
+        ends = np.unique(np.concatenate([src[todo], dst[todo]]))
+        vectors = encode_at(model, at, ends)
+        part_sim[todo] = np.clip(rowwise_dot(vectors, np.searchsorted(ends, src[todo]),
+                                             vectors, np.searchsorted(ends, dst[todo])), -1.0, 1.0)
+        del vectors
+        if j + 1 < len(models):
+            todo = todo[part_sim[todo] >= propose]
+    return part_sim, part_typo
 
 
 def cascade_id(proposer, verifier, propose: float) -> str:
@@ -531,7 +578,7 @@ def cascade_graph(texts: Sequence[str], proposer, verifier, options: DedupOption
     nodes = np.unique(np.concatenate([proposed.src, proposed.dst]))
     vectors = np.zeros((len(texts), verifier.dim), dtype=np.float32)
     if len(nodes):
-        vectors[nodes] = verifier.encode([texts[i] for i in nodes])
+        vectors[nodes] = verifier.encode(pick(texts, nodes))
     sim = np.clip(rowwise_dot(vectors, proposed.src, vectors, proposed.dst), -1.0, 1.0)
     kept = sim >= options.floor  # the same graph floor as a single-model search, on the verifier's cosine
     graph = NeighbourGraph(proposed.src[kept], proposed.dst[kept], sim[kept].astype(np.float32),
@@ -543,7 +590,7 @@ def cascade_graph(texts: Sequence[str], proposer, verifier, options: DedupOption
 def cached_vectors(embedder, texts: Sequence[str], graph: NeighbourGraph) -> np.ndarray | None:
     """Vectors of every text with an edge, from the cache alone (no embedding), or None if any is missing."""
     nodes = np.unique(np.concatenate([graph.src, graph.dst]))
-    found, vectors = embedder.lookup([texts[i] for i in nodes])
+    found, vectors = embedder.lookup(pick(texts, nodes))
     if not found.all():
         return None
     out = np.zeros((len(texts), embedder.dim), dtype=np.float32)
@@ -635,7 +682,7 @@ def dedup_new_rows(new: pa.Table, kept: pa.Table, embedder, options: DedupOption
     priority = keep_priority(both, texts, options.keep, options.seed)
     groups = exact_groups(text_keys(texts))
     kept_nodes = int(np.sum(groups.first_row < kept.num_rows))  # kept rows come first, so do their nodes
-    node_texts = [texts[i] for i in groups.first_row]
+    node_texts = pick(texts, groups.first_row)
     graph = cross_graph(embedder.encode(node_texts), node_texts, kept_nodes, options)
     if options.on == "pair":
         graph = by_parts(graph, pair_part_texts(both, groups.first_row), [embedder], options.propose,
