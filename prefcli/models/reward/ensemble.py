@@ -290,6 +290,7 @@ class OfflineEnsemble:
             self._features[view] = _Features(view).fit(responses, scalars)
             both = self._features[view].transform(responses, scalars, qv, rv)
             phi[view] = (both[:m], both[m:])
+            del both  # the halves are copies
         del scalars, qv, rv, responses
         deltas = {v: phi[v][0] - phi[v][1] for v in c.views}
         ids = pairs.column("pair_id").to_pylist()
@@ -312,6 +313,7 @@ class OfflineEnsemble:
             for v in c.views:
                 self.members.append(_Member(f"{self.name}_{v}{rep}", v, scores[v][0], scores[v][1],
                                             weight_sum[v], ids, fold_of))
+        del phi, deltas, shared, trained  # scoring the rest needs none of the sample's features
         if sample is not None:
             self._score_rest(pairs, sample)
 
