@@ -307,6 +307,24 @@ def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache, fitt
 
 
 @pytest.mark.slow
+def test_scores_computed_a_chunk_at_a_time_are_the_whole_sample_scores(alpaca_noisy, session_cache, fitted,
+                                                                        monkeypatch):
+    """The folds fit on Δφ alone; each side's features are computed again a few pairs at a time to score the
+    held-out pairs (and the pairs outside the sample): the same scores as one chunk, to rounding."""
+    noisy = alpaca_noisy[0]
+    whole = fitted(noisy.num_rows, 100)
+    monkeypatch.setattr(OfflineEnsemble, "score_chunk", 7)
+    chunked = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4, max_train=100), device="cpu",
+                              cache_dir=str(session_cache))
+    chunked.fit(noisy, seed=0)
+    for ma, mb in zip(whole.members, chunked.members):
+        np.testing.assert_allclose(mb.chosen, ma.chosen, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(mb.rejected, ma.rejected, rtol=1e-12, atol=1e-12)
+        assert np.array_equal(mb.weights, ma.weights) and np.array_equal(mb.fold, ma.fold)
+    assert not np.allclose(whole.members[0].chosen, whole.members[1].chosen)  # two views, two scorings
+
+
+@pytest.mark.slow
 def test_max_train_sample_is_seeded_and_scores_every_pair(alpaca_noisy, session_cache, fitted):
     noisy = alpaca_noisy[0]
     config = EnsembleConfig(repeats=1, folds=4, max_train=100)

@@ -233,6 +233,8 @@ class _Member:
 class OfflineEnsemble:
     """K cross-fitted Bradley-Terry members trained on the input pairs (see module docstring)."""
 
+    score_chunk = 20_000  # pairs whose features are computed at a time when scoring
+
     def __init__(self, config: EnsembleConfig | None = None, *, name: str | None = None, device: str = "auto",
                  cache_dir: str | None = None, use_cache: bool = True, tasks=None):
         self.config = config or EnsembleConfig()
@@ -285,37 +287,55 @@ class OfflineEnsemble:
         prompts = train.column("prompt").to_pylist()
         responses = train.column("chosen").to_pylist() + train.column("rejected").to_pylist()
         scalars, qv, rv = self._inputs(prompts + prompts, responses)
-        phi = {}
+        deltas = {}
         for view in c.views:
             self._features[view] = _Features(view).fit(responses, scalars)
             both = self._features[view].transform(responses, scalars, qv, rv)
-            phi[view] = (both[:m], both[m:])
-            del both  # the halves are copies
-        del scalars, qv, rv, responses
-        deltas = {v: phi[v][0] - phi[v][1] for v in c.views}
-        ids = pairs.column("pair_id").to_pylist()
-        self.members = []
+            deltas[view] = both[:m] - both[m:]
+            del both
+        del scalars, qv, rv, responses, prompts
         folds_of = [np.random.default_rng([seed, rep]).permutation(m) % c.folds for rep in range(c.repeats)]
         jobs = [np.flatnonzero(fold_of != fold) for fold_of in folds_of for fold in range(c.folds)]
         shared = (deltas, c)
-        trained = iter(self.tasks(train_fold, shared, jobs) if self.tasks else  # independent: in parallel
-                       [train_fold(shared, job) for job in jobs])
+        fold_weights = list(self.tasks(train_fold, shared, jobs) if self.tasks else  # independent: in parallel
+                            (train_fold(shared, job) for job in jobs))
+        del deltas, shared  # the held-out scores below need each side's features, computed again a chunk at a time
+        scores = self._held_out(train, folds_of, fold_weights)
+        ids = pairs.column("pair_id").to_pylist()
+        self.members = []
         for rep, fold_of in enumerate(folds_of):
-            scores = {v: (np.zeros(m), np.zeros(m)) for v in c.views}
             weight_sum = {v: 0.0 for v in c.views}
             for fold in range(c.folds):
-                held = np.flatnonzero(fold_of == fold)
-                w = next(trained)
                 for v in c.views:
-                    scores[v][0][held] = _dot(phi[v][0][held], w[v])
-                    scores[v][1][held] = _dot(phi[v][1][held], w[v])
-                    weight_sum[v] = weight_sum[v] + w[v] / c.folds
+                    weight_sum[v] = weight_sum[v] + fold_weights[rep * c.folds + fold][v] / c.folds
             for v in c.views:
-                self.members.append(_Member(f"{self.name}_{v}{rep}", v, scores[v][0], scores[v][1],
+                self.members.append(_Member(f"{self.name}_{v}{rep}", v, scores[rep][v][0], scores[rep][v][1],
                                             weight_sum[v], ids, fold_of))
-        del phi, deltas, shared, trained  # scoring the rest needs none of the sample's features
         if sample is not None:
             self._score_rest(pairs, sample)
+
+    def _held_out(self, train: pa.Table, folds_of: list[np.ndarray], fold_weights: list[dict]
+                  ) -> list[dict[str, tuple[np.ndarray, np.ndarray]]]:
+        """Each repeat's out-of-fold (chosen, rejected) scores on the fitted pairs: a pair is scored by the fold
+        that held it out. Features are computed a chunk of pairs at a time (row by row, so the same as the
+        fit's), so the sample's features are never held during the folds' fits."""
+        c, m, chunk = self.config, train.num_rows, self.score_chunk
+        scores = [{v: (np.zeros(m), np.zeros(m)) for v in c.views} for _ in folds_of]
+        for start in range(0, m, chunk):
+            part = train.slice(start, chunk)
+            k = part.num_rows
+            prompts = part.column("prompt").to_pylist()
+            responses = part.column("chosen").to_pylist() + part.column("rejected").to_pylist()
+            scalars, qv, rv = self._inputs(prompts + prompts, responses)
+            feats = {v: self._features[v].transform(responses, scalars, qv, rv) for v in c.views}
+            for rep, fold_of in enumerate(folds_of):
+                for fold in range(c.folds):
+                    held = np.flatnonzero(fold_of[start:start + k] == fold)
+                    w = fold_weights[rep * c.folds + fold]
+                    for v in c.views:
+                        scores[rep][v][0][start + held] = _dot(feats[v][held], w[v])
+                        scores[rep][v][1][start + held] = _dot(feats[v][k + held], w[v])
+        return scores
 
     def train_sample(self, n: int, seed: int) -> np.ndarray | None:
         """Sorted indices of the pairs cross-fitted on (a seeded sample of max_train), None for all n."""
@@ -323,9 +343,9 @@ class OfflineEnsemble:
             return None
         return np.sort(np.random.default_rng([seed, _SAMPLE_STREAM]).choice(n, self.config.max_train, replace=False))
 
-    def _score_rest(self, pairs: pa.Table, sample: np.ndarray, chunk: int = 20_000) -> None:
+    def _score_rest(self, pairs: pa.Table, sample: np.ndarray) -> None:
         """Pairs outside the sample: each member's fold-averaged model, which never saw their labels."""
-        n = pairs.num_rows
+        n, chunk = pairs.num_rows, self.score_chunk
         rest = np.setdiff1d(np.arange(n), sample)
         full = [(np.zeros(n), np.zeros(n), np.full(n, -1)) for _ in self.members]
         for (chosen, rejected, fold), member in zip(full, self.members):
