@@ -309,8 +309,9 @@ def test_max_train_at_or_above_n_is_todays_fit(alpaca_noisy, session_cache, fitt
 @pytest.mark.slow
 def test_scores_computed_a_chunk_at_a_time_are_the_whole_sample_scores(alpaca_noisy, session_cache, fitted,
                                                                         monkeypatch):
-    """The folds fit on Δφ alone; each side's features are computed again a few pairs at a time to score the
-    held-out pairs (and the pairs outside the sample): the same scores as one chunk, to rounding."""
+    """Δφ is built a few pairs at a time (the same fold weights, bit for bit), the folds fit on it alone, and
+    each side's features are computed again a few pairs at a time to score the held-out pairs (and the pairs
+    outside the sample): the same scores as one chunk, to rounding."""
     noisy = alpaca_noisy[0]
     whole = fitted(noisy.num_rows, 100)
     monkeypatch.setattr(OfflineEnsemble, "score_chunk", 7)

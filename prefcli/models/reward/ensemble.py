@@ -289,10 +289,17 @@ class OfflineEnsemble:
         scalars, qv, rv = self._inputs(prompts + prompts, responses)
         deltas = {}
         for view in c.views:
-            self._features[view] = _Features(view).fit(responses, scalars)
-            both = self._features[view].transform(responses, scalars, qv, rv)
-            deltas[view] = both[:m] - both[m:]
-            del both
+            features = self._features[view] = _Features(view).fit(responses, scalars)
+            chunks = []
+            for start in range(0, m, self.score_chunk):  # Δφ a chunk of pairs at a time: φ is row by row
+                rows = np.r_[start:min(start + self.score_chunk, m)]
+                side = np.concatenate([rows, m + rows])
+                phi = features.transform([responses[i] for i in side], *(None if x is None else x[side]
+                                                                         for x in (scalars, qv, rv)))
+                chunks.append(phi[:len(rows)] - phi[len(rows):])
+            deltas[view] = chunks[0] if len(chunks) == 1 else (
+                sp.vstack(chunks, format="csr") if sp.issparse(chunks[0]) else np.vstack(chunks))
+            del chunks
         del scalars, qv, rv, responses, prompts
         folds_of = [np.random.default_rng([seed, rep]).permutation(m) % c.folds for rep in range(c.repeats)]
         jobs = [np.flatnonzero(fold_of != fold) for fold_of in folds_of for fold in range(c.folds)]
