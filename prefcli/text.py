@@ -113,7 +113,7 @@ class TableTexts(Sequence[str]):
             chunk = rows[start:start + TEXT_CHUNK]
             contiguous = len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1 and bool(np.all(np.diff(chunk) == 1))
             part = self.table.slice(int(chunk[0]), len(chunk)) if contiguous else self.table.take(pa.array(chunk))
-            out.extend(texts_for(part.select([c for c in VIEW_COLUMNS[self.on]]), self.on))
+            out.extend(texts_for(part.select(list(VIEW_COLUMNS[self.on])), self.on))
         return out
 
     def subset(self, positions: np.ndarray) -> "TableTexts":

@@ -26,8 +26,7 @@ from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
 from ..stage import (SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage, Write, option,
                      register)
-from ..text import (TEXT_CHUNK, TableTexts, digest, normalize, pick, render_messages, take_texts, text_key, text_keys,
-                    texts_for)
+from ..text import TEXT_CHUNK, TableTexts, digest, normalize, pick, render_messages, take_texts, text_key, text_keys
 
 STAGE = "dedup"
 TEXT_VIEWS = ("prompt", "pair", "chosen")
@@ -202,28 +201,18 @@ def knn_edges(base: np.ndarray, queries: np.ndarray, *, k: int, floor: float, de
     return (*(np.concatenate([f[i] for f in found]) for i in range(3)), index.kind)
 
 
-TextsAt = Callable[[np.ndarray], list[str]]  # the texts at sorted node ids
-
-
-def texts_at(texts: "Sequence[str] | TextsAt") -> TextsAt:
-    """A text list as a TextsAt; a TextsAt (texts read from a table when asked for) as it is."""
-    return texts if callable(texts) else (lambda ids: take_texts(texts, ids))
-
-
-def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: "Sequence[str] | TextsAt",
-               **kw) -> NeighbourGraph:
-    """A graph whose edges carry the character edit distance between their normalised texts. `texts` is a
-    list, or a TextsAt that reads them when asked for: only a chunk's texts are held at a time."""
+def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequence[str], **kw) -> NeighbourGraph:
+    """A graph whose edges carry the character edit distance between their normalised texts. With a TableTexts
+    only a chunk's texts are held at a time."""
     from rapidfuzz.distance import OSA
     from rapidfuzz.process import cpdist
 
     if not len(src):
         return NeighbourGraph(src, dst, sim, np.zeros(0, np.int32), np.zeros(0, np.int32), **kw)
-    at = texts_at(texts)
     ends = np.unique(np.concatenate([src, dst]))  # the texts with an edge
     sizes = np.empty(len(ends), np.int32)
     for start in range(0, len(ends), TEXT_CHUNK):
-        sizes[start:start + TEXT_CHUNK] = [len(normalize(t)) for t in at(ends[start:start + TEXT_CHUNK])]
+        sizes[start:start + TEXT_CHUNK] = [len(normalize(t)) for t in take_texts(texts, ends[start:start + TEXT_CHUNK])]
     a, b = np.searchsorted(ends, src), np.searchsorted(ends, dst)
     length = np.maximum(sizes[a], sizes[b])
     allowed = edit_allowance(length)
@@ -234,21 +223,10 @@ def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: "Sequen
     for start in range(0, len(close), EDIT_CHUNK):
         chunk = close[start:start + EDIT_CHUNK]
         ids = np.unique(np.concatenate([a[chunk], b[chunk]]))
-        normal = dict(zip(ids.tolist(), map(normalize, at(ends[ids]))))
+        normal = dict(zip(ids.tolist(), map(normalize, take_texts(texts, ends[ids]))))
         edits[chunk] = cpdist([normal[i] for i in a[chunk].tolist()], [normal[i] for i in b[chunk].tolist()],
                               scorer=OSA.distance, score_cutoff=int(allowed[chunk].max()), workers=1)
     return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
-
-
-def encode_at(model, at: TextsAt, ids: np.ndarray) -> np.ndarray:
-    """model.encode of the texts at `ids` (sorted), TEXT_CHUNK texts at a time: their vectors, not every text."""
-    out = None
-    for start in range(0, len(ids), TEXT_CHUNK):
-        vectors = np.asarray(model.encode(at(ids[start:start + TEXT_CHUNK])), dtype=np.float32)
-        if out is None:
-            out = np.empty((len(ids), vectors.shape[1]), np.float32)
-        out[start:start + len(vectors)] = vectors
-    return out if out is not None else np.zeros((0, 0), np.float32)
 
 
 def edit_allowance(length: np.ndarray) -> np.ndarray:
@@ -500,15 +478,15 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
 PAIR_PARTS = ("prompt", "chosen", "rejected")
 
 
-def pair_part_texts(table: pa.Table, rows: np.ndarray) -> Callable[[str, np.ndarray], list[str]]:
+def pair_part_texts(table: pa.Table, rows: np.ndarray) -> Callable[[str, np.ndarray], Sequence[str]]:
     """--on pair: `texts(part, nodes)` gives the part's texts of those nodes, `rows[node]` being each node's row
-    of `table`; only the rows asked for are read."""
-    def texts(part: str, nodes: np.ndarray) -> list[str]:
-        return texts_for(table.select([part]).take(pa.array(rows[nodes], pa.int64())), part)
+    of `table`, read from the table a chunk at a time when used."""
+    def texts(part: str, nodes: np.ndarray) -> TableTexts:
+        return TableTexts(table, part, rows[nodes])
     return texts
 
 
-def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list[str]], models: Sequence,
+def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], Sequence[str]], models: Sequence,
              propose: float = DEFAULT_PROPOSE, floor: float = GRAPH_FLOOR) -> NeighbourGraph:
     """--on pair: two pairs are near-duplicates only when their prompts, chosen and rejected responses each are
     (one long shared part must not make two different pairs look alike). The whole-pair search proposes the
@@ -531,17 +509,14 @@ def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], list
     return graph
 
 
-def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str, np.ndarray], list[str]],
+def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str, np.ndarray], Sequence[str]],
                      models: Sequence, propose: float) -> tuple[np.ndarray, np.ndarray]:
-    """Each edge's cosine on one part, and whether that part is within its edit allowance. The part's texts
-    are read a chunk at a time (sizes, edit distances, vectors), never all at once."""
+    """Each edge's cosine on one part, and whether that part is within its edit allowance. Locally the part's
+    texts are a TableTexts, read a chunk at a time (sizes, edit distances, vectors), never all at once."""
     nodes = np.unique(np.concatenate([graph.src, graph.dst]))
     src, dst = np.searchsorted(nodes, graph.src), np.searchsorted(nodes, graph.dst)  # positions in `nodes`
-
-    def at(positions: np.ndarray) -> list[str]:
-        return part_texts(part, nodes[positions])
-
-    found = with_edits(src, dst, graph.sim, at)
+    texts = part_texts(part, nodes)
+    found = with_edits(src, dst, graph.sim, texts)
     part_typo = found.edits <= edit_allowance(found.length)
     part_sim = np.ones(len(src), np.float32)
     todo = np.flatnonzero(found.edits > 0)  # the same normalised text: 1.0
@@ -550,7 +525,7 @@ def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str
         if not len(todo):
             break
         ends = np.unique(np.concatenate([src[todo], dst[todo]]))
-        vectors = encode_at(model, at, ends)
+        vectors = np.asarray(model.encode(pick(texts, ends)), dtype=np.float32)
         part_sim[todo] = np.clip(rowwise_dot(vectors, np.searchsorted(ends, src[todo]),
                                              vectors, np.searchsorted(ends, dst[todo])), -1.0, 1.0)
         del vectors

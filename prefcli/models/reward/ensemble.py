@@ -284,9 +284,8 @@ class OfflineEnsemble:
         sample = self.train_sample(n, seed)
         train = pairs if sample is None else pairs.take(sample)
         m = train.num_rows
-        prompts = train.column("prompt").to_pylist()
-        responses = train.column("chosen").to_pylist() + train.column("rejected").to_pylist()
-        scalars, qv, rv = self._inputs(prompts + prompts, responses)
+        prompts, responses = _both_sides(train)
+        scalars, qv, rv = self._inputs(prompts, responses)
         deltas = {}
         for view in c.views:
             features = self._features[view] = _Features(view).fit(responses, scalars)
@@ -331,10 +330,7 @@ class OfflineEnsemble:
         for start in range(0, m, chunk):
             part = train.slice(start, chunk)
             k = part.num_rows
-            prompts = part.column("prompt").to_pylist()
-            responses = part.column("chosen").to_pylist() + part.column("rejected").to_pylist()
-            scalars, qv, rv = self._inputs(prompts + prompts, responses)
-            feats = {v: self._features[v].transform(responses, scalars, qv, rv) for v in c.views}
+            feats = self._features_of(*_both_sides(part))
             for rep, fold_of in enumerate(folds_of):
                 for fold in range(c.folds):
                     held = np.flatnonzero(fold_of[start:start + k] == fold)
@@ -360,8 +356,7 @@ class OfflineEnsemble:
         for start in range(0, len(rest), chunk):
             idx = rest[start:start + chunk]
             part = pairs.take(idx)
-            prompts = part.column("prompt").to_pylist()
-            r = self._rewards(prompts + prompts, part.column("chosen").to_pylist() + part.column("rejected").to_pylist())
+            r = self._rewards(*_both_sides(part))
             for j, (chosen, rejected, _) in enumerate(full):
                 chosen[idx], rejected[idx] = r[:len(idx), j], r[len(idx):, j]
         for (chosen, rejected, fold), member in zip(full, self.members):
@@ -392,11 +387,21 @@ class OfflineEnsemble:
             out += rewards[:, j] / _member_scale(m)
         return out / len(members)
 
+    def _features_of(self, prompts: Sequence[list[dict]], responses: list[str]) -> dict:
+        """φ of each (prompt, response) item under every view, one row per item."""
+        scalars, qv, rv = self._inputs(prompts, responses)
+        return {v: self._features[v].transform(responses, scalars, qv, rv) for v in self.config.views}
+
     def _rewards(self, prompts: Sequence[list[dict]], responses: list[str]) -> np.ndarray:
         """w·φ of every member's fold-averaged model, one column per member."""
-        scalars, qv, rv = self._inputs(prompts, responses)
-        feats = {v: self._features[v].transform(responses, scalars, qv, rv) for v in self.config.views}
+        feats = self._features_of(prompts, responses)
         return np.column_stack([_dot(feats[m.view], m.weights) for m in self.members]).reshape(len(responses), -1)
+
+
+def _both_sides(pairs: pa.Table) -> tuple[list, list[str]]:
+    """(prompt of each item, response of each item): every pair's chosen item first, then every rejected one."""
+    prompts = pairs.column("prompt").to_pylist()
+    return prompts + prompts, pairs.column("chosen").to_pylist() + pairs.column("rejected").to_pylist()
 
 
 def _member_scale(member: _Member) -> float:
