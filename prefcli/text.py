@@ -11,6 +11,8 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .memory import release_memory
+
 _WS = re.compile(r"\s+")
 
 
@@ -50,6 +52,7 @@ def text_keys(texts: Sequence[str]) -> list[str]:
     for text in texts:
         if len(keys) >= TEXT_CHUNK:
             keys.clear()
+            release_memory(collect=False)  # the chunk's texts and their normalised copies
         out.append(keys[text] if text in keys else keys.setdefault(text, text_key(text)))
     return out
 
@@ -64,13 +67,14 @@ def pair_id(messages: Sequence[dict], chosen: str, rejected: str) -> str:
 
 
 TEXT_CHUNK = 65_536  # rows turned into Python texts at a time
+BUILD_CHUNK = 8_192  # rows whose columns are Python objects at once while their texts are built
 
 
 def texts_for(table: pa.Table, on: str) -> list[str]:
     """The text a stage works on: `prompt` (rendered history), `chosen`, `rejected`, or `pair` (all three)."""
-    if table.num_rows > TEXT_CHUNK:  # a chunk at a time: the message dicts of one chunk, not the whole table's
-        return [text for start in range(0, table.num_rows, TEXT_CHUNK)
-                for text in texts_for(table.slice(start, TEXT_CHUNK), on)]
+    if table.num_rows > BUILD_CHUNK:  # a slice at a time: the message dicts of one slice, not the whole table's
+        return [text for start in range(0, table.num_rows, BUILD_CHUNK)
+                for text in texts_for(table.slice(start, BUILD_CHUNK), on)]
     if on == "prompt":
         return [render_messages(m) for m in table.column("prompt").to_pylist()]
     if on in ("chosen", "rejected"):
@@ -112,13 +116,33 @@ class TableTexts(Sequence[str]):
         for start in range(0, len(rows), TEXT_CHUNK):
             chunk = rows[start:start + TEXT_CHUNK]
             contiguous = len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1 and bool(np.all(np.diff(chunk) == 1))
-            part = self.table.slice(int(chunk[0]), len(chunk)) if contiguous else self.table.take(pa.array(chunk))
-            out.extend(texts_for(part.select(list(VIEW_COLUMNS[self.on])), self.on))
+            view = self.table.select(list(VIEW_COLUMNS[self.on]))
+            part = view.slice(int(chunk[0]), len(chunk)) if contiguous else take_rows(view, chunk)
+            out.extend(texts_for(part, self.on))
         return out
 
     def subset(self, positions: np.ndarray) -> "TableTexts":
         rows = np.asarray(positions, np.int64) if self.rows is None else self.rows[positions]
         return TableTexts(self.table, self.on, rows)
+
+
+def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
+    """table.take(rows), each record batch giving its own rows: Arrow's take on a chunked column first
+    concatenates every chunk (a copy of the whole column per call: 350 MB for a million responses)."""
+    rows = np.asarray(rows, np.int64)
+    batches = table.to_batches()  # zero-copy slices at the columns' chunk boundaries
+    if len(batches) < 2 or not len(rows):
+        return table.take(pa.array(rows))
+    starts = np.cumsum([0] + [batch.num_rows for batch in batches])
+    order = np.argsort(rows, kind="stable")
+    ordered = rows[order]
+    if len(ordered) and (ordered[0] < 0 or ordered[-1] >= starts[-1]):
+        raise IndexError(f"row {ordered[0] if ordered[0] < 0 else ordered[-1]} out of {starts[-1]} rows")
+    pieces = [batch.take(pa.array(part - start))
+              for batch, start, part in zip(batches, starts, np.split(ordered, np.searchsorted(ordered, starts[1:-1])))
+              if len(part)]
+    taken = pa.Table.from_batches(pieces, schema=table.schema).combine_chunks()
+    return taken if np.all(order[1:] > order[:-1]) else taken.take(pa.array(np.argsort(order, kind="stable")))
 
 
 VIEW_COLUMNS = {"prompt": ("prompt",), "chosen": ("chosen",), "rejected": ("rejected",),

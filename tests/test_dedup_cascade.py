@@ -181,3 +181,60 @@ def test_pair_dedup_links_pairs_only_when_every_part_is_a_duplicate(alpaca_answe
     distinct_merged = len(removed) - (table.num_rows - n)
     # static model, default 0.92: 433 of 600 distinct answers merged by the whole-pair cosine, 311 by parts
     assert whole - (table.num_rows - n) >= distinct_merged + 100, (whole, len(removed))
+
+
+def test_static_vectors_do_not_depend_on_the_batch_and_repeats_are_embedded_once(real_table, static):
+    """model2vec's batch size only bounds its token-vector gather: the vectors of real prompts are the same bit
+    for bit at its default batch (1,024) and at prefcli's (STATIC_BATCH). encode_distinct gives each distinct
+    text one row, and those rows, spread back over the texts, are encode's."""
+    from prefcli.models.embed import STATIC_BATCH
+
+    table, _, _ = real_table
+    prompts = texts_for(table, "prompt")
+    model = static.embedder.model
+    default = np.asarray(model.encode(prompts, batch_size=1024), np.float32)
+    small = np.asarray(model.encode(prompts, batch_size=STATIC_BATCH), np.float32)
+    assert STATIC_BATCH < 1024 and len(prompts) > STATIC_BATCH * 4
+    np.testing.assert_array_equal(default, small)
+    repeated = prompts[:300] + prompts[:100] + prompts[50:150]
+    vectors, row_of = static.encode_distinct(repeated)
+    assert len(vectors) == len(set(text_keys(repeated))) <= 300
+    np.testing.assert_array_equal(vectors[row_of], static.encode(repeated))
+    assert row_of[300] == row_of[0] and row_of[400] == row_of[50]
+
+
+def test_vectors_spilled_to_a_temporary_file_give_the_same_dedup(real_table, alpaca_answer_pairs, static, monkeypatch):
+    """dedup keeps the searched vectors in an unnamed temporary file and reads them back a chunk at a time:
+    kept and set-aside rows, and every dedup_ column, are the same as with the vectors held in memory, for the
+    prompt view and the pair view; and with no writable temporary directory it keeps them in memory."""
+    import tempfile
+
+    import prefcli.models.index as index
+    import prefcli.stages.dedup as dd
+
+    reads = []
+    original = index.SpilledVectors.__getitem__
+    monkeypatch.setattr(index.SpilledVectors, "__getitem__", lambda self, rows: reads.append(1) or original(self, rows))
+    prompt_table = real_table[0]
+    pair_table = alpaca_answer_pairs[0]
+    cases = [(prompt_table, DedupOptions(drop=True)), (pair_table, DedupOptions(on="pair", drop=True))]
+    spilled_runs = [dedup(table, static, options).result for table, options in cases]
+    assert reads  # the search and the similarities read the spilled rows
+    with monkeypatch.context() as m:
+        m.setattr(dd, "spilled", lambda vectors: vectors)
+        in_memory = [dedup(table, static, options).result for table, options in cases]
+    for a, b in zip(spilled_runs, in_memory):
+        assert a.out.equals(b.out) and a.set_aside.equals(b.set_aside)
+        assert a.set_aside.num_rows > 0
+    vectors = static.encode(texts_for(prompt_table, "prompt")[:500])
+    spill = index.SpilledVectors(vectors)
+    np.testing.assert_array_equal(spill[10:400], vectors[10:400])
+    np.testing.assert_array_equal(spill[np.array([499, 3, 3])], vectors[[499, 3, 3]])
+    assert len(spill) == 500 and spill.shape == vectors.shape
+    spill.close()
+
+    def no_temporary_files(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_temporary_files)
+    assert index.spilled(vectors) is vectors

@@ -157,6 +157,23 @@ def test_table_texts_are_the_text_view_read_when_asked_for(files, monkeypatch):
         text.TableTexts(table, "prompt")[table.num_rows]
 
 
+def test_rows_are_taken_batch_by_batch_as_arrow_takes_them(files):
+    """take_rows equals Table.take on a many-chunk table (sorted, unsorted, repeated, empty, every row) without
+    Arrow's concatenation of each whole column first; an out-of-range row is an IndexError, as with take."""
+    from prefcli.text import take_rows
+
+    table = pq.read_table(files / "in.parquet")
+    chunked = pa.concat_tables([table.slice(start, 7) for start in range(0, table.num_rows, 7)])
+    assert chunked.column("prompt").num_chunks > 10
+    n = table.num_rows
+    rng = np.random.default_rng(3)
+    for rows in (np.sort(rng.choice(n, n // 2, replace=False)), rng.integers(0, n, 3 * n),
+                 np.array([n - 1, 0, 0, 7, 6]), np.zeros(0, np.int64), np.arange(n)):
+        assert take_rows(chunked, rows).equals(table.take(pa.array(rows, pa.int64())))
+    with pytest.raises(IndexError):
+        take_rows(chunked, np.array([n]))
+
+
 def test_projected_columns_give_the_whole_table_outputs(files, monkeypatch):
     """Past one stream batch the local engine hands dedup only the columns it needs (prompt, pair_id, the keep
     scores; the responses too with --on pair) and joins the rest back as rows are written: the same kept and

@@ -263,3 +263,89 @@ def test_lock_wait_in_process(tmp_path):
         released = time.monotonic()
     thread.join(30)
     assert got and got[0] >= released
+
+
+def test_each_local_stage_runs_in_its_own_process_with_the_same_outputs(tmp_path, hh_lines, reference, monkeypatch):
+    """Every stage of a local run executes in a child process (its own heap, so its own peak RSS), and the
+    outputs are byte-identical to running every stage in this process; the manifest's figures come back."""
+    import prefcli.pipeline.runner as runner_module
+    from prefcli.pipeline import Runner
+
+    _, _, final = reference
+    real = runner_module.in_child_process
+    calls = []
+    monkeypatch.setattr(runner_module, "in_child_process", lambda work: calls.append(1) or real(work))
+    toml = make_project(tmp_path / "p", hh_lines, {"a": slice(0, A), "b": slice(A, A + B)})
+    outputs = {}
+    for isolate in (True, False):
+        work = tmp_path / f"work-{isolate}"
+        Runner(load_pipeline(toml), work, quiet=True, cache_dir=work / "cache", isolate=isolate).run()
+        outputs[isolate] = (work / FINAL).read_bytes()
+        manifest = json.loads((work / "manifest.json").read_text())
+        assert all(manifest["stages"][s]["peak_rss_mb"] > 0 and manifest["stages"][s]["rows_out"] for s in STAGES)
+        assert len(calls) == len(STAGES)  # the isolated run only
+    assert outputs[True] == outputs[False] == final
+
+
+def child_pid_and_rows(rows: int) -> dict:
+    return {"rows": rows, "pid": os.getpid()}
+
+
+def fail_cannot_create(path: str):
+    from prefcli.errors import CannotCreate
+
+    raise CannotCreate(f"{path}: cannot create output")
+
+
+def die_by_signal() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+CHILD_WORK = """import os, time
+def work(path):
+    open(path, "w").write(str(os.getpid()))
+    time.sleep(120)
+"""
+
+
+def test_child_process_returns_results_raises_errors_and_dies_with_its_parent(tmp_path):
+    import functools
+
+    from prefcli.errors import CannotCreate
+    from prefcli.memory import ChildDied, in_child_process
+
+    result = in_child_process(functools.partial(child_pid_and_rows, 3))
+    assert result["rows"] == 3 and result["pid"] != os.getpid()
+    with pytest.raises(CannotCreate, match="out.parquet: cannot create") as caught:
+        in_child_process(functools.partial(fail_cannot_create, "out.parquet"))
+    assert caught.value.exit_code == 73
+    with pytest.raises(ChildDied, match="signal 9"):
+        in_child_process(die_by_signal)
+
+    # kill -9 of the parent takes the child with it (no stage left writing into a workdir)
+    (tmp_path / "childwork.py").write_text(CHILD_WORK)
+    child_pid = tmp_path / "child.pid"
+    script = (f"import functools, sys\nsys.path.insert(0, {str(tmp_path)!r})\nimport childwork\n"
+              "from prefcli.memory import in_child_process\n"
+              f"in_child_process(functools.partial(childwork.work, {str(child_pid)!r}))\n")
+    parent = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.monotonic() + 60
+    while not (child_pid.exists() and child_pid.read_text()):
+        assert parent.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    pid = int(child_pid.read_text())
+    assert _alive(pid)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while _alive(pid):
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting to be reaped)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError):
+        return False

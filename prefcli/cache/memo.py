@@ -18,23 +18,35 @@ def memoised(keys: Sequence[str], store: VectorStore | None, compute: Callable[[
     computed by `compute(rows)` (rows: the first position of each missing key, returning one row each)
     and written back. Without a store every key is computed; `width()` is asked only then.
     """
-    first: dict[str, int] = {}
+    values, row_of, computed = memoised_distinct(keys, store, compute, width=width, dtype=dtype)
+    if len(values) == len(keys):  # no repeated key: the distinct keys are `keys`, in order
+        return values, computed
+    return values[row_of], computed
+
+
+def memoised_distinct(keys: Sequence[str], store: VectorStore | None, compute: Callable[[list[int]], np.ndarray], *,
+                      width: Callable[[], int], dtype: type = np.float32) -> tuple[np.ndarray, np.ndarray, int]:
+    """memoised without the repeats: (one row per distinct key in first-seen order, each key's row in it,
+    how many keys had to be computed). A million texts with repeats never cost a second copy of their vectors."""
+    row_of_key: dict[str, int] = {}
+    first: list[int] = []  # the first position of each distinct key
+    row_of = np.empty(len(keys), np.int64)
     for i, key in enumerate(keys):
-        first.setdefault(key, i)
-    unique = list(first)
+        row = row_of_key.setdefault(key, len(first))
+        if row == len(first):
+            first.append(i)
+        row_of[i] = row
     if store is None:  # every key computed: the computed rows are the values (no second copy)
-        missing = np.arange(len(unique))
-        values = (np.asarray(compute([first[k] for k in unique]), dtype).reshape(len(unique), -1) if unique
+        computed = len(first)
+        values = (np.asarray(compute(first), dtype).reshape(len(first), -1) if first
                   else np.zeros((0, width()), dtype))
-    else:
-        found, values = store.get(unique)
-        values = values.astype(dtype, copy=False)
-        missing = np.flatnonzero(~found)
-        if len(missing):
-            fresh = np.asarray(compute([first[unique[i]] for i in missing]), dtype).reshape(len(missing), -1)
-            values[missing] = fresh
-            store.put([unique[i] for i in missing], fresh)
-    if len(unique) == len(keys):  # no repeated key: `unique` is `keys`, in order
-        return values, len(missing)
-    position = {k: i for i, k in enumerate(unique)}
-    return values[[position[k] for k in keys]], len(missing)
+        return values, row_of, computed
+    unique = list(row_of_key)
+    found, values = store.get(unique)
+    values = values.astype(dtype, copy=False)
+    missing = np.flatnonzero(~found)
+    if len(missing):
+        fresh = np.asarray(compute([first[i] for i in missing]), dtype).reshape(len(missing), -1)
+        values[missing] = fresh
+        store.put([unique[i] for i in missing], fresh)
+    return values, row_of, len(missing)

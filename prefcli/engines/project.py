@@ -25,10 +25,7 @@ class ProjectedInput:
 
     def __init__(self, path: str, table: pa.Table, schema: pa.Schema):
         self.path, self.table, self.schema = path, table, schema  # schema: the validated input's, every column
-
-    @property
-    def num_rows(self) -> int:
-        return self.table.num_rows
+        self.num_rows = table.num_rows
 
     def take(self, indices) -> "ProjectedInput":
         return ProjectedInput(self.path, self.table.take(indices), self.schema)
@@ -55,6 +52,7 @@ def project_input(stage: Stage, call) -> ProjectedInput | None:
 
 def run_projected(stage: Stage, source: ProjectedInput, ctx) -> "StageResult":  # noqa: F821
     result = stage.run(source.table, ctx)
+    source.table = None  # written from the result and the input file: the projected columns can go before then
     result.out = rejoin(source, result.out)
     result.set_aside = rejoin(source, result.set_aside)
     return result

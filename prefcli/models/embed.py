@@ -9,10 +9,11 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
-from ..cache.memo import memoised
+from ..cache.memo import memoised, memoised_distinct
 from ..cache.vectors import VectorStore
 from ..errors import InputError
 from ..io import atomic_path
+from ..memory import release_memory
 from ..text import TEXT_CHUNK, take_texts, text_keys
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -155,6 +156,13 @@ class CachedEmbedder:
         self.computed += computed
         return vectors
 
+    def encode_distinct(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """encode without the repeats: (the vectors of the distinct texts, each text's row among them)."""
+        vectors, row_of, computed = memoised_distinct(text_keys(texts), self.store, lambda rows: self._encode_rows(
+            texts, rows), width=lambda: self.dim)
+        self.computed += computed
+        return vectors, row_of
+
     def _encode_rows(self, texts: Sequence[str], rows: list[int]) -> np.ndarray:
         """The vectors of texts[rows], TEXT_CHUNK texts at a time (a TableTexts is read a chunk at a time)."""
         if len(rows) <= TEXT_CHUNK:
@@ -163,6 +171,7 @@ class CachedEmbedder:
         for start in range(0, len(rows), TEXT_CHUNK):
             chunk = np.asarray(rows[start:start + TEXT_CHUNK], np.int64)
             out[start:start + len(chunk)] = self.embedder.encode(take_texts(texts, chunk))
+            release_memory(collect=False)  # the chunk's texts and the model's buffers, freed by its threads
         return out
 
     def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +186,10 @@ class CachedEmbedder:
 STATIC = "static"  # --model static: the packaged MiniLM distilled to a static (model2vec) model
 MINILM = "minilm"  # --model minilm: the packaged all-MiniLM-L6-v2 encoder
 STATIC_DIMS = 256
-STATIC_CHUNK = 65_536  # texts per model2vec call
+STATIC_CHUNK = 16_384  # texts per model2vec call (its batches' vectors are held twice until it returns)
+# texts per model2vec batch: each batch gathers every token's vector before the mean (1,024 whole-pair texts of
+# ~250 tokens: 256 MB per thread); 128 holds an eighth of that at the same speed and gives the same vectors
+STATIC_BATCH = 128
 
 
 def models_dir() -> Path:
@@ -259,7 +271,8 @@ class StaticEmbedder:
             return np.zeros((0, self.dim), dtype=np.float32)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         for start in range(0, len(texts), STATIC_CHUNK):  # model2vec keeps every batch until it concatenates
-            vectors = np.asarray(self.model.encode(list(texts[start:start + STATIC_CHUNK]), show_progress_bar=False),
+            vectors = np.asarray(self.model.encode(list(texts[start:start + STATIC_CHUNK]), batch_size=STATIC_BATCH,
+                                                   show_progress_bar=False),
                                  dtype=np.float32)
             norms = np.linalg.norm(vectors, axis=1, keepdims=True)
             out[start:start + len(vectors)] = vectors / np.where(norms > 0, norms, 1.0)

@@ -34,11 +34,11 @@ def gpu_available() -> bool:
 class NeighbourIndex:
     """Inner-product (cosine on normalised rows) kNN: exact for small N, IVF past EXACT_SEARCH_MAX."""
 
-    def __init__(self, vectors: np.ndarray, *, device: str = "auto", exact_max: int | None = None,
+    def __init__(self, vectors: "np.ndarray | SpilledVectors", *, device: str = "auto", exact_max: int | None = None,
                  nprobe: int = 32, seed: int = 0):
         faiss = _faiss()
-        self.vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        n, dim = self.vectors.shape
+        n, dim = vectors.shape
+        self.size = n
         self.on_gpu = device != "cpu" and gpu_available()
         if exact_max is None:
             exact_max = EXACT_SEARCH_MAX_GPU if self.on_gpu else EXACT_SEARCH_MAX
@@ -59,15 +59,65 @@ class NeighbourIndex:
             index.nprobe = nprobe
             rng = np.random.default_rng(seed)
             sample = rng.choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
-            index.train(self.vectors[np.sort(sample)])
-        index.add(self.vectors)
+            index.train(_float32(vectors[np.sort(sample)]))
+        for start in range(0, n, ADD_CHUNK):  # the index holds its own copy; `vectors` may be spilled to disk
+            index.add(_float32(vectors[start:start + ADD_CHUNK]))
         self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(similarities, ids), each (len(queries), k); ids are -1 where fewer than k exist."""
-        k = max(1, min(k, self.vectors.shape[0]))
-        sims, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        k = max(1, min(k, self.size))
+        sims, ids = self.index.search(_float32(queries), k)
         return sims, ids
+
+
+ADD_CHUNK = 65_536  # vectors per index.add (faiss's IVF adds in blocks of this size anyway: same index)
+
+
+def _float32(rows) -> np.ndarray:
+    return np.ascontiguousarray(rows, dtype=np.float32)
+
+
+class SpilledVectors:
+    """A float32 matrix kept in an unnamed temporary file ($TMPDIR) instead of memory. Indexing (a slice, or
+    an array of row ids) returns those rows as an array; the file is mapped only while they are read, so
+    resident memory holds the rows asked for, not the matrix. The file goes when this object is closed or
+    collected, or when the process ends, however it ends."""
+
+    def __init__(self, vectors: np.ndarray):
+        import tempfile
+
+        vectors = _float32(vectors)
+        self.shape, self.dtype = vectors.shape, vectors.dtype
+        self._file = tempfile.TemporaryFile(prefix="prefcli-vectors-")
+        try:
+            for start in range(0, len(vectors), ADD_CHUNK):
+                self._file.write(vectors[start:start + ADD_CHUNK].tobytes())
+            self._file.flush()
+        except BaseException:
+            self._file.close()
+            raise
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, rows) -> np.ndarray:
+        if not self.shape[0] or not self.shape[1]:
+            return np.zeros((0, self.shape[1]), self.dtype)[rows]
+        mapped = np.memmap(self._file, dtype=self.dtype, mode="r", shape=self.shape)
+        return np.array(mapped[rows])  # a copy: the mapping goes with `mapped` on return
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def spilled(vectors: np.ndarray) -> "SpilledVectors | np.ndarray":
+    """The vectors moved to a temporary file (SpilledVectors), or kept as they are when no temporary file can be
+    written (a read-only or full $TMPDIR): the same rows either way, only where they are held differs."""
+    try:
+        return SpilledVectors(vectors)
+    except OSError:
+        return vectors
 
 
 ROW_CHUNK = 65_536  # row pairs per step of rowwise_dot

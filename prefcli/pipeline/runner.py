@@ -16,6 +16,7 @@ and the next run skips every stage whose record still matches.
 from __future__ import annotations
 
 import contextlib
+import functools
 import glob as globlib
 import json
 import os
@@ -28,6 +29,7 @@ from typing import Any, Callable
 from .. import io
 from ..errors import CannotCreate, InputError, PrefcliError, os_failure
 from ..execute import Call, execute
+from ..memory import in_child_process, release_memory
 from ..outputs import DIR_MARKER
 from ..stage import Context, Stage, option_info, stage_class
 from .manifest import MANIFEST, MANIFEST_FORMAT, Fingerprints, load_manifest, package_versions, stage_key
@@ -134,7 +136,7 @@ class Runner:
 
     def __init__(self, pipeline: Pipeline, workdir: Path, *, quiet: bool = False,
                  on_stage: Callable[[str, str], None] | None = None, cache_dir: Path | None = None,
-                 report=None, engine=None):
+                 report=None, engine=None, isolate: bool = True):
         from ..engines import parse_engine
 
         self.engine_spec = parse_engine(engine)  # where every stage runs; not part of a stage's key
@@ -145,6 +147,7 @@ class Runner:
         self.quiet = quiet
         self.report = report  # warnings sink for the stages (None: silent)
         self.on_stage = on_stage or (lambda name, what: None)
+        self.isolate = isolate  # local stages each run in a forked child process (their own heap and peak)
         self.base = pipeline.path.parent
         self.specs: dict[str, StageOptions] = {}
 
@@ -367,18 +370,18 @@ class Runner:
                 work.mkdir(parents=True)
                 io.write_json({"written_by": "prefcli run", "stage": stage.name}, work / DIR_MARKER)
                 call, _, inputs, _ = self.build_call(stage, previous, fingerprint, work)
-                _release_memory()
-                _reset_peak_rss()
                 began = time.perf_counter()
-                outcome = execute(call, engine=self.engine())
-                call.stage.after_report(outcome.stats)
+                if self.engine_spec.kind == "local" and self.isolate:  # a fresh heap per stage: its own peak
+                    stats, peak = in_child_process(functools.partial(_run_stage, call, None))
+                else:
+                    release_memory()  # a stage starts from the memory it needs, not the last stage's peak
+                    stats, peak = _run_stage(call, self.engine())
                 wall = time.perf_counter() - began
-                peak = _peak_rss_mb()
                 outputs = {name: io.file_digest(work / name) for name in io.list_files(work)}
                 out_name = self.output_name(stage)
                 rows_out = io.parquet_rows(work / out_name) if out_name else None
                 if rows_out is None and out_name:  # JSONL/JSON/dir outputs: the stage's own count
-                    rows_out = _stats_int(outcome.stats, ("rows_out", "written", "rows_written", "tasks"))
+                    rows_out = _stats_int(stats, ("rows_out", "written", "rows_written", "tasks"))
                 set_aside = [io.parquet_rows(work / name) or 0 for name in outputs if name != out_name
                              and "set_aside_reason" in io.parquet_columns(work / name)]
         except PrefcliError as exc:
@@ -390,10 +393,10 @@ class Runner:
             raise StageFailed(f"stage '{stage.name}' ({label}): {error}", error.exit_code) from None
         parquet_in = [io.parquet_rows(p) for p in inputs]
         rows_in = (sum(parquet_in) if inputs and None not in parquet_in
-                   else _stats_int(outcome.stats, ("rows_in", "read", "rows_read")))
+                   else _stats_int(stats, ("rows_in", "read", "rows_read")))
         for name in outputs:  # memoise the fresh outputs, so the next run verifies them by stat
             fingerprint(final_dir / name)
-        stats = json.loads(json.dumps(summary_payload(call.stage, outcome.stats), default=_jsonable)
+        stats = json.loads(json.dumps(summary_payload(call.stage, stats), default=_jsonable)
                            .replace(json.dumps(str(work))[1:-1], json.dumps(str(final_dir))[1:-1]))
         return {
             "key": key, "command": stage.command,
@@ -459,18 +462,12 @@ def _stats_int(stats: dict, keys: tuple[str, ...]) -> int | None:
     return None
 
 
-def _release_memory() -> None:
-    """Hand back what earlier stages freed (Python cycles, Arrow's pool, glibc's arenas): one process runs every
-    stage, and a stage should start from the memory it needs, not from the last stage's peak."""
-    import ctypes
-    import gc
-
-    import pyarrow as pa
-
-    gc.collect()
-    pa.default_memory_pool().release_unused()
-    with contextlib.suppress(OSError, AttributeError):  # glibc only
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+def _run_stage(call: Call, engine) -> tuple[dict[str, Any], float]:
+    """One stage's call: its stats and its peak RSS in MB."""
+    _reset_peak_rss()
+    outcome = execute(call, engine=engine)
+    call.stage.after_report(outcome.stats)
+    return outcome.stats, _peak_rss_mb()
 
 
 def _reset_peak_rss() -> None:

@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 
 from ..cache.graphs import GRAPH_DIR, graph_path, graph_source  # noqa: F401 (GRAPH_DIR re-exported)
 from ..errors import InputError
-from ..models.index import NeighbourIndex, connected_components, rowwise_dot
+from ..memory import release_memory
+from ..models.index import NeighbourIndex, SpilledVectors, connected_components, rowwise_dot, spilled
 from ..report import StageResult, mark_set_aside
 from ..schema import core_columns, with_stage_columns
 from ..stage import (SET_ASIDE, TRUST_REMOTE_CODE_HELP, Context, Params, Read, Resources, Stage, Write, option,
@@ -171,8 +172,8 @@ def graph_fingerprint(groups: ExactGroups, *, model_id: str, on: str, k: int, fl
     return digest(body)
 
 
-def build_graph(vectors: np.ndarray, texts: Sequence[str], *, k: int = GRAPH_K, floor: float = GRAPH_FLOOR,
-                device: str = "auto") -> NeighbourGraph:
+def build_graph(vectors: "np.ndarray | SpilledVectors", texts: Sequence[str], *, k: int = GRAPH_K,
+                floor: float = GRAPH_FLOOR, device: str = "auto") -> NeighbourGraph:
     """Self-kNN over L2-normalised vectors (one per text): each node's top-k neighbours at cosine >= floor."""
     if len(vectors) < 2:
         return with_edits(*_no_edges(), texts, index_kind="none")
@@ -180,8 +181,8 @@ def build_graph(vectors: np.ndarray, texts: Sequence[str], *, k: int = GRAPH_K, 
     return with_edits(*undirected_edges(src, dst, sim), texts, index_kind=kind)
 
 
-def knn_edges(base: np.ndarray, queries: np.ndarray, *, k: int, floor: float, device: str,
-              offset: int = 0, base_offset: int = 0):
+def knn_edges(base: "np.ndarray | SpilledVectors", queries: "np.ndarray | SpilledVectors", *, k: int, floor: float,
+              device: str, offset: int = 0, base_offset: int = 0):
     """(query node, base node, cosine, index kind) for each query's top-k base neighbours at cosine >= floor.
 
     Node ids are positions plus the offsets; a query never links to itself.
@@ -226,6 +227,7 @@ def with_edits(src: np.ndarray, dst: np.ndarray, sim: np.ndarray, texts: Sequenc
         normal = dict(zip(ids.tolist(), map(normalize, take_texts(texts, ends[ids]))))
         edits[chunk] = cpdist([normal[i] for i in a[chunk].tolist()], [normal[i] for i in b[chunk].tolist()],
                               scorer=OSA.distance, score_cutoff=int(allowed[chunk].max()), workers=1)
+    release_memory(collect=False)  # a million texts read and normalised a chunk at a time
     return NeighbourGraph(src, dst, sim, edits.astype(np.int32), length, **kw)
 
 
@@ -364,7 +366,7 @@ def choose_representatives(cluster: np.ndarray, priority: np.ndarray, eligible: 
     return winner_of[cluster]
 
 
-def similarity_to(nodes_a: np.ndarray, nodes_b: np.ndarray, vectors: np.ndarray | None,
+def similarity_to(nodes_a: np.ndarray, nodes_b: np.ndarray, vectors: "np.ndarray | SpilledVectors | None",
                   graph: NeighbourGraph) -> np.ndarray:
     """Cosine between node pairs: from vectors when given, else the graph edge (NaN if not adjacent)."""
     out = np.full(len(nodes_a), np.nan)
@@ -413,7 +415,7 @@ class DedupRun:
     graph: NeighbourGraph
     groups: ExactGroups
     texts: list[str]
-    vectors: np.ndarray | None
+    vectors: "np.ndarray | SpilledVectors | None"
 
 
 def stage_texts(table: pa.Table, on: str) -> TableTexts:
@@ -451,10 +453,12 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
     node_texts = pick(texts, groups.first_row)
     if graph is None:
         if verifier is None:
-            vectors = embedder.encode(node_texts)
+            vectors = spilled(embedder.encode(node_texts))  # read back a chunk at a time: search, similarities
+            release_memory(collect=False)  # each step below peaks on what the step before left resident
             graph = build_graph(vectors, node_texts, k=options.k, floor=options.floor, device=options.device)
         else:
             graph, vectors = cascade_graph(node_texts, embedder, verifier, options)
+        release_memory(collect=False)
         if options.on == "pair":
             graph = by_parts(graph, pair_part_texts(table, groups.first_row), models, options.propose,
                              options.floor)
@@ -506,6 +510,7 @@ def by_parts(graph: NeighbourGraph, part_texts: Callable[[str, np.ndarray], Sequ
         keep = (sim >= floor) | (edits <= edit_allowance(graph.length))  # can still link
         graph = NeighbourGraph(graph.src[keep], graph.dst[keep], sim[keep], edits[keep], graph.length[keep],
                                graph.fingerprint, graph.index_kind, {**graph.meta, "by_parts": True})
+        release_memory(collect=False)
     return graph
 
 
@@ -525,13 +530,22 @@ def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str
         if not len(todo):
             break
         ends = np.unique(np.concatenate([src[todo], dst[todo]]))
-        vectors = np.asarray(model.encode(pick(texts, ends)), dtype=np.float32)
-        part_sim[todo] = np.clip(rowwise_dot(vectors, np.searchsorted(ends, src[todo]),
-                                             vectors, np.searchsorted(ends, dst[todo])), -1.0, 1.0)
-        del vectors
+        vectors, row_of = distinct_vectors(model, pick(texts, ends))  # a text repeated in many pairs: one vector
+        part_sim[todo] = np.clip(rowwise_dot(vectors, row_of[np.searchsorted(ends, src[todo])],
+                                             vectors, row_of[np.searchsorted(ends, dst[todo])]), -1.0, 1.0)
+        del vectors, row_of
         if j + 1 < len(models):
             todo = todo[part_sim[todo] >= propose]
     return part_sim, part_typo
+
+
+def distinct_vectors(model, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(vectors of the distinct texts, each text's row among them): a CachedEmbedder's encode_distinct, else one
+    row per text."""
+    if hasattr(model, "encode_distinct"):
+        vectors, row_of = model.encode_distinct(texts)
+        return np.asarray(vectors, dtype=np.float32), row_of
+    return np.asarray(model.encode(texts), dtype=np.float32), np.arange(len(texts))
 
 
 def cascade_id(proposer, verifier, propose: float) -> str:
@@ -573,9 +587,10 @@ def cached_vectors(embedder, texts: Sequence[str], graph: NeighbourGraph) -> np.
     return out
 
 
-def label_rows(table: pa.Table, groups: ExactGroups, graph: NeighbourGraph, vectors: np.ndarray | None,
-               options: DedupOptions, contam: Contamination | None, priority: tuple[np.ndarray, str], *,
-               pinned: int = 0, pinned_clusters: Sequence[str] | None = None) -> StageResult:
+def label_rows(table: pa.Table, groups: ExactGroups, graph: NeighbourGraph,
+               vectors: "np.ndarray | SpilledVectors | None", options: DedupOptions, contam: Contamination | None,
+               priority: tuple[np.ndarray, str], *, pinned: int = 0,
+               pinned_clusters: Sequence[str] | None = None) -> StageResult:
     """Cluster at options.threshold, pick representatives, add the dedup_ columns, split if dropping.
 
     `priority` is keep_priority's (score per row, basis): the highest score in a cluster is its representative.
