@@ -43,7 +43,7 @@ def in_child_process(work: Callable[[], T]) -> T:
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["prefcli.pipeline.runner"])  # imported once by the server, not per child
     receive, send = context.Pipe(duplex=False)
-    child = context.Process(target=_child_main, args=(work, send, os.getpid()), name="prefcli-stage")
+    child = context.Process(target=_child_main, args=(work, send, os.getpid(), dict(os.environ)), name="prefcli-stage")
     child.start()
     send.close()
     try:
@@ -74,10 +74,12 @@ class ChildDied(PrefcliError):
         super().__init__(f"the stage's process ended without a result ({how}; out of memory?)")
 
 
-def _child_main(work: Callable[[], Any], send, parent: int) -> None:
+def _child_main(work: Callable[[], Any], send, parent: int, environ: dict[str, str]) -> None:
     import pickle
 
     _end_with(parent)
+    os.environ.clear()  # the parent's environment now, not the fork server's from when it started
+    os.environ.update(environ)
     try:
         result = (False, work())
     except BaseException as exc:  # noqa: BLE001 - every error goes back to the parent, to be raised there

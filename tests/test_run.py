@@ -297,6 +297,10 @@ def fail_cannot_create(path: str):
     raise CannotCreate(f"{path}: cannot create output")
 
 
+def env_value(name: str) -> str | None:
+    return os.environ.get(name)
+
+
 def die_by_signal() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
@@ -309,6 +313,8 @@ def work(path):
 
 
 def test_child_process_returns_results_raises_errors_and_dies_with_its_parent(tmp_path):
+    """in_child_process gives back the child's result or error (exit code kept), sees this process's environment
+    as it is now, reports a child killed by a signal, and the child does not outlive a parent killed with -9."""
     import functools
 
     from prefcli.errors import CannotCreate
@@ -319,6 +325,11 @@ def test_child_process_returns_results_raises_errors_and_dies_with_its_parent(tm
     with pytest.raises(CannotCreate, match="out.parquet: cannot create") as caught:
         in_child_process(functools.partial(fail_cannot_create, "out.parquet"))
     assert caught.value.exit_code == 73
+    os.environ["PREFCLI_TEST_CHILD_ENV"] = value = "set after the fork server started"
+    try:  # the child sees the environment of now, not the fork server's
+        assert in_child_process(functools.partial(env_value, "PREFCLI_TEST_CHILD_ENV")) == value
+    finally:
+        del os.environ["PREFCLI_TEST_CHILD_ENV"]
     with pytest.raises(ChildDied, match="signal 9"):
         in_child_process(die_by_signal)
 
