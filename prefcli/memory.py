@@ -1,4 +1,5 @@
-"""Handing freed memory back to the operating system between the large steps of a run."""
+"""Memory between the large steps of a run: freed memory handed back to the OS, and work run in a child process
+whose whole heap goes when it ends."""
 
 from __future__ import annotations
 
