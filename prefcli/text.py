@@ -11,6 +11,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 import pyarrow as pa
 
+from .io.parquet import take_rows
 from .memory import release_memory
 
 _WS = re.compile(r"\s+")
@@ -113,10 +114,10 @@ class TableTexts(Sequence[str]):
         """The texts at these positions (a list)."""
         rows = np.asarray(positions, np.int64) if self.rows is None else self.rows[positions]
         out: list[str] = []
+        view = self.table.select(list(VIEW_COLUMNS[self.on]))
         for start in range(0, len(rows), TEXT_CHUNK):
             chunk = rows[start:start + TEXT_CHUNK]
             contiguous = len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1 and bool(np.all(np.diff(chunk) == 1))
-            view = self.table.select(list(VIEW_COLUMNS[self.on]))
             part = view.slice(int(chunk[0]), len(chunk)) if contiguous else take_rows(view, chunk)
             out.extend(texts_for(part, self.on))
         return out
@@ -124,25 +125,6 @@ class TableTexts(Sequence[str]):
     def subset(self, positions: np.ndarray) -> "TableTexts":
         rows = np.asarray(positions, np.int64) if self.rows is None else self.rows[positions]
         return TableTexts(self.table, self.on, rows)
-
-
-def take_rows(table: pa.Table, rows: np.ndarray) -> pa.Table:
-    """table.take(rows), each record batch giving its own rows: Arrow's take on a chunked column first
-    concatenates every chunk (a copy of the whole column per call: 350 MB for a million responses)."""
-    rows = np.asarray(rows, np.int64)
-    batches = table.to_batches()  # zero-copy slices at the columns' chunk boundaries
-    if len(batches) < 2 or not len(rows):
-        return table.take(pa.array(rows))
-    starts = np.cumsum([0] + [batch.num_rows for batch in batches])
-    order = np.argsort(rows, kind="stable")
-    ordered = rows[order]
-    if len(ordered) and (ordered[0] < 0 or ordered[-1] >= starts[-1]):
-        raise IndexError(f"row {ordered[0] if ordered[0] < 0 else ordered[-1]} out of {starts[-1]} rows")
-    pieces = [batch.take(pa.array(part - start))
-              for batch, start, part in zip(batches, starts, np.split(ordered, np.searchsorted(ordered, starts[1:-1])))
-              if len(part)]
-    taken = pa.Table.from_batches(pieces, schema=table.schema).combine_chunks()
-    return taken if np.all(order[1:] > order[:-1]) else taken.take(pa.array(np.argsort(order, kind="stable")))
 
 
 VIEW_COLUMNS = {"prompt": ("prompt",), "chosen": ("chosen",), "rejected": ("rejected",),

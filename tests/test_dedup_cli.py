@@ -160,7 +160,7 @@ def test_table_texts_are_the_text_view_read_when_asked_for(files, monkeypatch):
 def test_rows_are_taken_batch_by_batch_as_arrow_takes_them(files):
     """take_rows equals Table.take on a many-chunk table (sorted, unsorted, repeated, empty, every row) without
     Arrow's concatenation of each whole column first; an out-of-range row is an IndexError, as with take."""
-    from prefcli.text import take_rows
+    from prefcli.io import take_rows
 
     table = pq.read_table(files / "in.parquet")
     chunked = pa.concat_tables([table.slice(start, 7) for start in range(0, table.num_rows, 7)])

@@ -28,7 +28,7 @@ class ProjectedInput:
         self.num_rows = table.num_rows
 
     def take(self, indices) -> "ProjectedInput":
-        return ProjectedInput(self.path, self.table.take(indices), self.schema)
+        return ProjectedInput(self.path, io.take_rows(self.table, indices), self.schema)
 
 
 def project_input(stage: Stage, call) -> ProjectedInput | None:

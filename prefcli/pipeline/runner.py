@@ -147,7 +147,7 @@ class Runner:
         self.quiet = quiet
         self.report = report  # warnings sink for the stages (None: silent)
         self.on_stage = on_stage or (lambda name, what: None)
-        self.isolate = isolate  # local stages each run in a forked child process (their own heap and peak)
+        self.isolate = isolate  # local stages each run in a child process of their own (their own heap and peak)
         self.base = pipeline.path.parent
         self.specs: dict[str, StageOptions] = {}
 

@@ -39,6 +39,7 @@ import pyarrow as pa
 import scipy.sparse as sp
 
 from ...errors import InputError
+from ...io import take_rows
 from ...options import coerce, parse_key_values
 from .base import column_safe
 
@@ -282,7 +283,7 @@ class OfflineEnsemble:
             raise InputError(f"--rm ensemble: needs at least {2 * c.folds} pairs to cross-fit "
                              f"{c.folds} folds, got {n}")
         sample = self.train_sample(n, seed)
-        train = pairs if sample is None else pairs.take(sample)
+        train = pairs if sample is None else take_rows(pairs, sample)
         m = train.num_rows
         prompts, responses = _both_sides(train)
         scalars, qv, rv = self._inputs(prompts, responses)
@@ -355,7 +356,7 @@ class OfflineEnsemble:
             chosen[sample], rejected[sample], fold[sample] = member.chosen, member.rejected, member.fold
         for start in range(0, len(rest), chunk):
             idx = rest[start:start + chunk]
-            part = pairs.take(idx)
+            part = take_rows(pairs, idx)  # not Table.take: it copies each whole column per call
             r = self._rewards(*_both_sides(part))
             for j, (chosen, rejected, _) in enumerate(full):
                 chosen[idx], rejected[idx] = r[:len(idx), j], r[len(idx):, j]
