@@ -356,3 +356,19 @@ def test_deep_nesting_left_to_the_record_reader(monkeypatch, tmp_path):
     assert batches[0].table is None
     result = cli("ingest", str(src), "-o", str(tmp_path / "o.parquet"))
     assert result.exit_code == 2 and "line 4" in result.stderr and "nested" in result.stderr
+
+
+def test_bracket_limit_is_per_line(tmp_path):
+    """The nesting guard counts brackets line by line: many shallow lines together still take the fast
+    path; one line over the limit (anywhere in the batch) sends the batch to the record reader."""
+    limit = io.COLUMNAR_MAX_BRACKETS
+    shallow = '{"prompt": "q", "chosen": "a", "rejected": "b", "x": ' + "[" * 10 + "]" * 10 + "}\n"
+    src = tmp_path / "many.jsonl"
+    src.write_text(shallow * (limit // 5))
+    batches = list(io.iter_raw(str(src), columnar=True))
+    assert batches[0].table is not None and batches[0].table.num_rows == limit // 5
+    for brackets, readable in ((limit - 1, True), (limit + 1, False)):
+        line = '{"prompt": "q", "chosen": "a", "rejected": "b", "x": ' + "[" * brackets + "]" * brackets + "}\n"
+        src.write_text(shallow * 7 + line + shallow * 7)
+        batches = list(io.iter_raw(str(src), columnar=True))
+        assert (batches[0].table is not None) is readable

@@ -79,6 +79,67 @@ def test_parquet_sink_commit_and_abort(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ok.parquet"]
 
 
+def test_parquet_sink_background_writes_same_bytes_and_errors(tmp_path, monkeypatch):
+    """Row groups are written on a background thread: every row comes back in order, and
+    a write error (disk full) is raised by the sink, naming the path, with nothing left behind."""
+    import errno
+
+    from prefcli.errors import PrefcliError
+
+    n = 3 * io.ROW_GROUP_ROWS // 2
+    table = build_pairs([[{"role": "user", "content": f"q{i}"}] for i in range(n)], [f"a{i}" for i in range(n)],
+                        [f"b{i}" for i in range(n)], source="s")
+    with io.ParquetSink(tmp_path / "streamed.parquet", pair_schema()) as sink:
+        for start in range(0, n, 5_000):
+            sink.write(table.slice(start, 5_000))
+    streamed = pq.ParquetFile(tmp_path / "streamed.parquet")
+    assert streamed.read().equals(table)
+    assert streamed.num_row_groups == 3  # two flushes on the background thread, and the rest at commit
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full)
+    with pytest.raises(PrefcliError, match="full.parquet"):
+        with io.ParquetSink(tmp_path / "full.parquet", pair_schema()) as sink:
+            for start in range(0, n, 5_000):
+                sink.write(table.slice(start, 5_000))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.parquet"]
+
+
+def test_read_ahead_same_items_errors_in_place_and_stops_early():
+    import threading
+
+    assert list(io.read_ahead(iter(range(100)))) == list(range(100))
+
+    def failing():
+        yield from range(5)
+        raise InputError("f.jsonl: line 6: malformed JSON")
+
+    got = []
+    with pytest.raises(InputError, match="line 6"):
+        for item in io.read_ahead(failing()):
+            got.append(item)
+    assert got == [0, 1, 2, 3, 4]
+
+    closed = threading.Event()
+
+    def endless():
+        try:
+            i = 0
+            while True:
+                yield i
+                i += 1
+        finally:
+            closed.set()
+
+    ahead = io.read_ahead(endless())
+    assert [next(ahead) for _ in range(3)] == [0, 1, 2]
+    ahead.close()
+    assert closed.is_set()
+    assert not any(t.name == "prefcli-read-ahead" for t in threading.enumerate())
+
+
 def test_iter_pair_batches_streams_and_renumbers_rows(tmp_path):
     n = 10
     table = build_pairs([[{"role": "user", "content": f"q{i}"}] for i in range(n)], [f"a{i}" for i in range(n)],

@@ -15,7 +15,8 @@ from .parquet import (BATCH_ROWS, ROW_GROUP_BYTES, ROW_GROUP_ROWS, ParquetSink, 
                       iter_row_groups, parquet_columns, parquet_rows, read_pairs, read_table, take_rows,
                       write_table, write_tables)
 from .raw import (COLUMNAR_MAX_BRACKETS, RAW_SUFFIXES, ColumnarBatch, RawBatch, expand_sources, iter_raw,
-                  loads_checked, parse_hf_spec, read_records, read_text_list, records_from_document, source_name)
+                  loads_checked, parse_hf_spec, read_ahead, read_records, read_text_list, records_from_document,
+                  source_name)
 from .workdir import OUTPUT_MARKER, exclusive_lock, file_digest, list_files, recover_interrupted
 
 __all__ = [
@@ -24,6 +25,6 @@ __all__ = [
     "BATCH_ROWS", "ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "ParquetSink", "dataset_parts", "iter_pair_batches",
     "iter_row_groups", "parquet_columns", "parquet_rows", "read_pairs", "read_table", "write_table", "write_tables",
     "COLUMNAR_MAX_BRACKETS", "RAW_SUFFIXES", "ColumnarBatch", "RawBatch", "expand_sources", "iter_raw",
-    "loads_checked", "parse_hf_spec", "read_records", "read_text_list", "records_from_document", "source_name",
+    "loads_checked", "parse_hf_spec", "read_ahead", "read_records", "read_text_list", "records_from_document", "source_name",
     "OUTPUT_MARKER", "exclusive_lock", "file_digest", "list_files", "recover_interrupted",
 ]

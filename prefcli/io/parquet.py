@@ -8,6 +8,7 @@ import io as _io
 import os
 import re
 import sys
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -90,6 +91,9 @@ class ParquetSink:
     With `staged=TMP` it writes TMP and `commit()` only finishes the file: an OutputPlan renames it
     together with the command's other outputs. With `deliver`, stdout bytes are handed over at commit
     instead of written. An OSError while writing names `path` (exit 73 or 74).
+
+    Row groups are encoded and compressed on a background thread (pyarrow releases the GIL there), one at a
+    time and in order, while the caller prepares the next: the same bytes, with the second core put to work.
     """
 
     def __init__(self, path: str | os.PathLike, schema: pa.Schema, *, keep_chunks: bool = False,
@@ -108,6 +112,8 @@ class ParquetSink:
             self._writer = _parquet_writer(target if self._stdout else str(target), schema, compression)
         self._pending: list[pa.Table] = []
         self._pending_rows = self._pending_bytes = 0
+        self._encoder: ThreadPoolExecutor | None = None
+        self._encoding: Future | None = None  # the row group being written, at most one
 
     @contextlib.contextmanager
     def _errors(self) -> Iterator[None]:
@@ -133,12 +139,38 @@ class ParquetSink:
     def _flush(self) -> None:
         if self._pending:
             group_rows = max(ROW_GROUP_ROWS, self._pending_rows) if self.keep_chunks else ROW_GROUP_ROWS
-            with self._errors():
-                self._writer.write_table(pa.concat_tables(self._pending), row_group_size=group_rows)
+            group = pa.concat_tables(self._pending)
             self._pending, self._pending_rows, self._pending_bytes = [], 0, 0
+            self._settle()
+            if self._encoder is None:
+                self._encoder = ThreadPoolExecutor(max_workers=1, thread_name_prefix="parquet-sink")
+            self._encoding = self._encoder.submit(self._writer.write_table, group, row_group_size=group_rows)
+
+    def _settle(self) -> None:
+        """Wait for the row group being written; its error is raised here."""
+        if self._encoding is not None:
+            encoding, self._encoding = self._encoding, None
+            with self._errors():
+                encoding.result()
+
+    def _stop_encoder(self) -> None:
+        if self._encoder is not None:
+            self._encoder.shutdown(wait=True)
+            self._encoder = None
 
     def commit(self) -> None:
-        self._flush()
+        try:
+            self._finish()
+        except BaseException:
+            self.abort()  # no temp left behind when the last writes fail (a full disk)
+            raise
+
+    def _finish(self) -> None:
+        try:
+            self._flush()
+            self._settle()
+        finally:
+            self._stop_encoder()
         with self._errors():
             self._writer.close()
         if self._stdout:
@@ -147,10 +179,14 @@ class ParquetSink:
             else:
                 write_bytes(self._buffer.getvalue(), STDIO)
         elif self._atomic is not None:
+            atomic, self._atomic = self._atomic, None  # renamed, or its temp removed: nothing for abort
             with self._errors():
-                self._atomic.__exit__(None, None, None)
+                atomic.__exit__(None, None, None)
 
     def abort(self) -> None:
+        with contextlib.suppress(BaseException):
+            self._settle()
+        self._stop_encoder()
         with contextlib.suppress(Exception):
             self._writer.close()
         if self._atomic is not None:

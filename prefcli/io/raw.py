@@ -10,18 +10,23 @@ import gzip
 import io as _io
 import json
 import os
+import queue
 import sys
+import threading
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, TypeVar
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import InputError, exception_summary
 from .atomic import STDIO
 from .parquet import BATCH_ROWS
+
+T = TypeVar("T")
 
 RAW_SUFFIXES = (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet", ".csv", ".csv.gz")
 
@@ -153,7 +158,10 @@ def _iter_file(path: str, name: str, batch_rows: int, columnar: bool = False) ->
             yield from _iter_csv(fh, path, name, batch_rows)
     elif lower.endswith((".jsonl", ".jsonl.gz")):
         with _open_text(path) as fh:
-            yield from (_iter_jsonl_columnar if columnar else _iter_jsonl)(fh, path, name, batch_rows)
+            if columnar:
+                yield from read_ahead(_iter_jsonl_columnar(fh, path, name, batch_rows))
+            else:
+                yield from _iter_jsonl(fh, path, name, batch_rows)
     else:  # .json / .json.gz: an array, an object holding one array, or JSON lines misnamed
         with _open_text(path) as fh:
             head = _peek_json_kind(fh)
@@ -282,26 +290,73 @@ class ColumnarBatch:
 COLUMNAR_MAX_BRACKETS = 1000  # per line; pyarrow's JSON parser recurses, and crashes on very deep nesting
 
 
-def _shallow(text: str, texts: list[str]) -> bool:
-    """No line can nest deeper than COLUMNAR_MAX_BRACKETS (it has no more brackets than that)."""
-    if text.count("[") + text.count("{") <= COLUMNAR_MAX_BRACKETS:
+def _shallow(data: bytes) -> bool:
+    """No line of the batch's UTF-8 text can nest deeper than COLUMNAR_MAX_BRACKETS (it has no more brackets
+    than that); counted over the bytes at once (`[` and `{` never occur inside a multi-byte character)."""
+    codes = np.frombuffer(data, np.uint8)
+    brackets = (codes | 0x20) == 0x7B  # `[` (0x5B) and `{` (0x7B), nothing else
+    if np.count_nonzero(brackets) <= COLUMNAR_MAX_BRACKETS:
         return True
-    return all(line.count("[") + line.count("{") <= COLUMNAR_MAX_BRACKETS for line in texts)
+    per_line = np.bincount(np.searchsorted(np.flatnonzero(codes == 0x0A), np.flatnonzero(brackets)))
+    return int(per_line.max()) <= COLUMNAR_MAX_BRACKETS
 
 
 def _jsonl_columnar(name: str, path: str, texts: list[str], lines: list[int]) -> ColumnarBatch:
     import pyarrow.json as pa_json
 
     text = "\n".join(texts)
+    data = text.encode("utf-8")
     table = None
-    if _shallow(text, texts):
-        data = text.encode("utf-8")
+    if _shallow(data):
         options = pa_json.ReadOptions(use_threads=False, block_size=len(data) + 1)
         with contextlib.suppress(pa.ArrowException):  # stricter than json.loads (tested): then read per record
             table = pa_json.read_json(pa.BufferReader(data), read_options=options)
         if table is not None and table.num_rows != len(texts):  # e.g. two objects on one line
             table = None
     return ColumnarBatch(name, path, table, lines, texts, escapes="\\" in text)
+
+
+def read_ahead(items: Iterator[T], depth: int = 2) -> Iterator[T]:
+    """The same items in the same order, produced on a background thread up to `depth` ahead of the caller
+    (pyarrow's JSON parse, gzip and numpy release the GIL, so reading overlaps the caller's work). The
+    producer's exception is raised where its item would have come; leaving early stops the producer."""
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def offer(entry: tuple) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                ready.put(entry, timeout=0.05)
+                return True
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not offer((item, None)):
+                    return
+            offer((end, None))
+        except BaseException as exc:  # handed to the caller
+            offer((end, exc))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    producer = threading.Thread(target=produce, name="prefcli-read-ahead", daemon=True)
+    producer.start()
+    try:
+        while True:
+            item, error = ready.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        producer.join()
 
 
 def _iter_jsonl_columnar(fh, path: str, name: str, batch_rows: int) -> Iterator[ColumnarBatch]:
