@@ -215,7 +215,7 @@ class Stage:
 
         if self.input != "pairs":
             return None
-        table = io.read_pairs(call.inputs[0])
+        table = io.read_pairs(call.inputs[0], require=self.required_columns())
         if self.empty_input and not table.num_rows:
             raise InputError(f"{call.inputs[0]}: {self.empty_input}")
         return table
@@ -285,6 +285,11 @@ class Stage:
 
     def has_first_pass(self) -> bool:
         return type(self).first_pass is not Stage.first_pass
+
+    def required_columns(self) -> dict[str, str] | None:
+        """Columns the input must hold beyond the pairs schema, each with a hint (e.g. "run `prefcli vote`
+        first"); every engine checks them before `run`."""
+        return None
 
     def columns_needed(self, ctx: Context) -> list[str] | None:
         """For a whole-table stage that adds columns and keeps or sets aside rows (its rows written through

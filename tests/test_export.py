@@ -13,6 +13,7 @@ import pytest
 from conftest import assert_one_line_error, run_cli, run_inproc, stream_in_batches
 from prefcli import io
 from prefcli.errors import InputError
+from prefcli.pairs import build_pairs
 from prefcli.schema import with_stage_columns
 from prefcli.stages import review
 from prefcli.stages.export import export_pairs
@@ -189,3 +190,31 @@ def test_export_streams_batch_by_batch_with_the_same_output(pairs_file, tmp_path
         assert io.read_table(tmp_path / "out.parquet").equals(whole.table)
     else:
         assert (tmp_path / "out.jsonl").read_text() == "".join(io.jsonl_lines(iter_rows(whole.table)))
+
+
+def test_streamed_export_holds_one_batch_at_a_time(tmp_path, monkeypatch):
+    """Streaming keeps memory flat: while the 20th batch is exported, no earlier batch's rows are still held
+    (each batch's rows go to a spill file; an empty slice of them had kept all their buffers alive)."""
+    import random
+
+    import pyarrow.parquet as pq
+
+    from prefcli.stages.export import ExportStage
+
+    rng = random.Random(0)
+    text = lambda: "".join(rng.choice("abcdefghij klmnop") for _ in range(400))  # noqa: E731
+    n = 40_000
+    table = build_pairs([[{"role": "user", "content": f"q{i}"}] for i in range(n)], [text() for _ in range(n)],
+                        [f"b{i}" for i in range(n)], source="s")
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=2_000)
+    batch_bytes = table.slice(0, 2_000).nbytes
+    del table
+    held = []
+    real_run = ExportStage.run
+    monkeypatch.setattr(ExportStage, "run", lambda self, batch, ctx: held.append(pa.total_allocated_bytes())
+                        or real_run(self, batch, ctx))
+    assert stream_in_batches(monkeypatch, 2_000) is not None
+    proc = run_inproc("export", tmp_path / "big.parquet", "--to", "trl", "-o", tmp_path / "out.jsonl", "--quiet")
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert len(held) == 20 and max(held) < 6 * batch_bytes, (max(held), batch_bytes)
+    assert sum(1 for _ in open(tmp_path / "out.jsonl")) == n

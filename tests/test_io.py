@@ -107,6 +107,26 @@ def test_parquet_sink_background_writes_same_bytes_and_errors(tmp_path, monkeypa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["streamed.parquet"]
 
 
+def test_streamed_reads_hold_one_batch(tmp_path):
+    """Reading a pairs file batch by batch keeps about one batch in memory, however many row groups came before
+    (pyarrow's pre-buffering kept every row group read so far)."""
+    import random
+
+    rng = random.Random(0)
+    letters = "abcdefghijklmnopqrstuvwxyz "
+    text = lambda: "".join(rng.choice(letters) for _ in range(400))  # noqa: E731
+    n = 40_000
+    table = build_pairs([[{"role": "user", "content": f"q{i}"}] for i in range(n)], [text() for _ in range(n)],
+                        [f"b{i}" for i in range(n)], source="s")
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=2_000)
+    del table
+    batch_bytes, most = 0, 0
+    for batch in io.iter_pair_batches(tmp_path / "big.parquet", batch_rows=2_000):
+        batch_bytes = max(batch_bytes, batch.nbytes)
+        most = max(most, pa.total_allocated_bytes())
+    assert most < 4 * batch_bytes, (most, batch_bytes)
+
+
 def test_read_ahead_same_items_errors_in_place_and_stops_early():
     import threading
 

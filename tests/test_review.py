@@ -288,6 +288,36 @@ def test_reimport_and_gold_retrieval(pairs, queue, files, embedder):
     assert (similarity.max(axis=1) >= 0.4 - 1e-5).all()
 
 
+def test_select_past_one_batch_reads_only_the_columns_it_needs(files, session_cache, monkeypatch):
+    """Past one stream batch the local engine hands `review select` only vote's columns, pair_id, verdicts,
+    clusters and the embedded text; the queue's other columns come back from the input: the same queue file as
+    a whole-table read. A missing vote column is still a one-line error naming the file."""
+    import pyarrow.parquet as pq
+
+    from prefcli.engines import project, stream
+
+    args = ["review", "select", files / "in.parquet", "--budget", "25", "--model", "minilm", "--seed", "3",
+            "--cache-dir", session_cache]
+    whole = run_inproc(*args, "-o", files / "queue-whole.parquet")
+    assert whole.returncode == 0, whole.stderr.decode()
+    seen = []
+    real = project.run_projected
+    monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 16)
+    monkeypatch.setattr(project, "run_projected", lambda st, source, ctx: seen.append(source.table.column_names)
+                        or real(st, source, ctx))
+    projected = run_inproc(*args, "-o", files / "queue-projected.parquet")
+    assert projected.returncode == 0, projected.stderr.decode()
+    assert len(seen) == 1 and {"pair_id", "prompt", "pref_mean", "pref_bucket"} <= set(seen[0])
+    assert not {"chosen", "rejected", "meta", "source"} & set(seen[0])
+    assert (files / "queue-projected.parquet").read_bytes() == (files / "queue-whole.parquet").read_bytes()
+    assert pq.read_table(files / "queue-projected.parquet").num_rows == 25
+
+    pq.write_table(pq.read_table(files / "in.parquet").drop_columns(["pref_mean"]), files / "no-vote.parquet")
+    proc = run_inproc("review", "select", files / "no-vote.parquet", "-o", files / "q.parquet", "--budget", "5")
+    assert_one_line_error(proc, "no-vote.parquet", "pref_mean", "prefcli vote")
+    assert not (files / "q.parquet").exists()
+
+
 # --------------------------------------------------------------------------- later rounds, real export shapes
 
 def _ls_annotation(task_number: int, k: int, click: str, *, cancelled: bool = False) -> dict:

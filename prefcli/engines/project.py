@@ -40,6 +40,7 @@ def project_input(stage: Stage, call) -> ProjectedInput | None:
         return None
     path = found[0]
     parts, schema, offset = [], None, 0
+    stream.check_required(stage, path)
     for batch in io.iter_pair_batches(path, batch_rows=stream.STREAM_BATCH_ROWS):
         schema = schema or batch.schema
         part = batch.select([name for name in batch.column_names if name in wanted])

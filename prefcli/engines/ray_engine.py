@@ -242,7 +242,7 @@ class RayEngine:
         if path == io.STDIO or not (io.dataset_parts(path) or io.parquet_rows(path) is not None):
             return stage.read(call)
         with one_line_errors():
-            rows = read_pairs(path, where=str(path))
+            rows = read_pairs(path, where=str(path), require=stage.required_columns())
         if stage.empty_input and not rows.num_rows:
             raise InputError(f"{path}: {stage.empty_input}")
         return rows

@@ -84,7 +84,7 @@ def refs_and_counts(ds) -> tuple[list, list[int]]:
 
 # --------------------------------------------------------------------------- reading a stage's input
 
-def read_pairs(path: str, *, where: str) -> ClusterRows:
+def read_pairs(path: str, *, where: str, require: dict[str, str] | None = None) -> ClusterRows:
     """A pairs Parquet file or dataset directory read by the workers, in file and row-group order: one task per
     run of row groups (up to BLOCK_ROWS rows), each validating its block against the schema (an error names the
     row from the start of the input, as the local reader does). Ray Data's own Parquet reader (2.60) may hand
@@ -99,7 +99,8 @@ def read_pairs(path: str, *, where: str) -> ClusterRows:
     files = io.dataset_parts(path) or [path]
     pieces: list[tuple[str, list[int], int]] = []  # (file, row groups, rows)
     with _parquet_errors(path):
-        validate(pq.read_schema(files[0]).empty_table(), where=where)  # a missing column fails before any work
+        # a missing column fails before any work
+        validate(pq.read_schema(files[0]).empty_table(), where=where, require_stage=require)
         for file in files:
             meta = pq.read_metadata(file)
             groups, rows = [], 0

@@ -37,7 +37,20 @@ class BatchInput:
 def stream_input(stage: Stage, call) -> BatchInput | None:
     """The input as a BatchInput when the stage streams and reads a pairs Parquet file the default way."""
     found = large_parquet_input(stage, call) if stage.streams() else None
-    return BatchInput(*found, STREAM_BATCH_ROWS) if found else None
+    if not found:
+        return None
+    check_required(stage, found[0])
+    return BatchInput(*found, STREAM_BATCH_ROWS)
+
+
+def check_required(stage: Stage, path: str) -> None:
+    """The stage's required columns (`Stage.required_columns`) are in the file: else a one-line SchemaError
+    before any work, as the whole-table read gives."""
+    required = stage.required_columns()
+    if required:
+        from ..schema import validate
+
+        validate(pq.read_schema(path).empty_table(), where=path, require_stage=required)
 
 
 def large_parquet_input(stage: Stage, call) -> tuple[str, int] | None:
@@ -67,7 +80,7 @@ class SpilledRows:
         return self.schema.names
 
     def iter_tables(self) -> Iterator[pa.Table]:
-        source = pq.ParquetFile(self.path)
+        source = io.parquet_file(self.path)
         for index in range(source.num_row_groups):
             yield source.read_row_group(index)
 
@@ -138,8 +151,10 @@ def run_streamed(stage: Stage, source: BatchInput, ctx: Context) -> StageResult:
                 out.add(result.out)
                 aside.add(result.set_aside)
                 if result.out is not None and empty_out is None:
-                    empty_out = result.out.slice(0, 0)
-                result.out, result.set_aside = (None if result.out is None else result.out.slice(0, 0)), None
+                    empty_out = result.out.schema.empty_table()
+                # the batch's rows are in the spill now; an empty table keeps its schema (a zero-row slice would
+                # keep every buffer of the batch alive until the end: at 1M pairs, the whole output in memory)
+                result.out, result.set_aside = (None if result.out is None else result.out.schema.empty_table()), None
                 results.append(result)
                 advance(batch.num_rows)
         kept, set_aside = out.close(), aside.close()

@@ -12,7 +12,7 @@ The public names of the modules are re-exported here: `from prefcli import io; i
 from .atomic import (STDIO, atomic_path, json_default, jsonl_lines, read_json, remove_path, write_bytes, write_json,
                      write_jsonl, write_text, writing)
 from .parquet import (BATCH_ROWS, ROW_GROUP_BYTES, ROW_GROUP_ROWS, ParquetSink, dataset_parts, iter_pair_batches,
-                      iter_row_groups, parquet_columns, parquet_rows, read_pairs, read_table, take_rows,
+                      iter_row_groups, parquet_columns, parquet_file, parquet_rows, read_pairs, read_table, take_rows,
                       write_table, write_tables)
 from .raw import (COLUMNAR_MAX_BRACKETS, RAW_SUFFIXES, ColumnarBatch, RawBatch, expand_sources, iter_raw,
                   loads_checked, parse_hf_spec, read_ahead, read_records, read_text_list, records_from_document,
@@ -23,8 +23,10 @@ __all__ = [
     "STDIO", "atomic_path", "json_default", "jsonl_lines", "read_json", "remove_path", "write_bytes", "write_json",
     "write_jsonl", "write_text", "writing",
     "BATCH_ROWS", "ROW_GROUP_BYTES", "ROW_GROUP_ROWS", "ParquetSink", "dataset_parts", "iter_pair_batches",
-    "iter_row_groups", "parquet_columns", "parquet_rows", "read_pairs", "read_table", "write_table", "write_tables",
+    "iter_row_groups", "parquet_columns", "parquet_file", "parquet_rows", "read_pairs", "read_table", "take_rows",
+    "write_table", "write_tables",
     "COLUMNAR_MAX_BRACKETS", "RAW_SUFFIXES", "ColumnarBatch", "RawBatch", "expand_sources", "iter_raw",
-    "loads_checked", "parse_hf_spec", "read_ahead", "read_records", "read_text_list", "records_from_document", "source_name",
+    "loads_checked", "parse_hf_spec", "read_ahead", "read_records", "read_text_list", "records_from_document",
+    "source_name",
     "OUTPUT_MARKER", "exclusive_lock", "file_digest", "list_files", "recover_interrupted",
 ]

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 
 from ..errors import InputError, exception_summary
 from .atomic import STDIO
-from .parquet import BATCH_ROWS
+from .parquet import BATCH_ROWS, parquet_file
 
 T = TypeVar("T")
 
@@ -152,7 +152,7 @@ def _open_text(path: str):
 def _iter_file(path: str, name: str, batch_rows: int, columnar: bool = False) -> Iterator[RawBatch | ColumnarBatch]:
     lower = path.lower()
     if lower.endswith(".parquet"):
-        yield from _iter_parquet(pq.ParquetFile(path), path, name, batch_rows, columnar)
+        yield from _iter_parquet(parquet_file(path), path, name, batch_rows, columnar)
     elif lower.endswith((".csv", ".csv.gz")):
         with _open_text(path) as fh:
             yield from _iter_csv(fh, path, name, batch_rows)

@@ -249,10 +249,8 @@ class CalibrateStage(Stage):
     def planned_writes(self):
         return (PNG,) if self.params.png else ()
 
-    def read(self, call) -> pa.Table:
-        from .. import io
-
-        return io.read_pairs(call.inputs[0], require=REQUIRES)
+    def required_columns(self) -> dict[str, str]:
+        return REQUIRES
 
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
         p = self.params

@@ -69,9 +69,17 @@ class SelectStage(Stage):
     reads = (Read("gold", "--gold", "Earlier `review import` output: its pairs the AI got wrong pull in their "
                                     "embedding neighbours.", io.read_pairs),)
 
-    def read(self, call) -> pa.Table:
+    def required_columns(self) -> dict[str, str] | None:
         # Without --rm the input must already carry vote's columns; with --rm the stage votes first.
-        return io.read_pairs(call.inputs[0], require=None if self.params.rm else rv.SELECT_REQUIRES)
+        return None if self.params.rm else rv.SELECT_REQUIRES
+
+    def columns_needed(self, ctx: Context) -> list[str] | None:
+        """Vote's columns, pair_id, earlier verdicts, dedup clusters and the embedded text: the queue's other
+        columns come back from the input for its few rows. With --rm (a vote first) every column."""
+        if self.params.rm:
+            return None
+        texts = ["prompt", "chosen", "rejected"] if self.params.on == "pair" else [self.params.on]
+        return ["pair_id", "review_verdict", "dedup_cluster", *rv.SELECT_REQUIRES, *texts]
 
     def run(self, table: pa.Table, ctx: Context) -> StageResult:
         p = self.params

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ...errors import InputError
+from ...io import take_rows
 from ...report import StageResult
 from ...schema import with_stage_columns
 from ...text import digest, texts_for
@@ -120,7 +121,7 @@ def select_for_review(
     reasons += [AUDIT] * len(rest)
 
     rows = np.asarray(picked, dtype=np.int64)
-    queue = table.take(pa.array(rows))
+    queue = take_rows(table, rows)  # not Table.take: it copies every whole column of a chunked table
     queue_ids = [str(p) for p in pair_ids[rows]]
     columns = {
         "review_task_id": pa.array([task_id(p, seed) for p in queue_ids], pa.large_string()),
