@@ -408,3 +408,18 @@ def test_many_row_groups_keep_their_order_on_ray(ray_cluster, sample_pairs, sess
     assert (tmp_path / "local" / "all.jsonl").read_bytes() == (tmp_path / "ray" / "all.jsonl").read_bytes()
     local, ray = (pq.read_table(tmp_path / e / "dedup.parquet") for e in ("local", "ray"))
     assert local.column("pair_id").to_pylist() == ray.column("pair_id").to_pylist()
+
+
+def test_missing_vote_columns_through_ray_are_the_same_one_line_error(ray_cluster, sample_pairs, tmp_path):
+    """`review select` needs vote's columns: on Ray the input is read by the workers, and the missing column is
+    refused before any work with the error a local run gives."""
+    pipeline = tmp_path / "select.toml"
+    pipeline.write_text(f'[[stage]]\ncommand = "review select"\ninput = "{sample_pairs}"\nbudget = 3\n'
+                        f'groups = "none"\n')
+    got = {}
+    for engine in ("local", "ray"):
+        result = cli("run", str(pipeline), "--workdir", str(tmp_path / engine), "--engine", engine)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and "missing column 'pref_mean'" in lines[0], result.stderr
+        got[engine] = (result.exit_code, lines[0].replace(str(tmp_path / engine), "<workdir>"))
+    assert got["local"] == got["ray"] and got["local"][0] != 0

@@ -150,11 +150,12 @@ def run_streamed(stage: Stage, source: BatchInput, ctx: Context) -> StageResult:
                 check_accounting(batch.num_rows, result, added=result.added)
                 out.add(result.out)
                 aside.add(result.set_aside)
-                if result.out is not None and empty_out is None:
-                    empty_out = result.out.schema.empty_table()
-                # the batch's rows are in the spill now; an empty table keeps its schema (a zero-row slice would
+                # the batch's rows are in the spill now; an empty table keeps their schema (a zero-row slice would
                 # keep every buffer of the batch alive until the end: at 1M pairs, the whole output in memory)
-                result.out, result.set_aside = (None if result.out is None else result.out.schema.empty_table()), None
+                if result.out is not None:
+                    result.out = result.out.schema.empty_table()
+                    empty_out = result.out if empty_out is None else empty_out
+                result.set_aside = None
                 results.append(result)
                 advance(batch.num_rows)
         kept, set_aside = out.close(), aside.close()
