@@ -221,7 +221,8 @@ def test_vectors_spilled_to_a_temporary_file_give_the_same_dedup(real_table, alp
     spilled_runs = [dedup(table, static, options).result for table, options in cases]
     assert reads  # the search and the similarities read the spilled rows
     with monkeypatch.context() as m:
-        m.setattr(dd, "spilled", lambda vectors: vectors)
+        m.setattr(dd, "spilled_vectors", lambda model, texts: model.encode(texts))
+        m.setattr(dd, "distinct_vectors", lambda model, texts: model.encode_distinct(texts))
         in_memory = [dedup(table, static, options).result for table, options in cases]
     for a, b in zip(spilled_runs, in_memory):
         assert a.out.equals(b.out) and a.set_aside.equals(b.set_aside)
@@ -238,3 +239,84 @@ def test_vectors_spilled_to_a_temporary_file_give_the_same_dedup(real_table, alp
 
     monkeypatch.setattr(tempfile, "TemporaryFile", no_temporary_files)
     assert index.spilled(vectors) is vectors
+
+
+def test_vectors_written_chunk_by_chunk_are_the_encoded_vectors(real_table, static, monkeypatch):
+    """encode(spill=True) writes each chunk's vectors to the temporary file as it is computed: the same rows as
+    encode, read back by slices, single rows and scattered rows (each run of consecutive rows one read); a file
+    that cannot be written
+    from the start, or that fails midway (a full disk), keeps the rows in memory, the same rows."""
+    import tempfile
+
+    import prefcli.models.embed as embed
+    import prefcli.models.index as index
+
+    texts = texts_for(real_table[0], "prompt")[:700] * 2  # repeats: one vector per distinct text, spread back
+    expected = static.encode(texts)
+    monkeypatch.setattr(embed, "TEXT_CHUNK", 128)
+    appended = []
+    original = index.SpilledVectors.append
+    monkeypatch.setattr(index.SpilledVectors, "append", lambda self, rows: appended.append(len(rows))
+                        or original(self, rows))
+    distinct, row_of = static.encode_distinct(texts, spill=True)
+    assert isinstance(distinct, index.SpilledVectors) and max(appended) <= 128 and len(appended) > 3
+    rows = np.random.default_rng(0).integers(0, len(texts), 1000)
+    np.testing.assert_array_equal(distinct[row_of[rows]], expected[rows])
+    np.testing.assert_array_equal(distinct[5:300], static.encode_distinct(texts)[0][5:300])
+    spilled = static.encode(texts, spill=True)
+    assert isinstance(spilled, index.SpilledVectors)
+    np.testing.assert_array_equal(spilled[np.arange(len(texts))], expected)
+    np.testing.assert_array_equal(spilled[-1], expected[-1])
+    np.testing.assert_array_equal(spilled[np.array([3, 4, 5, 9, 8, 8, 0])], expected[[3, 4, 5, 9, 8, 8, 0]])
+    assert spilled[np.zeros(0, np.int64)].shape == (0, expected.shape[1])
+    with pytest.raises(IndexError):
+        spilled[np.array([len(texts)])]
+
+    def full_disk(self, rows):
+        if len(self):
+            raise OSError(28, "No space left on device")
+        original(self, rows)
+
+    monkeypatch.setattr(index.SpilledVectors, "append", full_disk)
+    kept, row_of = static.encode_distinct(texts, spill=True)
+    assert isinstance(kept, np.ndarray)
+    np.testing.assert_array_equal(kept[row_of], expected)
+
+    def no_temporary_files(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", no_temporary_files)
+    kept, row_of = static.encode_distinct(texts, spill=True)
+    assert isinstance(kept, np.ndarray)
+    np.testing.assert_array_equal(kept[row_of], expected)
+
+
+def test_ivf_lists_sized_once_hold_what_faiss_add_builds(real_table, static, monkeypatch):
+    """The CPU IVF index's lists are allocated once at their final size (faiss's add doubles them as they
+    grow): every list holds the same ids in the same order with the same vectors as faiss's own add, so the
+    searches give the same neighbours; from spilled vectors too, over several add chunks."""
+    import faiss
+    from faiss.contrib.inspect_tools import get_invlist
+
+    import prefcli.models.index as index
+
+    texts = texts_for(real_table[0], "prompt") + texts_for(real_table[0], "chosen")
+    vectors = np.asarray(static.encode(texts), np.float32)
+    monkeypatch.setattr(index, "ADD_CHUNK", 333)
+    built = index.NeighbourIndex(index.SpilledVectors(vectors), device="cpu", exact_max=0)
+    assert built.kind.startswith("ivf") and built.index.ntotal == len(vectors) >= 2000
+    reference = faiss.clone_index(built.index)
+    reference.reset()
+    for start in range(0, len(vectors), 333):
+        reference.add(vectors[start:start + 333])
+    assert reference.ntotal == built.index.ntotal
+    for list_no in range(built.index.nlist):
+        ids, codes = get_invlist(built.index.invlists, list_no)
+        ref_ids, ref_codes = get_invlist(reference.invlists, list_no)
+        np.testing.assert_array_equal(ids, ref_ids)
+        np.testing.assert_array_equal(codes, ref_codes)
+    sims, ids = built.search(vectors[:500], 10)
+    reference.nprobe = built.index.nprobe
+    ref_sims, ref_ids = reference.search(vectors[:500], 10)
+    np.testing.assert_array_equal(ids, ref_ids)
+    np.testing.assert_array_equal(sims, ref_sims)

@@ -194,14 +194,21 @@ def test_projected_columns_give_the_whole_table_outputs(files, monkeypatch):
         run_inproc("dedup", src, "-o", str(out), "-q", *args)
         whole[name] = out
     seen: list[list[str]] = []
-    real = project.run_projected
+    returned: list[list[str]] = []
+    real, real_rejoin = project.run_projected, project.rejoin
 
     def recording(stage, source, ctx):
         seen.append(source.table.column_names)
         return real(stage, source, ctx)
 
+    def rejoin(source, rows):
+        if rows is not None:
+            returned.append(rows.column_names)
+        return real_rejoin(source, rows)
+
     monkeypatch.setattr(stream, "STREAM_BATCH_ROWS", 16)
     monkeypatch.setattr(project, "run_projected", recording)
+    monkeypatch.setattr(project, "rejoin", rejoin)
     for name, args in runs.items():
         out = files / f"projected-{name}.parquet"
         run_inproc("dedup", src, "-o", str(out), "-q", *args)
@@ -212,6 +219,10 @@ def test_projected_columns_give_the_whole_table_outputs(files, monkeypatch):
     assert len(seen) == 3
     assert "chosen" not in seen[0] and "meta" not in seen[0] and "prompt" in seen[0] and "pair_id" in seen[0]
     assert {"prompt", "chosen", "rejected"} <= set(seen[2]) and "meta" not in seen[2]
+    # the stage leaves the projected input columns out of its kept and set-aside rows (Context.restored): the
+    # texts are not copied to split the rows, they come back from the file with the rest
+    assert len(returned) == 5 and all(not {"prompt", "chosen", "pair_id"} & set(names) for names in returned)
+    assert all("dedup_cluster" in names for names in returned)
     table = pq.read_table(src)
     chosen = table.column("chosen").to_pylist()
     chosen[50] = None

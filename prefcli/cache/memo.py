@@ -38,8 +38,11 @@ def memoised_distinct(keys: Sequence[str], store: VectorStore | None, compute: C
         row_of[i] = row
     if store is None:  # every key computed: the computed rows are the values (no second copy)
         computed = len(first)
-        values = (np.asarray(compute(first), dtype).reshape(len(first), -1) if first
-                  else np.zeros((0, width()), dtype))
+        if not first:
+            return np.zeros((0, width()), dtype), row_of, computed
+        values = compute(first)  # an array, or rows held elsewhere (a SpilledVectors: rows read back on demand)
+        if isinstance(values, (np.ndarray, list)):
+            values = np.asarray(values, dtype).reshape(len(first), -1)
         return values, row_of, computed
     unique = list(row_of_key)
     found, values = store.get(unique)

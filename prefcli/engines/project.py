@@ -52,7 +52,10 @@ def project_input(stage: Stage, call) -> ProjectedInput | None:
 
 
 def run_projected(stage: Stage, source: ProjectedInput, ctx) -> "StageResult":  # noqa: F821
-    result = stage.run(source.table, ctx)
+    from dataclasses import replace
+
+    restored = frozenset(name for name in source.table.column_names if name != ROW)  # rejoin takes them from the file
+    result = stage.run(source.table, replace(ctx, restored=ctx.restored | restored))
     source.table = None  # written from the result and the input file: the projected columns can go before then
     result.out = rejoin(source, result.out)
     result.set_aside = rejoin(source, result.set_aside)
@@ -68,8 +71,9 @@ def rejoin(source: ProjectedInput, rows: pa.Table | None) -> "RejoinedRows | Non
 
 
 class RejoinedRows:
-    """Rows of a stage's result over projected columns, with the input's other columns taken back from the
-    input file: `num_rows`, `schema`, `column_names`, `iter_tables()` (a block at a time), `to_table()`."""
+    """Rows of a stage's result over projected columns, with the input's columns that the result lacks (those not
+    projected, and projected ones the stage left out: Context.restored) taken back from the input file:
+    `num_rows`, `schema`, `column_names`, `iter_tables()` (a block at a time), `to_table()`."""
 
     def __init__(self, source: ProjectedInput, rows: pa.Table):
         self.source = source

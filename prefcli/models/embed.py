@@ -14,6 +14,7 @@ from ..cache.vectors import VectorStore
 from ..errors import InputError
 from ..io import atomic_path
 from ..memory import release_memory
+from .index import SpilledVectors, spill_chunks, spilled
 from ..text import TEXT_CHUNK, take_texts, text_keys
 
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
@@ -150,28 +151,45 @@ class CachedEmbedder:
     def dim(self) -> int:
         return self.embedder.dim
 
-    def encode(self, texts: Sequence[str]) -> np.ndarray:
+    def encode(self, texts: Sequence[str], *, spill: bool = False) -> "np.ndarray | SpilledVectors":
+        """One normalised row per text. `spill`: the rows go to a temporary file as they are computed
+        (SpilledVectors, read back by rows) instead of one matrix in memory; with a cache store they are
+        gathered in memory first, then spilled."""
+        if spill:
+            vectors, row_of = self.encode_distinct(texts, spill=True)
+            return vectors if len(vectors) == len(texts) else spilled(vectors[row_of])
         vectors, computed = memoised(text_keys(texts), self.store, lambda rows: self._encode_rows(texts, rows),
                                      width=lambda: self.dim)
         self.computed += computed
         return vectors
 
-    def encode_distinct(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    def encode_distinct(self, texts: Sequence[str], *, spill: bool = False
+                        ) -> "tuple[np.ndarray | SpilledVectors, np.ndarray]":
         """encode without the repeats: (the vectors of the distinct texts, each text's row among them)."""
-        vectors, row_of, computed = memoised_distinct(text_keys(texts), self.store, lambda rows: self._encode_rows(
-            texts, rows), width=lambda: self.dim)
+        as_computed = spill and self.store is None  # else found and fresh rows are gathered in memory, then spilled
+        vectors, row_of, computed = memoised_distinct(
+            text_keys(texts), self.store, lambda rows: self._encode_rows(texts, rows, spill=as_computed),
+            width=lambda: self.dim)
         self.computed += computed
-        return vectors, row_of
+        return (spilled(vectors) if spill and not as_computed else vectors), row_of
 
-    def _encode_rows(self, texts: Sequence[str], rows: list[int]) -> np.ndarray:
-        """The vectors of texts[rows], TEXT_CHUNK texts at a time (a TableTexts is read a chunk at a time)."""
-        if len(rows) <= TEXT_CHUNK:
+    def _encode_rows(self, texts: Sequence[str], rows: list[int], *, spill: bool = False
+                     ) -> "np.ndarray | SpilledVectors":
+        """The vectors of texts[rows], TEXT_CHUNK texts at a time (a TableTexts is read a chunk at a time);
+        with `spill`, appended to a temporary file chunk by chunk."""
+        if len(rows) <= TEXT_CHUNK and not spill:
             return self.embedder.encode(take_texts(texts, np.asarray(rows, np.int64)))
+
+        def chunks():
+            for start in range(0, len(rows), TEXT_CHUNK):
+                yield self.embedder.encode(take_texts(texts, np.asarray(rows[start:start + TEXT_CHUNK], np.int64)))
+                release_memory(collect=False)  # the chunk's texts and the model's buffers, freed by its threads
+
+        if spill:
+            return spill_chunks(chunks(), len(rows), self.dim)
         out = np.empty((len(rows), self.dim), np.float32)
-        for start in range(0, len(rows), TEXT_CHUNK):
-            chunk = np.asarray(rows[start:start + TEXT_CHUNK], np.int64)
-            out[start:start + len(chunk)] = self.embedder.encode(take_texts(texts, chunk))
-            release_memory(collect=False)  # the chunk's texts and the model's buffers, freed by its threads
+        for start, vectors in zip(range(0, len(rows), TEXT_CHUNK), chunks()):
+            out[start:start + len(vectors)] = vectors
         return out
 
     def lookup(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

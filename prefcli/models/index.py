@@ -3,6 +3,8 @@ components of a link graph."""
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import numpy as np
 
 # Below this many vectors an exact (flat) inner-product search is used; above, IVF. Measured on the
@@ -60,8 +62,11 @@ class NeighbourIndex:
             rng = np.random.default_rng(seed)
             sample = rng.choice(n, size=min(n, nlist * IVF_TRAIN_PER_LIST), replace=False)
             index.train(_float32(vectors[np.sort(sample)]))
-        for start in range(0, n, ADD_CHUNK):  # the index holds its own copy; `vectors` may be spilled to disk
-            index.add(_float32(vectors[start:start + ADD_CHUNK]))
+        if nlist and not self.on_gpu:
+            fill_inverted_lists(index, vectors)
+        else:
+            for start in range(0, n, ADD_CHUNK):  # the index holds its own copy; `vectors` may be spilled to disk
+                index.add(_float32(vectors[start:start + ADD_CHUNK]))
         self.index = index
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -74,41 +79,135 @@ class NeighbourIndex:
 ADD_CHUNK = 65_536  # vectors per index.add (faiss's IVF adds in blocks of this size anyway: same index)
 
 
+def fill_inverted_lists(index, vectors: "np.ndarray | SpilledVectors") -> None:
+    """`index.add(vectors)` for a trained CPU IVF-Flat index, with every inverted list allocated once at its
+    final size. faiss's add grows each list's buffer by doubling, so at 1M vectors the index held about 1.5x
+    their bytes; here it holds 1.0x. Same lists, ids and order within each list as add (the same search
+    results): each vector goes to its nearest centroid (the quantizer's top hit, as add assigns), in row order.
+    `vectors` is read twice, a chunk at a time (it may be spilled to disk)."""
+    import faiss
+
+    n, lists = len(vectors), index.invlists
+    assigned = np.empty(n, np.int64)
+    for start in range(0, n, ADD_CHUNK):
+        assigned[start:start + ADD_CHUNK] = index.quantizer.search(_float32(vectors[start:start + ADD_CHUNK]), 1)[1][:, 0]
+    if n and assigned.min() < 0:
+        raise RuntimeError("faiss assigned a vector to no list (NaN in the vectors?)")
+    sizes = np.bincount(assigned, minlength=index.nlist)
+    for list_no in np.flatnonzero(sizes):
+        lists.resize(int(list_no), int(sizes[list_no]))
+    filled = np.zeros(index.nlist, np.int64)
+    for start in range(0, n, ADD_CHUNK):
+        chunk = _float32(vectors[start:start + ADD_CHUNK])
+        order = np.argsort(assigned[start:start + len(chunk)], kind="stable")
+        chunk_lists, bounds = np.unique(assigned[start:start + len(chunk)][order], return_index=True)
+        bounds = np.append(bounds, len(chunk))
+        for list_no, lo, hi in zip(chunk_lists.tolist(), bounds[:-1].tolist(), bounds[1:].tolist()):
+            rows = order[lo:hi]
+            ids = np.ascontiguousarray(rows + start, dtype=np.int64)  # held here while faiss reads them
+            codes = np.ascontiguousarray(chunk[rows]).view(np.uint8)
+            lists.update_entries(list_no, int(filled[list_no]), len(rows), faiss.swig_ptr(ids), faiss.swig_ptr(codes))
+            filled[list_no] += len(rows)
+    index.ntotal = n
+
+
 def _float32(rows) -> np.ndarray:
     return np.ascontiguousarray(rows, dtype=np.float32)
 
 
 class SpilledVectors:
     """A float32 matrix kept in an unnamed temporary file ($TMPDIR) instead of memory. Indexing (a slice, or
-    an array of row ids) returns those rows as an array; the file is mapped only while they are read, so
-    resident memory holds the rows asked for, not the matrix. The file goes when this object is closed or
+    an array of row ids) returns those rows as an array, read from the file, so resident memory holds the rows
+    asked for, not the matrix. The file goes when this object is closed or
     collected, or when the process ends, however it ends."""
 
-    def __init__(self, vectors: np.ndarray):
+    def __init__(self, vectors: np.ndarray | None = None, *, dim: int | None = None):
+        """The rows of `vectors`, or none yet: a matrix of `dim` columns that `append` grows."""
         import tempfile
 
-        vectors = _float32(vectors)
-        self.shape, self.dtype = vectors.shape, vectors.dtype
+        vectors = _float32(vectors) if vectors is not None else np.zeros((0, dim), np.float32)
+        self.shape, self.dtype = (0, vectors.shape[1]), vectors.dtype
         self._file = tempfile.TemporaryFile(prefix="prefcli-vectors-")
         try:
-            for start in range(0, len(vectors), ADD_CHUNK):
-                self._file.write(vectors[start:start + ADD_CHUNK].tobytes())
-            self._file.flush()
+            self.append(vectors)
         except BaseException:
             self._file.close()
             raise
+
+    def append(self, rows: np.ndarray) -> None:
+        """Add rows at the end (an OSError, e.g. a full disk, leaves the rows before them as they were)."""
+        rows = _float32(rows)
+        self._file.seek(self.shape[0] * self.shape[1] * self.dtype.itemsize)
+        for start in range(0, len(rows), ADD_CHUNK):
+            self._file.write(rows[start:start + ADD_CHUNK].tobytes())
+        self._file.flush()
+        self.shape = (self.shape[0] + len(rows), self.shape[1])
 
     def __len__(self) -> int:
         return self.shape[0]
 
     def __getitem__(self, rows) -> np.ndarray:
-        if not self.shape[0] or not self.shape[1]:
-            return np.zeros((0, self.shape[1]), self.dtype)[rows]
-        mapped = np.memmap(self._file, dtype=self.dtype, mode="r", shape=self.shape)
-        return np.array(mapped[rows])  # a copy: the mapping goes with `mapped` on return
+        """The rows asked for (a slice, an array of row ids, or one id), read with pread into a new array: each
+        run of consecutive ids one read. Not mapped: a mapping's page faults bring in the pages around each row
+        too, and scattered rows would make most of the file resident."""
+        positions = np.arange(self.shape[0])[rows]
+        if np.ndim(positions) == 0:
+            return self[np.array([positions])][0]
+        positions = np.asarray(positions, np.int64)
+        out = np.empty((len(positions), self.shape[1]), self.dtype)
+        if not out.size:
+            return out
+        width = self.shape[1] * self.dtype.itemsize
+        view = memoryview(out).cast("B")
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        starts, stops = np.append(0, breaks).tolist(), np.append(breaks, len(positions)).tolist()
+        fd = self._file.fileno()
+        for start, stop, row in zip(starts, stops, positions[starts].tolist()):
+            _read_exactly(fd, view[start * width:stop * width], row * width)
+        return out
 
     def close(self) -> None:
         self._file.close()
+
+
+def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
+    import os
+
+    while len(view):
+        got = os.preadv(fd, [view], offset)
+        if not got:
+            raise OSError(f"spilled vectors: the temporary file ended early at byte {offset}")
+        view, offset = view[got:], offset + got
+
+
+def spill_chunks(chunks: Iterable[np.ndarray], rows: int, dim: int) -> "SpilledVectors | np.ndarray":
+    """The `rows` vectors that `chunks` yields, appended to a temporary file as they come (SpilledVectors), so
+    the whole matrix is never in memory; held in memory instead from the point no temporary file can be
+    written (a read-only or full $TMPDIR): the same rows either way."""
+    try:
+        spill = SpilledVectors(dim=dim)
+    except OSError:
+        spill = None
+    held, filled = None, 0
+    for chunk in chunks:
+        chunk = _float32(chunk)
+        if spill is not None:
+            try:
+                spill.append(chunk)
+                filled += len(chunk)
+                continue
+            except OSError:
+                held = np.empty((rows, dim), np.float32)
+                held[:filled] = spill[:filled]
+                spill.close()
+                spill = None
+        if held is None:
+            held = np.empty((rows, dim), np.float32)
+        held[filled:filled + len(chunk)] = chunk
+        filled += len(chunk)
+    if filled != rows:
+        raise AssertionError(f"spill_chunks: expected {rows} rows, got {filled}")
+    return spill if spill is not None else (held if held is not None else np.zeros((0, dim), np.float32))
 
 
 def spilled(vectors: np.ndarray) -> "SpilledVectors | np.ndarray":
@@ -121,14 +220,21 @@ def spilled(vectors: np.ndarray) -> "SpilledVectors | np.ndarray":
 
 
 ROW_CHUNK = 65_536  # row pairs per step of rowwise_dot
+SPILLED_ROW_CHUNK = 16_384  # ... when rows are read from a SpilledVectors (a chunk's rows held three times)
 
 
 def rowwise_dot(a: np.ndarray, ia: np.ndarray, b: np.ndarray, ib: np.ndarray) -> np.ndarray:
     """a[ia[k]] · b[ib[k]] for every k (float32), a chunk at a time: never a copy of every pair's vectors."""
     out = np.empty(len(ia), np.float32)
-    for start in range(0, len(ia), ROW_CHUNK):
-        stop = start + ROW_CHUNK
-        out[start:stop] = np.einsum("ij,ij->i", a[ia[start:stop]], b[ib[start:stop]])
+    step = SPILLED_ROW_CHUNK if isinstance(a, SpilledVectors) or isinstance(b, SpilledVectors) else ROW_CHUNK
+    for start in range(0, len(ia), step):
+        stop = start + step
+        if a is b and isinstance(a, SpilledVectors):  # read from disk: each row the chunk needs once, in file order
+            rows, where = np.unique(np.concatenate([ia[start:stop], ib[start:stop]]), return_inverse=True)
+            held = a[rows]
+            out[start:stop] = np.einsum("ij,ij->i", held[where[:len(where) // 2]], held[where[len(where) // 2:]])
+        else:
+            out[start:stop] = np.einsum("ij,ij->i", a[ia[start:stop]], b[ib[start:stop]])
     return out
 
 

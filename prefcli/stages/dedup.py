@@ -428,7 +428,8 @@ def stage_texts(table: pa.Table, on: str) -> TableTexts:
 
 
 def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence[str] = (),
-          graph_source: Callable[[str], pa.Table | None] | None = None, verifier=None) -> DedupRun:
+          graph_source: Callable[[str], pa.Table | None] | None = None, verifier=None,
+          omit: Sequence[str] = ()) -> DedupRun:
     """Flag (or with options.drop set aside) duplicate and contaminated rows.
 
     `embedder` is a CachedEmbedder-like object (.encode, .lookup, .model_id, .computed).
@@ -437,6 +438,7 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
     verifier, whose cosine decides at options.threshold (the typo rescue applies to the candidates).
     `graph_source(fingerprint)` may return a stored neighbour graph; one whose fingerprint matches
     this input's texts, models, text view and kNN settings is used with no embedding and no search.
+    `omit`: input columns left out of the kept and set-aside tables (the caller puts them back).
     """
     options.check()
     models = [m for m in (embedder, verifier) if m is not None]
@@ -453,7 +455,7 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
     node_texts = pick(texts, groups.first_row)
     if graph is None:
         if verifier is None:
-            vectors = spilled(embedder.encode(node_texts))  # read back a chunk at a time: search, similarities
+            vectors = spilled_vectors(embedder, node_texts)  # read back a chunk at a time: search, similarities
             release_memory(collect=False)  # each step below peaks on what the step before left resident
             graph = build_graph(vectors, node_texts, k=options.k, floor=options.floor, device=options.device)
         else:
@@ -469,7 +471,7 @@ def dedup(table: pa.Table, embedder, options: DedupOptions, *, against: Sequence
     contam = contamination(table, against, verifier or embedder, threshold=options.against_threshold,
                            device=options.device, proposer=embedder if verifier is not None else None,
                            propose=options.propose) if against else None
-    result = label_rows(table, groups, graph, vectors, options, contam, priority)
+    result = label_rows(table, groups, graph, vectors, options, contam, priority, omit=omit)
     embedded = [m.computed - before for m, before in zip(models, computed_before)]
     result.stats.update(embedded=embedded[-1], graph_reused=reused)
     if verifier is not None:
@@ -530,7 +532,8 @@ def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str
         if not len(todo):
             break
         ends = np.unique(np.concatenate([src[todo], dst[todo]]))
-        vectors, row_of = distinct_vectors(model, pick(texts, ends))  # a text repeated in many pairs: one vector
+        vectors, row_of = distinct_vectors(model, pick(texts, ends))  # a text repeated in many pairs: one vector;
+        #                                                                    spilled: its rows read as the edges ask
         part_sim[todo] = np.clip(rowwise_dot(vectors, row_of[np.searchsorted(ends, src[todo])],
                                              vectors, row_of[np.searchsorted(ends, dst[todo])]), -1.0, 1.0)
         del vectors, row_of
@@ -539,13 +542,20 @@ def _part_similarity(graph: NeighbourGraph, part: str, part_texts: Callable[[str
     return part_sim, part_typo
 
 
-def distinct_vectors(model, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-    """(vectors of the distinct texts, each text's row among them): a CachedEmbedder's encode_distinct, else one
-    row per text."""
+def distinct_vectors(model, texts: Sequence[str]) -> "tuple[np.ndarray | SpilledVectors, np.ndarray]":
+    """(vectors of the distinct texts, each text's row among them): a CachedEmbedder's encode_distinct, its rows
+    written to a temporary file as they are computed (SpilledVectors), else one in-memory row per text."""
     if hasattr(model, "encode_distinct"):
-        vectors, row_of = model.encode_distinct(texts)
-        return np.asarray(vectors, dtype=np.float32), row_of
+        return model.encode_distinct(texts, spill=True)
     return np.asarray(model.encode(texts), dtype=np.float32), np.arange(len(texts))
+
+
+def spilled_vectors(model, texts: Sequence[str]) -> "np.ndarray | SpilledVectors":
+    """The texts' vectors in a temporary file (read back by rows), never whole in memory where the model can
+    write them chunk by chunk (a CachedEmbedder); else computed, then spilled."""
+    if hasattr(model, "encode_distinct"):
+        return model.encode(texts, spill=True)
+    return spilled(np.asarray(model.encode(texts), dtype=np.float32))
 
 
 def cascade_id(proposer, verifier, propose: float) -> str:
@@ -559,8 +569,8 @@ def cascade_graph(texts: Sequence[str], proposer, verifier, options: DedupOption
 
     Returns the graph (verifier cosines, edit distances for the typo rescue) and verifier vectors for
     the texts that have an edge (zeros elsewhere: no other text is ever compared)."""
-    knn = build_graph(proposer.encode(texts), texts, k=options.k, floor=min(STATIC_TYPO_FLOOR, options.propose),
-                      device=options.device)
+    knn = build_graph(spilled_vectors(proposer, texts), texts, k=options.k,
+                      floor=min(STATIC_TYPO_FLOOR, options.propose), device=options.device)
     keep = (knn.sim >= options.propose) | (knn.edits <= edit_allowance(knn.length))
     proposed = NeighbourGraph(knn.src[keep], knn.dst[keep], knn.sim[keep], knn.edits[keep], knn.length[keep],
                               index_kind=knn.index_kind)
@@ -590,12 +600,13 @@ def cached_vectors(embedder, texts: Sequence[str], graph: NeighbourGraph) -> np.
 def label_rows(table: pa.Table, groups: ExactGroups, graph: NeighbourGraph,
                vectors: "np.ndarray | SpilledVectors | None", options: DedupOptions, contam: Contamination | None,
                priority: tuple[np.ndarray, str], *, pinned: int = 0,
-               pinned_clusters: Sequence[str] | None = None) -> StageResult:
+               pinned_clusters: Sequence[str] | None = None, omit: Sequence[str] = ()) -> StageResult:
     """Cluster at options.threshold, pick representatives, add the dedup_ columns, split if dropping.
 
     `priority` is keep_priority's (score per row, basis): the highest score in a cluster is its representative.
     The first `pinned` rows are an already-kept set: they win their clusters and lend them their
-    `pinned_clusters` ids (incremental dedup); callers slice them off afterwards.
+    `pinned_clusters` ids (incremental dedup); callers slice them off afterwards. The input columns in `omit`
+    are left out of the result (not copied to split the rows: the caller has them).
     """
     n = table.num_rows
     eligible = ~contam.flagged if contam is not None else np.ones(n, bool)
@@ -640,6 +651,7 @@ def label_rows(table: pa.Table, groups: ExactGroups, graph: NeighbourGraph,
         columns = {name: values.slice(pinned) for name, values in columns.items()}
         stats["duplicates_of_kept"] = int(np.sum((rep[pinned:] >= 0) & (rep[pinned:] < pinned)))
     out = with_stage_columns(table, STAGE, columns)
+    out = out.drop_columns([name for name in omit if name in out.column_names and not name.startswith(f"{STAGE}_")])
     result = split_result(out, is_rep, reasons.tolist(), options.drop, stats)
     stats.update(representatives=int(is_rep.sum()), rows_out=result.out.num_rows,
                  rows_removed=result.rows_set_aside)
@@ -862,7 +874,7 @@ class DedupStage(Stage):
         cache_root = None if not ctx.use_cache else (ctx.cache_dir or default_cache_dir())
         source = ctx.inputs.get("graph_source") or graph_source(getattr(self, "_graph_path", None), cache_root)
         run = dedup(table, embedder, self.options(ctx), against=ctx.inputs.get("against") or [],
-                    graph_source=source, verifier=verifier)
+                    graph_source=source, verifier=verifier, omit=sorted(ctx.restored))
         result = run.result
         if cache_root is not None or getattr(self, "_graph_path", None):  # written: to the cache, or to --graph
             result.artifacts["graph"] = run.graph.to_table(run.groups, table.column("pair_id"))
