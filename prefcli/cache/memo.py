@@ -7,6 +7,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from ..models.index import SpilledVectors
 from .vectors import VectorStore
 
 
@@ -41,7 +42,7 @@ def memoised_distinct(keys: Sequence[str], store: VectorStore | None, compute: C
         if not first:
             return np.zeros((0, width()), dtype), row_of, computed
         values = compute(first)  # an array, or rows held elsewhere (a SpilledVectors: rows read back on demand)
-        if isinstance(values, (np.ndarray, list)):
+        if not isinstance(values, SpilledVectors):
             values = np.asarray(values, dtype).reshape(len(first), -1)
         return values, row_of, computed
     unique = list(row_of_key)

@@ -3,6 +3,7 @@ components of a link graph."""
 
 from __future__ import annotations
 
+import os
 from typing import Iterable
 
 import numpy as np
@@ -150,10 +151,16 @@ class SpilledVectors:
         """The rows asked for (a slice, an array of row ids, or one id), read with pread into a new array: each
         run of consecutive ids one read. Not mapped: a mapping's page faults bring in the pages around each row
         too, and scattered rows would make most of the file resident."""
-        positions = np.arange(self.shape[0])[rows]
-        if np.ndim(positions) == 0:
-            return self[np.array([positions])][0]
-        positions = np.asarray(positions, np.int64)
+        n = self.shape[0]
+        if isinstance(rows, slice):
+            positions = np.arange(*rows.indices(n))
+        elif np.ndim(rows) == 0:
+            return self[np.array([rows])][0]
+        else:  # ids as numpy takes them (negative from the end), without an index array of the whole matrix
+            positions = np.asarray(rows, np.int64)
+            if len(positions) and (positions.min() < -n or positions.max() >= n):
+                raise IndexError(f"row id out of range for {n} spilled vectors")
+            positions = np.where(positions < 0, positions + n, positions)
         out = np.empty((len(positions), self.shape[1]), self.dtype)
         if not out.size:
             return out
@@ -171,8 +178,6 @@ class SpilledVectors:
 
 
 def _read_exactly(fd: int, view: memoryview, offset: int) -> None:
-    import os
-
     while len(view):
         got = os.preadv(fd, [view], offset)
         if not got:
