@@ -1,6 +1,17 @@
 """Speed of `prefcli vote`: ensemble pairs/s on CPU; hf: backend tokens/s and MFU against a naive pipeline loop.
 
-  .venv/bin/python benchmarks/vote_speed.py ensemble [--dataset alpacaeval] [--pairs 4000]
+  .venv/bin/python benchmarks/vote_speed.py ensemble [--dataset alpacaeval] [--pairs 4000] [--ensemble OPTS]
+  .venv/bin/python benchmarks/vote_speed.py ensemble --pairs 20000 --ensemble model=static --compare-jobs
+
+  .venv/bin/python benchmarks/vote_speed.py hashing [--pairs 20000]
+
+`hashing` compares the lex view's fitted TF-IDF vocabulary with hashed features (sklearn's HashingVectorizer,
+2^18 columns per analyzer, idf from the same responses) on real pairs: the vocabulary fit, the transform of
+every response, the non-zeros per row and one cross-fitting fold's Bradley-Terry fit on each.
+
+`--compare-jobs` embeds every text first (so neither run pays for it), then fits the ensemble with its folds
+one at a time (`jobs=1`) and with the default (a thread per usable core), side by side, and checks that
+both gave the same scores bit for bit.
   .venv/bin/python benchmarks/vote_speed.py hf [--size qwen3-0.6b|small] [--items 256] [--device auto]
 
 `hf` builds a randomly initialised Qwen3 reward model (Qwen3-0.6B shape: same cost as the real one)
@@ -43,6 +54,8 @@ def ensemble_speed(args) -> None:
     load = real_pairs.LOADERS[args.dataset]
     table = load(n=args.pairs) if load is real_pairs.alpaca_eval else load()  # alpaca_eval samples 4000 by default
     table = table.slice(0, min(args.pairs, table.num_rows))
+    if args.compare_jobs:
+        return compare_jobs(table, args)
     ensemble = OfflineEnsemble(parse_options(args.ensemble), device="cpu")
     start = time.perf_counter()
     cpu0 = time.process_time()
@@ -51,6 +64,74 @@ def ensemble_speed(args) -> None:
     print(f"ensemble ({len(ensemble.members)} members) on {table.num_rows} {args.dataset} pairs: {wall:.1f} s wall, "
           f"{cpu:.1f} s CPU, {table.num_rows / wall:.1f} pairs/s; texts embedded this run (cache misses): "
           f"{ensemble.computed}")
+
+
+def compare_jobs(table, args) -> None:
+    from prefcli.models.reward.ensemble import OfflineEnsemble, parse_options, usable_cores
+    from prefcli.stages.vote import VoteOptions, vote
+
+    options = ",".join(o for o in (args.ensemble, "") if o)
+    warm = OfflineEnsemble(parse_options(options), device="cpu")
+    warm._inputs(*_sides(table))  # fills the embedding cache for both runs
+    runs = {}
+    for label, extra in (("jobs=1 (one fold at a time)", "jobs=1"), (f"default ({usable_cores()} cores)", "")):
+        ensemble = OfflineEnsemble(parse_options(",".join(o for o in (options, extra) if o)), device="cpu")
+        start, cpu0 = time.perf_counter(), time.process_time()
+        out = vote(table, [ensemble], VoteOptions(seed=0)).out
+        runs[label] = (time.perf_counter() - start, time.process_time() - cpu0, out)
+    print(f"ensemble on {table.num_rows} {args.dataset} pairs ({args.ensemble or 'defaults'}; embeddings cached)")
+    base = next(iter(runs.values()))[0]
+    for label, (wall, cpu, _) in runs.items():
+        print(f"  {label:<28} {wall:8.1f} s wall {cpu:8.1f} s CPU {table.num_rows / wall:7.1f} pairs/s "
+              f"x{base / wall:.2f}")
+    first, second = (out for _, _, out in runs.values())
+    print(f"  same output table: {first.equals(second)}")
+    if not first.equals(second):
+        raise SystemExit("the two runs differ")
+
+
+def hashing_speed(args) -> None:
+    from sklearn.feature_extraction.text import HashingVectorizer, TfidfTransformer
+    from sklearn.pipeline import FeatureUnion, make_pipeline
+
+    from prefcli.models.reward.ensemble import _Features, _fit_bt
+
+    table = real_pairs.alpaca_eval(n=args.pairs)
+    chosen, rejected = table.column("chosen").to_pylist(), table.column("rejected").to_pylist()
+    responses = chosen + rejected
+    fitted = _Features("lex")
+
+    def hashed(analyzer: str, ngrams: tuple[int, int]):
+        return make_pipeline(HashingVectorizer(analyzer=analyzer, ngram_range=ngrams, n_features=2 ** 18,
+                                               alternate_sign=False, norm=None, dtype=np.float32),
+                             TfidfTransformer(sublinear_tf=True))
+
+    hashing = FeatureUnion([("word", hashed("word", (1, 2))), ("char", hashed("char_wb", (3, 5)))])
+    rows = {}
+    for label, fit in (("fitted vocabulary (default)", lambda: fitted.fit(responses, None)),
+                       ("hashing, 2x2^18 columns", lambda: hashing.fit(sorted(set(responses))))):
+        start = time.process_time()
+        fit()
+        fit_s = time.process_time() - start
+        transform = fitted.transform if label.startswith("fitted") else (
+            lambda texts, *_: hashing.transform(texts).tocsr())
+        start = time.process_time()
+        delta = transform(chosen, None, None, None) - transform(rejected, None, None, None)
+        transform_s = time.process_time() - start
+        train = np.flatnonzero(np.arange(len(chosen)) % 5 != 0)  # one fold of five
+        start = time.process_time()
+        _fit_bt(delta, train, np.ones(len(train)), 4.0)
+        rows[label] = (fit_s, transform_s, delta.nnz / delta.shape[0], time.process_time() - start, delta.shape[1])
+    print(f"lex view on {len(chosen)} AlpacaEval pairs ({len(responses)} responses), CPU seconds")
+    print(f"  {'features':<30} {'fit':>7} {'transform':>10} {'nnz/pair':>9} {'one fold fit':>13} {'total':>7}")
+    for label, (fit_s, transform_s, nnz, bt_s, width) in rows.items():
+        print(f"  {label:<30} {fit_s:7.1f} {transform_s:10.1f} {nnz:9.0f} {bt_s:13.1f} "
+              f"{fit_s + transform_s + bt_s:7.1f}   ({width:,} columns)")
+
+
+def _sides(table):
+    prompts = table.column("prompt").to_pylist()
+    return prompts + prompts, table.column("chosen").to_pylist() + table.column("rejected").to_pylist()
 
 
 def build_random_qwen3(path: Path, size: str, texts: list[str]) -> None:
@@ -125,6 +206,10 @@ def main() -> None:
     ens.add_argument("--dataset", default="alpacaeval", choices=sorted(real_pairs.LOADERS))
     ens.add_argument("--pairs", type=int, default=4000)
     ens.add_argument("--ensemble", default="")
+    ens.add_argument("--compare-jobs", action="store_true",
+                     help="folds one at a time vs a thread per core, embeddings cached, same run")
+    hashing = sub.add_parser("hashing", help="lex view: fitted TF-IDF vocabulary vs hashed features")
+    hashing.add_argument("--pairs", type=int, default=20000)
     hf = sub.add_parser("hf")
     hf.add_argument("--size", default="qwen3-0.6b", choices=sorted(SIZES))
     hf.add_argument("--items", type=int, default=256)
@@ -132,7 +217,7 @@ def main() -> None:
     hf.add_argument("--max-length", type=int, default=2048)
     hf.add_argument("--device", default="auto")
     args = parser.parse_args()
-    ensemble_speed(args) if args.what == "ensemble" else hf_speed(args)
+    {"ensemble": ensemble_speed, "hashing": hashing_speed, "hf": hf_speed}[args.what](args)
 
 
 if __name__ == "__main__":

@@ -256,6 +256,44 @@ def test_ensemble_members_never_score_their_training_pairs(alpaca_noisy, session
         assert not np.allclose(mb.chosen[~fold0], ma.chosen[~fold0])  # other folds did train on the change
 
 
+@pytest.mark.slow
+def test_folds_fitted_on_threads_are_the_folds_fitted_one_after_another(alpaca_noisy, session_cache, monkeypatch):
+    """Without Context.tasks the folds run on a thread per usable core; each fold is a pure function of its
+    pairs, so the weights and scores are bit for bit those of fitting the folds one after another."""
+    import threading
+
+    from prefcli.models.reward import ensemble
+
+    noisy = alpaca_noisy[0].slice(0, 120)
+    threads = set()
+    train_fold = ensemble.train_fold
+
+    def spy(shared, job):
+        threads.add(threading.current_thread().name)
+        return train_fold(shared, job)
+
+    monkeypatch.setattr(ensemble, "usable_cores", lambda: 3)
+    monkeypatch.setattr(ensemble, "train_fold", spy)
+    threaded = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4), device="cpu", cache_dir=str(session_cache))
+    threaded.fit(noisy, seed=0)
+    assert len(threads) >= 2 and all(name.startswith("prefcli-fold") for name in threads)
+    one_by_one = OfflineEnsemble(EnsembleConfig(repeats=1, folds=4), device="cpu", cache_dir=str(session_cache),
+                                 tasks=lambda fn, shared, items: [fn(shared, item) for item in items])
+    one_by_one.fit(noisy, seed=0)
+    for a, b in zip(one_by_one.members, threaded.members):
+        assert np.array_equal(a.weights, b.weights) and np.array_equal(a.fold, b.fold)
+        assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.rejected, b.rejected)
+    # on a sample of a larger input the folds' memory comes on top of the input's: one at a time unless asked
+    for config, expected in ((EnsembleConfig(repeats=1, folds=4, max_train=100), {"MainThread"}),
+                             (EnsembleConfig(repeats=1, folds=4, max_train=100, jobs=2), None)):
+        threads.clear()
+        OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache)).fit(noisy, seed=0)
+        if expected:
+            assert threads == expected
+        else:
+            assert len(threads) == 2 and all(name.startswith("prefcli-fold") for name in threads)
+
+
 def test_parse_rm_spec_names_and_options():
     ens = parse_rm_spec("big=ensemble:k=4,folds=3,views=emb+lex,drop=0.1")
     assert ens.name == "big" and ens.config.repeats == 2 and ens.config.folds == 3 and ens.config.drop == 0.1
@@ -377,6 +415,9 @@ def test_max_train_pairs_outside_the_sample_never_train_a_model(alpaca_noisy, se
 
 def test_max_train_option_parses_and_checks():
     assert parse_rm_spec("ensemble:max_train=2000").config.max_train == 2000
+    assert parse_rm_spec("ensemble:jobs=3").config.jobs == 3 and EnsembleConfig().jobs == 0
+    with pytest.raises(InputError, match="jobs must be >= 0"):
+        parse_rm_spec("ensemble:jobs=-1")
     assert EnsembleConfig().max_train == 50_000
     with pytest.raises(InputError, match="max_train"):
         parse_rm_spec("ensemble:folds=5,max_train=9")

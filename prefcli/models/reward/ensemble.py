@@ -18,6 +18,9 @@ At scale (`max_train`, default 50,000): cross-fitting runs on a seeded sample of
 `max_train` pairs (the unsupervised feature fits too); every other pair is scored by each member's
 fold-averaged model, which never saw its label either. Inputs of up to `max_train` pairs are
 fitted exactly as without the option.
+Folds run on a thread per usable core (`jobs`, default 0 = auto) while every pair is fitted; above
+`max_train` one at a time, since two folds' fits at once (about 1.1 GB each for the lex view of a
+50k sample) come on top of a large input's own memory. Either way the weights are bit-identical.
 Robust second round (small-loss selection, as in co-teaching): within each training split the
 round-one models of all views score their own training pairs; the `drop` share with the lowest
 margins (suspected flips) is left out and the members are refitted. Labels of the held-out fold
@@ -30,8 +33,11 @@ member's fold models averaged.
 
 from __future__ import annotations
 
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Sequence
 
 import numpy as np
@@ -59,6 +65,7 @@ class EnsembleConfig:
     c_lex: float = 4.0
     embed_model: str | None = None
     max_train: int = 50_000  # cross-fit on a seeded sample of at most this many pairs, score the rest
+    jobs: int = 0  # folds fitted at once here; 0: one per usable core up to max_train pairs, one above it
 
     @property
     def k(self) -> int:
@@ -66,7 +73,8 @@ class EnsembleConfig:
 
 
 def parse_options(arg: str) -> EnsembleConfig:
-    """`k=6,folds=5,views=emb+lex,drop=0.15,model=<embedder>,max_train=50000`; k sets repeats = k / len(views)."""
+    """`k=6,folds=5,views=emb+lex,drop=0.15,model=<embedder>,max_train=50000,jobs=0`; k sets
+    repeats = k / len(views)."""
     config = EnsembleConfig()
     if not arg:
         return config
@@ -75,7 +83,7 @@ def parse_options(arg: str) -> EnsembleConfig:
     for key, raw in parse_key_values(arg, f"--rm ensemble:{arg}", empty_values=False).items():
         if key == "k":
             k = coerce(raw, 0, "--rm ensemble", key)
-        elif key in ("folds", "repeats", "max_train", "drop", "c_emb", "c_lex"):
+        elif key in ("folds", "repeats", "max_train", "drop", "c_emb", "c_lex", "jobs"):
             values[key] = coerce(raw, getattr(config, key), "--rm ensemble", key)
         elif key == "views":
             views = tuple(v for v in raw.split("+") if v)
@@ -88,7 +96,7 @@ def parse_options(arg: str) -> EnsembleConfig:
             values["embed_model"] = raw
         else:
             raise InputError(f"--rm ensemble: unknown option '{key}' "
-                             f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model, max_train)")
+                             f"(expected k, folds, repeats, views, drop, c_emb, c_lex, model, max_train, jobs)")
     config = replace(config, **values)
     if k is not None:
         if k < 1:
@@ -99,6 +107,8 @@ def parse_options(arg: str) -> EnsembleConfig:
     if config.max_train < 2 * config.folds:
         raise InputError(f"--rm ensemble: max_train must be >= 2 × folds = {2 * config.folds}, "
                          f"got {config.max_train}")
+    if config.jobs < 0:
+        raise InputError(f"--rm ensemble: jobs must be >= 0 (0: auto), got {config.jobs}")
     if not 0 <= config.drop < 0.5:
         raise InputError(f"--rm ensemble: drop must be in [0, 0.5), got {config.drop}")
     return config
@@ -202,6 +212,21 @@ def train_fold(shared: tuple[dict, "EnsembleConfig"], train: np.ndarray) -> dict
     return {v: _fit_bt(deltas[v], train, weights, _c(c, v)) for v in c.views}
 
 
+def local_tasks(fn, shared, items: Sequence, workers: int) -> list:
+    """`Context.tasks` when the caller gives none: fn(shared, item) for every item, in order, on up to `workers`
+    threads (liblinear's fit and numpy's products release the GIL; fn must not depend on the others)."""
+    workers = min(len(items), workers)
+    if workers <= 1:
+        return [fn(shared, item) for item in items]
+    with ThreadPoolExecutor(workers, thread_name_prefix="prefcli-fold") as pool:
+        return list(pool.map(partial(fn, shared), items))
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (taskset and cgroup cpusets limit it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def _zscale(m: np.ndarray) -> np.ndarray:
     from ...scoring import robust_scale
 
@@ -250,7 +275,8 @@ class OfflineEnsemble:
         self._features: dict[str, _Features] = {}
         self._embedder = None
         self.computed = 0  # texts embedded (cache misses)
-        self.tasks = tasks  # runs the cross-fitting folds (Context.tasks: Ray tasks on the ray engine; None: here)
+        self.tasks = tasks  # runs the cross-fitting folds (Context.tasks: Ray tasks on the ray engine; None: here,
+        #                     on `jobs` threads)
 
     @classmethod
     def from_spec(cls, arg: str, **kwargs) -> "OfflineEnsemble":
@@ -304,8 +330,8 @@ class OfflineEnsemble:
         folds_of = [np.random.default_rng([seed, rep]).permutation(m) % c.folds for rep in range(c.repeats)]
         jobs = [np.flatnonzero(fold_of != fold) for fold_of in folds_of for fold in range(c.folds)]
         shared = (deltas, c)
-        fold_weights = list(self.tasks(train_fold, shared, jobs) if self.tasks else  # independent: in parallel
-                            (train_fold(shared, job) for job in jobs))
+        tasks = self.tasks or partial(local_tasks, workers=self.fold_workers(whole=sample is None))
+        fold_weights = list(tasks(train_fold, shared, jobs))  # independent: in parallel
         del deltas, shared  # the held-out scores below need each side's features, computed again a chunk at a time
         scores = self._held_out(train, folds_of, fold_weights)
         ids = pairs.column("pair_id").to_pylist()
@@ -340,6 +366,13 @@ class OfflineEnsemble:
                         scores[rep][v][0][start + held] = _dot(feats[v][held], w[v])
                         scores[rep][v][1][start + held] = _dot(feats[v][k + held], w[v])
         return scores
+
+    def fold_workers(self, whole: bool) -> int:
+        """Folds fitted at once here: `jobs`, or auto: a thread per usable core when every pair is fitted (`whole`),
+        one at a time on a sample of a larger input (see the module docstring)."""
+        if self.config.jobs:
+            return self.config.jobs
+        return usable_cores() if whole else 1
 
     def train_sample(self, n: int, seed: int) -> np.ndarray | None:
         """Sorted indices of the pairs cross-fitted on (a seeded sample of max_train), None for all n."""
