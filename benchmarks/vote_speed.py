@@ -9,9 +9,10 @@
 2^18 columns per analyzer, idf from the same responses) on real pairs: the vocabulary fit, the transform of
 every response, the non-zeros per row and one cross-fitting fold's Bradley-Terry fit on each.
 
-`--compare-jobs` embeds every text first (so neither run pays for it), then fits the ensemble with its folds
-one at a time (`jobs=1`) and with the default (a thread per usable core), side by side, and checks that
-both gave the same scores bit for bit.
+`--compare-jobs` embeds every text first (so neither run pays for it), then runs the ensemble with everything
+one at a time (`jobs=1`) and with the default (folds on a thread per usable core where every pair is fitted,
+lex transforms in worker processes from 10k pairs on), side by side, and checks that both gave the same
+scores bit for bit.
   .venv/bin/python benchmarks/vote_speed.py hf [--size qwen3-0.6b|small] [--items 256] [--device auto]
 
 `hf` builds a randomly initialised Qwen3 reward model (Qwen3-0.6B shape: same cost as the real one)
@@ -74,7 +75,7 @@ def compare_jobs(table, args) -> None:
     warm = OfflineEnsemble(parse_options(options), device="cpu")
     warm._inputs(*_sides(table))  # fills the embedding cache for both runs
     runs = {}
-    for label, extra in (("jobs=1 (one fold at a time)", "jobs=1"), (f"default ({usable_cores()} cores)", "")):
+    for label, extra in (("jobs=1 (one at a time)", "jobs=1"), (f"default ({usable_cores()} cores)", "")):
         ensemble = OfflineEnsemble(parse_options(",".join(o for o in (options, extra) if o)), device="cpu")
         start, cpu0 = time.perf_counter(), time.process_time()
         out = vote(table, [ensemble], VoteOptions(seed=0)).out

@@ -28,6 +28,28 @@ def release_memory(*, collect: bool = True) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
+_helper_peaks_kb = [0]  # summed peak RSS of the helper processes ended since reset_helper_peaks()
+
+
+def note_helper_peak(pid: int) -> None:
+    """Add a helper process's peak RSS (read from /proc before it ends) to this process's stage figure."""
+    with contextlib.suppress(OSError, ValueError):
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    _helper_peaks_kb[0] += int(line.split()[1])
+                    return
+
+
+def helper_peaks_kb(reset: bool = False) -> int:
+    """The summed peaks noted since the last reset (each helper's own peak: an upper bound of what they held
+    at once)."""
+    value = _helper_peaks_kb[0]
+    if reset:
+        _helper_peaks_kb[0] = 0
+    return value
+
+
 def in_child_process(work: Callable[[], T]) -> T:
     """work() (picklable: a module-level function or a partial of one) in a child process: its return value, or
     the exception it raised, raised here. The child ends when the work is done, and with it every page the work

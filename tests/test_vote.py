@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -292,6 +293,56 @@ def test_folds_fitted_on_threads_are_the_folds_fitted_one_after_another(alpaca_n
             assert threads == expected
         else:
             assert len(threads) == 2 and all(name.startswith("prefcli-fold") for name in threads)
+
+
+@pytest.mark.slow
+def test_lex_transforms_in_worker_processes_give_the_same_scores(alpaca_noisy, session_cache, monkeypatch):
+    """From TRANSFORM_POOL_MIN_PAIRS pairs on, the lex view's TF-IDF transforms run in worker processes, on
+    contiguous shares of the responses: the same matrix, so the same weights and scores bit for bit. The
+    workers are gone after the fit, and a worker that dies midway leaves the rest to the caller, same scores."""
+    from prefcli.memory import helper_peaks_kb
+    from prefcli.models.reward import ensemble, lex_worker
+
+    noisy = alpaca_noisy[0].slice(0, 120)
+    shares, procs = [], []
+    transform = lex_worker.LexWorkers.transform
+
+    def spy(self, responses):
+        shares.append((self.workers, len(responses)))
+        procs.extend(self._procs)
+        return transform(self, responses)
+
+    monkeypatch.setattr(ensemble, "TRANSFORM_POOL_MIN_PAIRS", 100)
+    monkeypatch.setattr(ensemble, "TRANSFORM_SHARE_MIN", 8)
+    monkeypatch.setattr(lex_worker, "SHARE_ROWS", 30)  # 200 responses: 7 shares, 4 rounds over 2 workers
+    monkeypatch.setattr(lex_worker.LexWorkers, "transform", spy)
+    config = EnsembleConfig(repeats=1, folds=4, max_train=100, jobs=2)
+    pooled = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    helper_peaks_kb(reset=True)
+    pooled.fit(noisy, seed=0)
+    # Δφ of the 100-pair sample, its held-out scores, and the 20 pairs outside it
+    assert shares == [(2, 200), (2, 200), (2, 40)]
+    assert pooled._features["lex"].pool is None and all(proc.poll() == 0 for proc in procs)
+    assert helper_peaks_kb(reset=True) > 2 * 20_000  # both workers' peaks, for the stage's figure
+    alone = OfflineEnsemble(replace(config, jobs=1), device="cpu", cache_dir=str(session_cache))
+    alone.fit(noisy, seed=0)
+    assert len(shares) == 3  # the jobs=1 fit transformed every response itself
+    for a, b in zip(alone.members, pooled.members):
+        assert np.array_equal(a.weights, b.weights)
+        assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.rejected, b.rejected)
+
+    def dies(self, responses):
+        shares.append("died")
+        self._procs[0].kill()
+        self._procs[0].wait()
+        return transform(self, responses)
+
+    monkeypatch.setattr(lex_worker.LexWorkers, "transform", dies)
+    survivor = OfflineEnsemble(config, device="cpu", cache_dir=str(session_cache))
+    survivor.fit(noisy, seed=0)
+    assert shares[3:] == ["died"] and survivor._features["lex"].pool is None  # one try, then all in the caller
+    for a, b in zip(alone.members, survivor.members):
+        assert np.array_equal(a.chosen, b.chosen) and np.array_equal(a.rejected, b.rejected)
 
 
 def test_parse_rm_spec_names_and_options():

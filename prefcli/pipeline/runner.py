@@ -29,7 +29,7 @@ from typing import Any, Callable
 from .. import io
 from ..errors import CannotCreate, InputError, PrefcliError, os_failure
 from ..execute import Call, execute
-from ..memory import in_child_process, release_memory
+from ..memory import helper_peaks_kb, in_child_process, release_memory
 from ..outputs import DIR_MARKER
 from ..stage import Context, Stage, option_info, stage_class
 from .manifest import MANIFEST, MANIFEST_FORMAT, Fingerprints, load_manifest, package_versions, stage_key
@@ -472,17 +472,20 @@ def _run_stage(call: Call, engine) -> tuple[dict[str, Any], float]:
 
 def _reset_peak_rss() -> None:
     """Linux: reset the process's peak RSS (VmHWM) so the next reading is this stage's own peak."""
+    helper_peaks_kb(reset=True)
     with contextlib.suppress(OSError):
         with open("/proc/self/clear_refs", "w") as fh:
             fh.write("5")
 
 
 def _peak_rss_mb() -> float:
+    """This process's peak RSS plus the peaks of the helper processes it ran (the ensemble's lex workers)."""
+    helpers = helper_peaks_kb()
     with contextlib.suppress(OSError):
         with open("/proc/self/status") as fh:
             for line in fh:
                 if line.startswith("VmHWM:"):
-                    return round(int(line.split()[1]) / 1024, 1)
+                    return round((int(line.split()[1]) + helpers) / 1024, 1)
     import resource
 
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return round((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + helpers) / 1024, 1)

@@ -90,8 +90,8 @@ class SelectStage(Stage):
             from ..models.reward import parse_rm_spec
             from .vote import vote
 
-            models = [parse_rm_spec(spec, device=ctx.device, cache_dir=cache_dir, use_cache=ctx.use_cache)
-                      for spec in p.rm]
+            models = [parse_rm_spec(spec, device=ctx.device, cache_dir=cache_dir, use_cache=ctx.use_cache,
+                                    tasks=ctx.tasks) for spec in p.rm]
             voted = vote(table, models)
             table = voted.out  # pairs no voter answered are set aside by vote: they cannot be ranked
         gold = ctx.inputs.get("gold")

@@ -21,6 +21,8 @@ fitted exactly as without the option.
 Folds run on a thread per usable core (`jobs`, default 0 = auto) while every pair is fitted; above
 `max_train` one at a time, since two folds' fits at once (about 1.1 GB each for the lex view of a
 50k sample) come on top of a large input's own memory. Either way the weights are bit-identical.
+The lex view's TF-IDF transforms (a Python analyser that holds the GIL) run in `jobs` worker processes
+(auto: one per usable core) from 10,000 pairs on, where they pay for starting: the same rows.
 Robust second round (small-loss selection, as in co-teaching): within each training split the
 round-one models of all views score their own training pairs; the `drop` share with the lowest
 margins (suspected flips) is left out and the members are refitted. Labels of the held-out fold
@@ -162,14 +164,42 @@ class _Features:
                                      sublinear_tf=True, dtype=np.float32)),
         ])
         self._tfidf.fit(sorted(set(responses)))
+        for _, vectorizer in self._tfidf.transformer_list:
+            vectorizer.stop_words_ = None  # every pruned n-gram, for introspection only: large, and never used
         return self
+
+    pool = None  # lex: a LexWorkers that transforms shares of the responses in worker processes
 
     def transform(self, responses: list[str], scalars: np.ndarray | None, query_vec: np.ndarray | None,
                   response_vec: np.ndarray | None):
         if self.view == "emb":
             scalars = (scalars - self._mu) / self._sd
             return np.hstack([response_vec, query_vec * response_vec * np.sqrt(response_vec.shape[1]), scalars])
+        if self.pool is not None and len(responses) >= TRANSFORM_SHARE_MIN * self.pool.workers:
+            from .lex_worker import WorkerGone
+
+            try:
+                return self.pool.transform(responses)
+            except WorkerGone:  # the same rows from here on, in this process
+                self.close_pool()
         return self._tfidf.transform(responses).tocsr()
+
+    def start_pool(self, workers: int) -> None:
+        from .lex_worker import LexWorkers
+
+        try:
+            self.pool = LexWorkers(self._tfidf, workers)
+        except OSError:  # cannot start processes: transform here
+            self.pool = None
+
+    def close_pool(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+            self.pool = None
+
+
+TRANSFORM_SHARE_MIN = 2_048  # responses per worker below which the caller transforms them itself
+TRANSFORM_POOL_MIN_PAIRS = 10_000  # inputs smaller than this start no worker processes (~1 s each)
 
 
 def _fit_bt(deltas, rows: np.ndarray, weights: np.ndarray, c: float) -> np.ndarray:
@@ -310,12 +340,22 @@ class OfflineEnsemble:
                              f"{c.folds} folds, got {n}")
         sample = self.train_sample(n, seed)
         train = pairs if sample is None else take_rows(pairs, sample)
-        m = train.num_rows
+        try:
+            self._fit(pairs, seed, sample, train)
+        finally:
+            for features in self._features.values():
+                features.close_pool()
+
+    def _fit(self, pairs: pa.Table, seed: int, sample: np.ndarray | None, train: pa.Table) -> None:
+        c, n, m = self.config, pairs.num_rows, train.num_rows
         prompts, responses = _both_sides(train)
         scalars, qv, rv = self._inputs(prompts, responses)
         deltas = {}
         for view in c.views:
             features = self._features[view] = _Features(view).fit(responses, scalars)
+            workers = self.transform_workers(n)
+            if view == "lex" and workers > 1:
+                features.start_pool(workers)
             chunks = []
             for start in range(0, m, self.score_chunk):  # Δφ a chunk of pairs at a time: φ is row by row
                 rows = np.r_[start:min(start + self.score_chunk, m)]
@@ -373,6 +413,13 @@ class OfflineEnsemble:
         if self.config.jobs:
             return self.config.jobs
         return usable_cores() if whole else 1
+
+    def transform_workers(self, n: int) -> int:
+        """Worker processes for the lex view's transforms of an n-pair input, from TRANSFORM_POOL_MIN_PAIRS pairs on:
+        `jobs`, or auto: one per usable core; none when Context.tasks runs the work elsewhere (Ray)."""
+        if self.tasks is not None or n < TRANSFORM_POOL_MIN_PAIRS:
+            return 1
+        return self.config.jobs or usable_cores()
 
     def train_sample(self, n: int, seed: int) -> np.ndarray | None:
         """Sorted indices of the pairs cross-fitted on (a seeded sample of max_train), None for all n."""
