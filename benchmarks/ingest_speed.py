@@ -8,7 +8,8 @@ Run: `.venv/bin/python benchmarks/ingest_speed.py [--pairs N] [--layout trl|pair
 `--floor` also times, alone and single-threaded, the work any ingest that writes prefcli's schema must do on
 the file: start the CLI, parse the JSON, hash every pair's canonical JSON and normalised prompt (blake2b: the
 `pair_id` / `prompt_id` every cache and earlier output keys on) and write the zstd Parquet output. Their CPU
-spread perfectly over the cores, plus the start-up, is the fastest such an ingest could run here.
+spread perfectly over the cores, plus the start-up, is the fastest such an ingest could run here. Use it with
+`--repeat 3`: the raw read it is compared with takes about 0.3 s, and one slow run of it moves the ratio a lot.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def floor(raw: Path, written: Path, reference_wall: float) -> dict:
     import pyarrow.parquet as pq
 
     from prefcli.io.parquet import write_table
+    from prefcli.models.reward.ensemble import usable_cores
     from prefcli.text import normalize
 
     startup, _ = min((timed([sys.executable, "-c", "import prefcli.cli.main"]) for _ in range(3)), key=lambda r: r[0])
@@ -85,7 +87,7 @@ def floor(raw: Path, written: Path, reference_wall: float) -> dict:
     start = clock()
     write_table(table, OUT / "floor.parquet")
     parts["zstd Parquet write of the output"] = clock() - start
-    cores = os.cpu_count() or 1
+    cores = usable_cores()
     work = sum(v for k, v in parts.items() if k != "start-up (wall)")
     best = startup + work / cores
     return {"parts_s": {k: round(v, 3) for k, v in parts.items()}, "cores": cores,

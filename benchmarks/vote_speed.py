@@ -68,15 +68,14 @@ def ensemble_speed(args) -> None:
 
 
 def compare_jobs(table, args) -> None:
-    from prefcli.models.reward.ensemble import OfflineEnsemble, parse_options, usable_cores
+    from prefcli.models.reward.ensemble import OfflineEnsemble, _both_sides, parse_options, usable_cores
     from prefcli.stages.vote import VoteOptions, vote
 
-    options = ",".join(o for o in (args.ensemble, "") if o)
-    warm = OfflineEnsemble(parse_options(options), device="cpu")
-    warm._inputs(*_sides(table))  # fills the embedding cache for both runs
+    warm = OfflineEnsemble(parse_options(args.ensemble), device="cpu")
+    warm._inputs(*_both_sides(table))  # fills the embedding cache for both runs
     runs = {}
     for label, extra in (("jobs=1 (one at a time)", "jobs=1"), (f"default ({usable_cores()} cores)", "")):
-        ensemble = OfflineEnsemble(parse_options(",".join(o for o in (options, extra) if o)), device="cpu")
+        ensemble = OfflineEnsemble(parse_options(",".join(o for o in (args.ensemble, extra) if o)), device="cpu")
         start, cpu0 = time.perf_counter(), time.process_time()
         out = vote(table, [ensemble], VoteOptions(seed=0)).out
         runs[label] = (time.perf_counter() - start, time.process_time() - cpu0, out)
@@ -128,11 +127,6 @@ def hashing_speed(args) -> None:
     for label, (fit_s, transform_s, nnz, bt_s, width) in rows.items():
         print(f"  {label:<30} {fit_s:7.1f} {transform_s:10.1f} {nnz:9.0f} {bt_s:13.1f} "
               f"{fit_s + transform_s + bt_s:7.1f}   ({width:,} columns)")
-
-
-def _sides(table):
-    prompts = table.column("prompt").to_pylist()
-    return prompts + prompts, table.column("chosen").to_pylist() + table.column("rejected").to_pylist()
 
 
 def build_random_qwen3(path: Path, size: str, texts: list[str]) -> None:
@@ -208,7 +202,7 @@ def main() -> None:
     ens.add_argument("--pairs", type=int, default=4000)
     ens.add_argument("--ensemble", default="")
     ens.add_argument("--compare-jobs", action="store_true",
-                     help="folds one at a time vs a thread per core, embeddings cached, same run")
+                     help="jobs=1 vs the default (threaded folds, lex worker processes), embeddings cached, same run")
     hashing = sub.add_parser("hashing", help="lex view: fitted TF-IDF vocabulary vs hashed features")
     hashing.add_argument("--pairs", type=int, default=20000)
     hf = sub.add_parser("hf")

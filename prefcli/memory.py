@@ -28,7 +28,7 @@ def release_memory(*, collect: bool = True) -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-_helper_peaks_kb = [0]  # summed peak RSS of the helper processes ended since reset_helper_peaks()
+_helper_peaks_kb = [0]  # summed peak RSS of the helper processes noted since helper_peaks_kb(reset=True)
 
 
 def note_helper_peak(pid: int) -> None:

@@ -139,7 +139,7 @@ class Context:
     inputs: dict[str, Any] = field(default_factory=dict)
     report: Any = None  # a prefcli.report.Reporter, or None for silence
     tasks: Any = None  # tasks(fn, shared, items) -> [fn(shared, item) ...]: how independent pieces of work run
-    #                    (the ensemble's folds). None: here, a thread per usable core; the ray engine's: Ray tasks
+    #                    (the ensemble's folds). None: here (the ensemble: on `jobs` threads); ray engine: Ray tasks
     restored: frozenset[str] = frozenset()  # input columns the caller puts back on the rows it writes (the local
     #                    engine's projection reads them again from the input file): a stage may leave those it
     #                    did not change out of its kept and set-aside tables, so they are not copied to split them

@@ -50,6 +50,7 @@ from ...errors import InputError
 from ...io import take_rows
 from ...options import coerce, parse_key_values
 from .base import column_safe
+from .lex_worker import LexWorkers, WorkerGone
 
 VIEWS = ("emb", "lex")
 _LIST_LINE = re.compile(r"^\s*(?:[-*•]|\d+[.)])\s", re.M)
@@ -149,6 +150,7 @@ class _Features:
         self.view = view
         self._tfidf = None
         self._mu = self._sd = None
+        self.pool: LexWorkers | None = None  # lex: worker processes that transform shares of the responses
 
     def fit(self, responses: list[str], scalars: np.ndarray | None) -> "_Features":
         if self.view == "emb":
@@ -168,16 +170,12 @@ class _Features:
             vectorizer.stop_words_ = None  # every pruned n-gram, for introspection only: large, and never used
         return self
 
-    pool = None  # lex: a LexWorkers that transforms shares of the responses in worker processes
-
     def transform(self, responses: list[str], scalars: np.ndarray | None, query_vec: np.ndarray | None,
                   response_vec: np.ndarray | None):
         if self.view == "emb":
             scalars = (scalars - self._mu) / self._sd
             return np.hstack([response_vec, query_vec * response_vec * np.sqrt(response_vec.shape[1]), scalars])
         if self.pool is not None and len(responses) >= TRANSFORM_SHARE_MIN * self.pool.workers:
-            from .lex_worker import WorkerGone
-
             try:
                 return self.pool.transform(responses)
             except WorkerGone:  # the same rows from here on, in this process
@@ -185,8 +183,6 @@ class _Features:
         return self._tfidf.transform(responses).tocsr()
 
     def start_pool(self, workers: int) -> None:
-        from .lex_worker import LexWorkers
-
         try:
             self.pool = LexWorkers(self._tfidf, workers)
         except OSError:  # cannot start processes: transform here
@@ -351,9 +347,9 @@ class OfflineEnsemble:
         prompts, responses = _both_sides(train)
         scalars, qv, rv = self._inputs(prompts, responses)
         deltas = {}
+        workers = self.transform_workers(n)
         for view in c.views:
             features = self._features[view] = _Features(view).fit(responses, scalars)
-            workers = self.transform_workers(n)
             if view == "lex" and workers > 1:
                 features.start_pool(workers)
             chunks = []

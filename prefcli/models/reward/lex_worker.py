@@ -22,7 +22,10 @@ SHARE_ROWS = 4_096  # texts a worker transforms at a time
 
 
 def write_frame(stream: BinaryIO, obj: Any) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    write_pickled(stream, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def write_pickled(stream: BinaryIO, data: bytes) -> None:
     stream.write(_HEADER.pack(len(data)))
     stream.write(data)
     stream.flush()
@@ -56,9 +59,7 @@ class LexWorkers:
                 proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
                 self._procs.append(proc)
-                proc.stdin.write(_HEADER.pack(len(blob)))
-                proc.stdin.write(blob)
-                proc.stdin.flush()
+                write_pickled(proc.stdin, blob)
         except BaseException:
             self.close()
             raise
@@ -75,10 +76,10 @@ class LexWorkers:
                 for proc, (a, b) in busy:
                     write_frame(proc.stdin, texts[a:b])
                 out.extend(read_frame(proc.stdout) for proc, _ in busy)
+                if any(matrix is None for matrix in out[-len(busy):]):
+                    raise WorkerGone("a lex worker process exited")
         except OSError as exc:  # a worker's pipe closed
             raise WorkerGone(str(exc)) from exc
-        if any(matrix is None for matrix in out):
-            raise WorkerGone("a lex worker process exited")
         return sp.vstack(out, format="csr")
 
     def close(self) -> None:
